@@ -1,0 +1,282 @@
+"""Model configuration: one frozen dataclass holding every hyperparameter of :class:`CausalVQVAE`.
+
+The config is the single source of truth a checkpoint is rebuilt from (``config.json`` next to
+``model.safetensors``), so it round-trips through plain JSON: tuples become lists and back, and
+unknown keys are refused rather than silently dropped.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+__all__ = ["ModelConfig", "LATENT_LAYOUTS", "QUANTIZER_MODES", "SPARSITY_MODES", "RECONSTRUCTION_LOSSES"]
+
+LATENT_LAYOUTS = ("grid", "tokens")
+QUANTIZER_MODES = ("ema", "loss")
+SPARSITY_MODES = ("constraint", "penalty", "none")
+RECONSTRUCTION_LOSSES = ("mse", "bce")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Every hyperparameter of the model. Sequences are stored as tuples (copies of what was passed).
+
+    Data
+        in_channels: image channels, 1 (dSprites) or 3.
+        image_size: square input side; must be divisible by ``2 ** len(hidden_dims)``.
+        dataset: name of the data the model is for ("dsprites", "shapes3d", "celeba"); only checked
+            by ``load_pretrained(expect=...)``.
+        num_actions: number of action ids A; actions are long ids in ``[0, A)``.
+        action_names: A display names, or empty.
+        seed: seeds parameter initialisation and the default generators of the quantizer restart
+            and graph sampling (each kept per device, derived from this seed).
+
+    Autoencoder (images in [0, 1]; the decoder ends in logits and ``decode`` applies a sigmoid)
+        hidden_dims: widths of the stride-2 4x4 convs; the grid side is image_size / 2**len.
+        num_res_blocks: residual blocks at the grid resolution, in the encoder and in the decoder.
+        norm_groups: GroupNorm groups (reduced to a divisor of the channel count where needed).
+        reconstruction_loss: "mse" on sigmoid outputs, or "bce" on the decoder logits (good for
+            binary dSprites).
+
+    Latent layout
+        latent_layout: "grid" = every cell of the grid is a node sharing one codebook of
+            ``codebook_size`` codes; "tokens" = ``num_tokens`` global tokens read from the grid by
+            cross-attention, each with its own codebook of ``token_codebook_size`` codes.
+        code_dim: width D of a code vector.
+        codebook_size: K of the shared codebook (grid layout).
+        num_tokens: M nodes (tokens layout).
+        token_codebook_size: K of each token's codebook (tokens layout).
+        token_layers, token_heads: cross-attention blocks (and heads) of the token encoder and of
+            the token decoder.
+        mlp_ratio: hidden width / width of every transformer feed-forward.
+
+    Quantizer
+        quantizer_mode: "ema" (codebook = EMA of assigned encodings, updated by an explicit call)
+            or "loss" (codebook is a parameter trained with the codebook loss).
+        ema_decay: EMA decay of cluster sizes and embedding sums.
+        ema_eps: Laplace smoothing of the cluster sizes.
+        commitment_beta: weight of ||z - sg(e)||^2.
+        dead_code_threshold: a code whose EMA cluster size falls below this is dead.
+        restart_dead_codes: replace dead codes by random encodings of the current batch.
+
+    Causal graph
+        gumbel_temperature: temperature of the relaxed Bernoulli (Gumbel-sigmoid) samples.
+        adjacency_init_logit: initial logit of every node -> node edge (high = dense start).
+        target_init_logit: initial logit of every action -> node intervention target.
+        state_dependent_targets: add a state-dependent term (action, code, position and a little
+            context) to the global target logits; needed for the grid layout when where the object
+            is varies per image (dSprites).
+        target_head_dim: width of that state-dependent head.
+        target_context_layers: self-attention layers over the nodes inside that head (0 = a pure
+            per-node function of action + code + position).
+        target_state_bound: the state-dependent term is bound * tanh(raw / bound), so it cannot
+            saturate a node's mask beyond what the per-(action, node) global logit can undo.
+
+    Sparsity of both graphs (expected edge counts = sums of sigmoids)
+        sparsity_mode: "constraint" (expected counts <= budget by dual ascent), "penalty"
+            (weighted expected counts) or "none".
+        target_penalty_weight, adjacency_penalty_weight: weights in "penalty" mode (on the mean
+            expected targets per action and the mean expected parents per node).
+        target_budget: intervened nodes allowed per action at the end of the schedule.
+        target_budget_start: budget at progress 0; None = number of nodes.
+        adjacency_budget: parents allowed per node at the end of the schedule.
+        adjacency_budget_start: budget at progress 0; None = number of nodes - 1.
+        dual_lr: step size of the Lagrange multipliers' gradient ascent.
+
+    Transition (structural equations)
+        transition_dim, transition_layers, transition_heads: width, blocks and heads.
+        mixture_eps: floor on the probability of the target code under the intervention mixture;
+            bounds the loss by -log(eps) and the straight-through gradient to the mask.
+        equation_loss_weight: weight of the cross-entropy of the transition logits against the
+            target codes on *every* node (mask-independent), so the equations keep learning on nodes
+            whose intervention mask is currently closed.
+
+    Retrieval
+        retrieval_dim, retrieval_layers, retrieval_heads: the learned retrieval head on code pairs.
+        retrieval_temperature: temperature of softmax(-score / T) in retrieval by transition.
+    """
+
+    # data
+    in_channels: int = 3
+    image_size: int = 64
+    dataset: str = ""
+    num_actions: int = 12
+    action_names: tuple[str, ...] = ()
+    seed: int = 0
+    # autoencoder
+    hidden_dims: tuple[int, ...] = (64, 128, 256)
+    num_res_blocks: int = 6
+    norm_groups: int = 32
+    reconstruction_loss: str = "mse"
+    # latent layout
+    latent_layout: str = "grid"
+    code_dim: int = 128
+    codebook_size: int = 64
+    num_tokens: int = 8
+    token_codebook_size: int = 16
+    token_layers: int = 2
+    token_heads: int = 4
+    mlp_ratio: int = 4
+    # quantizer
+    quantizer_mode: str = "ema"
+    ema_decay: float = 0.99
+    ema_eps: float = 1e-5
+    commitment_beta: float = 0.25
+    dead_code_threshold: float = 1.0
+    restart_dead_codes: bool = True
+    # causal graph
+    gumbel_temperature: float = 1.0
+    adjacency_init_logit: float = 5.0
+    target_init_logit: float = 5.0
+    state_dependent_targets: bool = True
+    target_head_dim: int = 64
+    target_context_layers: int = 1
+    target_state_bound: float = 5.0
+    # sparsity
+    sparsity_mode: str = "constraint"
+    target_penalty_weight: float = 0.01
+    adjacency_penalty_weight: float = 0.001
+    target_budget: float = 4.0
+    target_budget_start: float | None = None
+    adjacency_budget: float = 4.0
+    adjacency_budget_start: float | None = None
+    dual_lr: float = 0.01
+    # transition
+    transition_dim: int = 256
+    transition_layers: int = 4
+    transition_heads: int = 8
+    mixture_eps: float = 1e-3
+    equation_loss_weight: float = 1.0
+    # retrieval
+    retrieval_dim: int = 128
+    retrieval_layers: int = 2
+    retrieval_heads: int = 4
+    retrieval_temperature: float = 1.0
+
+    def __post_init__(self) -> None:
+        # Store copies as tuples: the caller's lists are never touched (nor aliased).
+        object.__setattr__(self, "hidden_dims", tuple(int(h) for h in self.hidden_dims))
+        object.__setattr__(self, "action_names", tuple(str(a) for a in self.action_names))
+        self._validate()
+
+    def _validate(self) -> None:
+        def need(ok: bool, message: str) -> None:
+            if not ok:
+                raise ValueError(f"ModelConfig: {message}")
+
+        need(self.in_channels >= 1, f"in_channels must be >= 1, got {self.in_channels}")
+        need(len(self.hidden_dims) >= 1, "hidden_dims needs at least one width")
+        need(all(h >= 1 for h in self.hidden_dims), f"hidden_dims must be positive, got {self.hidden_dims}")
+        factor = 2 ** len(self.hidden_dims)
+        need(
+            self.image_size % factor == 0 and self.image_size >= factor,
+            f"image_size {self.image_size} must be a multiple of 2**len(hidden_dims) = {factor}",
+        )
+        need(self.num_res_blocks >= 0, f"num_res_blocks must be >= 0, got {self.num_res_blocks}")
+        need(self.norm_groups >= 1, f"norm_groups must be >= 1, got {self.norm_groups}")
+        need(
+            self.reconstruction_loss in RECONSTRUCTION_LOSSES,
+            f"reconstruction_loss must be one of {RECONSTRUCTION_LOSSES}, got {self.reconstruction_loss!r}",
+        )
+        need(
+            self.latent_layout in LATENT_LAYOUTS,
+            f"latent_layout must be one of {LATENT_LAYOUTS}, got {self.latent_layout!r}",
+        )
+        need(self.code_dim >= 1, f"code_dim must be >= 1, got {self.code_dim}")
+        need(self.codebook_size >= 1, f"codebook_size must be >= 1, got {self.codebook_size}")
+        need(self.num_tokens >= 1, f"num_tokens must be >= 1, got {self.num_tokens}")
+        need(self.token_codebook_size >= 1, f"token_codebook_size must be >= 1, got {self.token_codebook_size}")
+        need(self.token_layers >= 1, f"token_layers must be >= 1, got {self.token_layers}")
+        for name in ("token_heads", "transition_heads", "retrieval_heads"):
+            need(getattr(self, name) >= 1, f"{name} must be >= 1")
+        need(self.code_dim % self.token_heads == 0 or self.latent_layout == "grid",
+             f"code_dim {self.code_dim} must be divisible by token_heads {self.token_heads}")
+        need(self.transition_dim % self.transition_heads == 0,
+             f"transition_dim {self.transition_dim} must be divisible by transition_heads {self.transition_heads}")
+        need(self.retrieval_dim % self.retrieval_heads == 0,
+             f"retrieval_dim {self.retrieval_dim} must be divisible by retrieval_heads {self.retrieval_heads}")
+        need(self.target_head_dim % 4 == 0 or self.target_context_layers == 0,
+             f"target_head_dim {self.target_head_dim} must be divisible by 4 (its attention heads)")
+        need(self.transition_layers >= 1, "transition_layers must be >= 1")
+        need(self.retrieval_layers >= 1, "retrieval_layers must be >= 1")
+        need(self.target_context_layers >= 0, "target_context_layers must be >= 0")
+        need(self.target_state_bound > 0.0, f"target_state_bound must be > 0, got {self.target_state_bound}")
+        need(self.mlp_ratio >= 1, "mlp_ratio must be >= 1")
+        need(
+            self.quantizer_mode in QUANTIZER_MODES,
+            f"quantizer_mode must be one of {QUANTIZER_MODES}, got {self.quantizer_mode!r}",
+        )
+        need(0.0 <= self.ema_decay < 1.0, f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        need(self.ema_eps > 0.0, f"ema_eps must be > 0, got {self.ema_eps}")
+        need(self.commitment_beta >= 0.0, f"commitment_beta must be >= 0, got {self.commitment_beta}")
+        need(self.dead_code_threshold >= 0.0, f"dead_code_threshold must be >= 0, got {self.dead_code_threshold}")
+        need(self.gumbel_temperature > 0.0, f"gumbel_temperature must be > 0, got {self.gumbel_temperature}")
+        need(
+            self.sparsity_mode in SPARSITY_MODES,
+            f"sparsity_mode must be one of {SPARSITY_MODES}, got {self.sparsity_mode!r}",
+        )
+        need(self.target_budget >= 0.0 and self.adjacency_budget >= 0.0, "budgets must be >= 0")
+        need(self.dual_lr >= 0.0, f"dual_lr must be >= 0, got {self.dual_lr}")
+        need(self.equation_loss_weight >= 0.0, f"equation_loss_weight must be >= 0, got {self.equation_loss_weight}")
+        need(0.0 < self.mixture_eps < 1.0, f"mixture_eps must be in (0, 1), got {self.mixture_eps}")
+        need(self.retrieval_temperature > 0.0, "retrieval_temperature must be > 0")
+        need(self.num_actions >= 1, f"num_actions must be >= 1, got {self.num_actions}")
+        need(
+            len(self.action_names) in (0, self.num_actions),
+            f"action_names has {len(self.action_names)} names but num_actions is {self.num_actions}",
+        )
+
+    # ------------------------------------------------------------------ derived sizes
+    @property
+    def grid_size(self) -> int:
+        """Side of the encoder's code grid (8 for 64x64 images and three stride-2 convs)."""
+        return self.image_size // 2 ** len(self.hidden_dims)
+
+    @property
+    def num_nodes(self) -> int:
+        """N, the number of quantized nodes of the causal graph."""
+        return self.grid_size**2 if self.latent_layout == "grid" else self.num_tokens
+
+    @property
+    def num_codebooks(self) -> int:
+        """G: 1 shared codebook (grid) or one per token (tokens)."""
+        return 1 if self.latent_layout == "grid" else self.num_tokens
+
+    @property
+    def codes_per_node(self) -> int:
+        """K, the number of codes a node can take."""
+        return self.codebook_size if self.latent_layout == "grid" else self.token_codebook_size
+
+    def action_name(self, action_id: int) -> str:
+        return self.action_names[action_id] if self.action_names else f"action_{action_id}"
+
+    # ------------------------------------------------------------------ serialisation
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe dict (tuples as lists)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ModelConfig:
+        """Inverse of :meth:`to_dict`; missing keys take their defaults, unknown keys are refused."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(
+                f"ModelConfig.from_dict: unknown key(s) {unknown}; known keys are {sorted(known)}. "
+                "Was this config written by a different version of causal_vqvae?"
+            )
+        kwargs = {
+            k: tuple(v) if isinstance(v, Sequence) and not isinstance(v, str) else v
+            for k, v in data.items()
+        }
+        return cls(**kwargs)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> ModelConfig:
+        return cls.from_dict(json.loads(text))

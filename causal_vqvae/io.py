@@ -1,0 +1,133 @@
+"""Checkpoints without pickle: ``model.safetensors`` + ``config.json`` + ``metadata.json``.
+
+Every file is written to a temporary name in the target directory and moved into place with
+``os.replace``, so a crash never leaves a half-written file under the real name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .config import ModelConfig
+from .model import CausalVQVAE
+
+__all__ = ["FORMAT_VERSION", "ARCHITECTURE", "save_pretrained", "load_pretrained"]
+
+FORMAT_VERSION = 1
+ARCHITECTURE = "CausalVQVAE"
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "config.json"
+METADATA_NAME = "metadata.json"
+
+
+def _atomic_write(path: Path, write: Any) -> None:
+    """Call ``write(temp_path)`` on a temporary file next to ``path``, then move it into place."""
+    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(temp)
+        os.chmod(temp, 0o644)  # mkstemp makes 0600 files; checkpoints are meant to be shared
+        os.replace(temp, path)
+    except BaseException:
+        if os.path.exists(temp):
+            os.remove(temp)
+        raise
+
+
+def _json_text(data: Mapping[str, Any], what: str) -> str:
+    try:
+        return json.dumps(data, indent=2, sort_keys=True) + "\n"
+    except TypeError as error:
+        raise TypeError(f"{what} must be JSON-serialisable (str, numbers, bools, lists, dicts): {error}") from None
+
+
+def _write_text(path: Path, text: str) -> None:
+    _atomic_write(path, lambda temp: Path(temp).write_text(text))
+
+
+def save_pretrained(
+    model: CausalVQVAE, directory: str | Path, extra_metadata: Mapping[str, Any] | None = None
+) -> Path:
+    """Write ``model`` to ``directory`` (created if needed); returns the directory."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    config = {"format": FORMAT_VERSION, "architecture": ARCHITECTURE, **model.config.to_dict()}
+    metadata = {
+        "format": FORMAT_VERSION,
+        "architecture": ARCHITECTURE,
+        "torch_version": torch.__version__,
+        "parameters": sum(p.numel() for p in model.parameters()),
+    }
+    clash = sorted(set(metadata) & set(extra_metadata or {}))
+    if clash:
+        raise ValueError(f"extra_metadata may not set the reserved key(s) {clash}")
+    metadata.update(extra_metadata or {})
+    # Serialise everything before writing anything: bad metadata must not leave a partial save.
+    config_text = _json_text(config, "the config")
+    metadata_text = _json_text(metadata, "extra_metadata")
+    _atomic_write(
+        directory / WEIGHTS_NAME,
+        lambda temp: save_file(tensors, temp, metadata={"format": str(FORMAT_VERSION), "architecture": ARCHITECTURE}),
+    )
+    _write_text(directory / CONFIG_NAME, config_text)
+    _write_text(directory / METADATA_NAME, metadata_text)
+    return directory
+
+
+def read_config(directory: str | Path, expect: Mapping[str, Any] | None = None) -> ModelConfig:
+    """Read and check ``config.json``: format, architecture, and every ``expect`` entry
+    (e.g. ``{"dataset": "dsprites", "latent_layout": "tokens"}``)."""
+    path = Path(directory) / CONFIG_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"no {CONFIG_NAME} in {directory}; is this a directory written by save_pretrained?")
+    raw = json.loads(path.read_text())
+    found_format = raw.pop("format", None)
+    if found_format != FORMAT_VERSION:
+        raise ValueError(f"{path}: checkpoint format {found_format!r}, but this code reads format {FORMAT_VERSION}")
+    architecture = raw.pop("architecture", None)
+    if architecture != ARCHITECTURE:
+        raise ValueError(f"{path}: architecture is {architecture!r}, expected {ARCHITECTURE!r}")
+    defaults = ModelConfig().to_dict()
+    for key, expected in (expect or {}).items():
+        if key == "architecture":
+            found = architecture
+        elif key in defaults:
+            found = raw.get(key, defaults[key])
+        else:
+            raise ValueError(f"expect has {key!r}, which is not a config key; known keys: {sorted(defaults)}")
+        expected_json = json.loads(json.dumps(list(expected) if isinstance(expected, tuple) else expected))
+        if found != expected_json:
+            raise ValueError(f"{path}: checkpoint has {key}={found!r} but {expected!r} was expected")
+    return ModelConfig.from_dict(raw)
+
+
+def load_pretrained(
+    directory: str | Path, map_location: str | torch.device = "cpu", expect: Mapping[str, Any] | None = None
+) -> CausalVQVAE:
+    """Rebuild the model of ``directory``; refuses a config that differs from ``expect`` and any
+    missing or unexpected tensor. The model is returned in eval mode."""
+    directory = Path(directory)
+    config = read_config(directory, expect)
+    weights = directory / WEIGHTS_NAME
+    if not weights.is_file():
+        raise FileNotFoundError(f"no {WEIGHTS_NAME} in {directory}")
+    state = load_file(str(weights), device=str(torch.device(map_location)))
+    model = CausalVQVAE(config)
+    wanted = set(model.state_dict())
+    missing, unexpected = sorted(wanted - set(state)), sorted(set(state) - wanted)
+    if missing or unexpected:
+        raise ValueError(
+            f"{weights} does not match its config ({config.latent_layout} layout): "
+            f"missing tensors {missing}, unexpected tensors {unexpected}"
+        )
+    model.load_state_dict(state, strict=True)
+    return model.to(map_location).eval()

@@ -1,0 +1,336 @@
+"""CausalVQVAE: VQ-VAE + causal graph + structural equations + action retrieval, as a plain nn.Module.
+
+Images are float (B, C, H, W) in [0, 1]; ``decode`` returns [0, 1] (sigmoid of the decoder logits).
+Actions are long ids in [0, A). Nothing here needs a Trainer: the loss helpers return dataclasses of
+named terms so a Lightning module only has to add them up, step the optimiser, and call
+``quantizer.update`` (done inside ``autoencoder_loss``) and ``update_multipliers``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from .autoencoder import Decoder, Encoder, TokenDecoder, TokenEncoder
+from .config import ModelConfig
+from .graph import CausalGraph, DualAscent
+from .quantizer import QuantizerOutput, VectorQuantizer
+from .retrieval import RetrievalHead, RetrievalOutput, score_actions
+from .transition import CausalTransition, TransitionLoss, TransitionOutput, transition_loss
+
+__all__ = ["AutoencoderOutput", "AutoencoderLoss", "RetrievalLoss", "CausalVQVAE"]
+
+ActionLike = torch.Tensor | int
+
+
+@dataclass(frozen=True)
+class AutoencoderOutput:
+    reconstruction: torch.Tensor  # (B, C, H, W) float32 in [0, 1]
+    reconstruction_logits: torch.Tensor  # (B, C, H, W) decoder output before the sigmoid
+    z: torch.Tensor  # (B, N, D) encodings before quantization
+    quantizer: QuantizerOutput
+
+
+@dataclass(frozen=True)
+class AutoencoderLoss:
+    loss: torch.Tensor  # () reconstruction + commitment + codebook
+    reconstruction_loss: torch.Tensor  # () MSE on [0, 1] images, or BCE on logits
+    commitment_loss: torch.Tensor  # () (beta included)
+    codebook_loss: torch.Tensor  # () 0 in "ema" mode
+    perplexity: torch.Tensor  # () codebook perplexity of this batch
+    codes_used: torch.Tensor  # () distinct codes in this batch (mean over codebooks)
+    output: AutoencoderOutput
+
+
+@dataclass(frozen=True)
+class RetrievalLoss:
+    loss: torch.Tensor  # () cross-entropy of the retrieval head
+    accuracy: torch.Tensor  # () top-1 action accuracy
+    logits: torch.Tensor  # (B, A)
+
+
+class CausalVQVAE(nn.Module):
+    """See the module docstring. Build from a :class:`ModelConfig`; parameters are initialised from
+    ``config.seed`` without touching the global random state."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed)
+            self._build(config)
+
+    def _build(self, c: ModelConfig) -> None:
+        self.encoder = Encoder(c.in_channels, c.hidden_dims, c.num_res_blocks, c.code_dim, c.norm_groups)
+        self.decoder = Decoder(c.in_channels, c.hidden_dims, c.num_res_blocks, c.code_dim, c.norm_groups)
+        cells = c.grid_size**2
+        if c.latent_layout == "tokens":
+            token_args = (c.num_tokens, cells, c.code_dim, c.token_layers, c.token_heads, c.mlp_ratio)
+            self.token_encoder = TokenEncoder(*token_args)
+            self.token_decoder = TokenDecoder(*token_args)
+        else:
+            self.token_encoder = None
+            self.token_decoder = None
+        self.quantizer = VectorQuantizer(
+            num_groups=c.num_codebooks,
+            codebook_size=c.codes_per_node,
+            dim=c.code_dim,
+            mode=c.quantizer_mode,
+            decay=c.ema_decay,
+            eps=c.ema_eps,
+            commitment_beta=c.commitment_beta,
+            dead_code_threshold=c.dead_code_threshold,
+            restart_dead_codes=c.restart_dead_codes,
+            seed=c.seed,
+        )
+        graph = CausalGraph(
+            num_nodes=c.num_nodes,
+            num_actions=c.num_actions,
+            num_codebooks=c.num_codebooks,
+            codes_per_node=c.codes_per_node,
+            adjacency_init_logit=c.adjacency_init_logit,
+            target_init_logit=c.target_init_logit,
+            temperature=c.gumbel_temperature,
+            state_dependent_targets=c.state_dependent_targets,
+            head_dim=c.target_head_dim,
+            context_layers=c.target_context_layers,
+            mlp_ratio=c.mlp_ratio,
+            state_bound=c.target_state_bound,
+        )
+        self.transition_net = CausalTransition(
+            graph,
+            num_codebooks=c.num_codebooks,
+            codes_per_node=c.codes_per_node,
+            dim=c.transition_dim,
+            layers=c.transition_layers,
+            heads=c.transition_heads,
+            mlp_ratio=c.mlp_ratio,
+            seed=c.seed + 1,
+        )
+        self.retrieval_head = RetrievalHead(
+            c.num_nodes, c.num_actions, c.num_codebooks, c.codes_per_node,
+            c.retrieval_dim, c.retrieval_layers, c.retrieval_heads, c.mlp_ratio,
+        )
+        n = c.num_nodes
+        start_targets = float(n) if c.target_budget_start is None else c.target_budget_start
+        start_parents = float(n - 1) if c.adjacency_budget_start is None else c.adjacency_budget_start
+        self.target_dual = DualAscent(c.num_actions, c.dual_lr, c.target_budget, start_targets, scale=n)
+        self.adjacency_dual = DualAscent(n, c.dual_lr, c.adjacency_budget, start_parents, scale=n)
+
+    @property
+    def graph(self) -> CausalGraph:
+        return self.transition_net.graph
+
+    # ------------------------------------------------------------------ autoencoder
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Images (B, C, H, W) in [0, 1] -> encodings (B, N, D) (grid cells or tokens)."""
+        c = self.config
+        if x.dim() != 4 or tuple(x.shape[1:]) != (c.in_channels, c.image_size, c.image_size):
+            raise ValueError(
+                f"expected images of shape (B, {c.in_channels}, {c.image_size}, {c.image_size}), got {tuple(x.shape)}"
+            )
+        cells = rearrange(self.encoder(x), "b d h w -> b (h w) d")
+        return cells if self.token_encoder is None else self.token_encoder(cells)
+
+    def quantize(self, z: torch.Tensor, update_codebook: bool = False) -> QuantizerOutput:
+        return self.quantizer(z, update_codebook=update_codebook)
+
+    @torch.no_grad()
+    def encode_codes(self, x: torch.Tensor) -> torch.Tensor:
+        """Images -> codes (B, N) long."""
+        return self.quantizer.nearest_codes(self.encode(x))
+
+    def decode_logits(self, quantized: torch.Tensor) -> torch.Tensor:
+        """Quantized vectors (B, N, D) -> decoder logits (B, C, H, W)."""
+        cells = quantized if self.token_decoder is None else self.token_decoder(quantized)
+        grid = rearrange(cells, "b (h w) d -> b d h w", h=self.config.grid_size)
+        return self.decoder(grid)
+
+    def decode(self, quantized_or_codes: torch.Tensor) -> torch.Tensor:
+        """Quantized vectors (B, N, D) or codes (B, N) long -> images (B, C, H, W) in [0, 1], float32."""
+        if not torch.is_floating_point(quantized_or_codes):
+            return self.decode_codes(quantized_or_codes)
+        return torch.sigmoid(self.decode_logits(quantized_or_codes)).float()
+
+    def decode_codes(self, codes: torch.Tensor) -> torch.Tensor:
+        """Codes (B, N) long -> images (B, C, H, W) in [0, 1]."""
+        return torch.sigmoid(self.decode_logits(self.quantizer.lookup(codes))).float()
+
+    def forward(self, x: torch.Tensor) -> AutoencoderOutput:
+        z = self.encode(x)
+        q = self.quantize(z)
+        logits = self.decode_logits(q.quantized)
+        return AutoencoderOutput(
+            reconstruction=torch.sigmoid(logits).float(), reconstruction_logits=logits, z=z, quantizer=q
+        )
+
+    def autoencoder_loss(self, x: torch.Tensor, update_codebook: bool = True) -> AutoencoderLoss:
+        """Reconstruction + VQ losses on images x; with ``update_codebook`` the quantizer's EMA /
+        restart step runs too (only in training mode with grad enabled)."""
+        out = self(x)
+        if self.config.reconstruction_loss == "bce":
+            rec = F.binary_cross_entropy_with_logits(out.reconstruction_logits.float(), x.float())
+        else:
+            rec = F.mse_loss(out.reconstruction, x.float())
+        q = out.quantizer
+        if update_codebook:
+            self.quantizer.update(out.z, q.codes)
+        return AutoencoderLoss(
+            loss=rec + q.commitment_loss + q.codebook_loss,
+            reconstruction_loss=rec,
+            commitment_loss=q.commitment_loss,
+            codebook_loss=q.codebook_loss,
+            perplexity=q.perplexity,
+            codes_used=q.codes_used,
+            output=out,
+        )
+
+    # ------------------------------------------------------------------ transitions
+    @staticmethod
+    def _actions(action: ActionLike, batch: int, device: torch.device) -> torch.Tensor:
+        if isinstance(action, int):
+            return torch.full((batch,), action, dtype=torch.long, device=device)
+        action = action.to(device=device, dtype=torch.long)
+        return action.expand(batch) if action.dim() == 0 else action
+
+    def _check_action_id(self, action: ActionLike) -> None:
+        if isinstance(action, int) and not 0 <= action < self.config.num_actions:
+            raise ValueError(f"action id {action} out of range [0, {self.config.num_actions})")
+
+    def transition(
+        self,
+        codes: torch.Tensor,
+        action: ActionLike,
+        sample: bool | None = None,
+        generator: torch.Generator | None = None,
+    ) -> TransitionOutput:
+        """Apply ``action`` ((B,) ids or an int) to ``codes`` (B, N). Samples the graph masks only
+        when ``sample`` (default: training mode)."""
+        self._check_action_id(action)
+        return self.transition_net(codes, self._actions(action, codes.shape[0], codes.device), sample, generator)
+
+    def transition_loss(
+        self,
+        x_codes: torch.Tensor,
+        action: ActionLike,
+        target_codes: torch.Tensor,
+        progress: float = 1.0,
+        generator: torch.Generator | None = None,
+    ) -> TransitionLoss:
+        """Mixture NLL of ``target_codes`` after ``action`` on ``x_codes`` plus graph sparsity
+        (budgets at training ``progress`` in [0, 1]). Call :meth:`update_multipliers` after the step."""
+        c = self.config
+        self._check_action_id(action)
+        actions = self._actions(action, x_codes.shape[0], x_codes.device)
+        output = self.transition_net(x_codes, actions, generator=generator)
+        return transition_loss(
+            output, x_codes, target_codes, actions, self.graph,
+            eps=c.mixture_eps,
+            sparsity_mode=c.sparsity_mode,
+            equation_weight=c.equation_loss_weight,
+            target_dual=self.target_dual,
+            adjacency_dual=self.adjacency_dual,
+            target_penalty_weight=c.target_penalty_weight,
+            adjacency_penalty_weight=c.adjacency_penalty_weight,
+            progress=progress,
+        )
+
+    def update_multipliers(self, loss: TransitionLoss) -> None:
+        """Dual-ascent step of the sparsity constraints (constraint mode, training mode only)."""
+        if self.config.sparsity_mode != "constraint" or not self.training:
+            return
+        self.target_dual.update(loss.expected_targets, loss.target_budget)
+        self.adjacency_dual.update(loss.expected_parents, loss.adjacency_budget)
+
+    # ------------------------------------------------------------------ retrieval
+    def retrieve_codes(
+        self,
+        codes: torch.Tensor,
+        target_codes: torch.Tensor,
+        method: str = "head",
+        temperature: float | None = None,
+    ) -> RetrievalOutput:
+        """Which action turned ``codes`` into ``target_codes`` (both (B, N))? Deterministic."""
+        if method == "transition":
+            temperature = self.config.retrieval_temperature if temperature is None else temperature
+            scores = score_actions(self.transition_net, codes, target_codes, self.config.mixture_eps)
+            logits = -scores / temperature
+        elif method == "head":
+            scores = None
+            logits = self.retrieval_head(codes, target_codes).float()
+            if temperature is not None:
+                logits = logits / temperature
+        else:
+            raise ValueError(f"unknown retrieval method {method!r}; use 'head' or 'transition'")
+        return RetrievalOutput(logits=logits, probs=torch.softmax(logits, -1), action=logits.argmax(-1), scores=scores)
+
+    @torch.no_grad()
+    def retrieve(
+        self, x: torch.Tensor, x_prime: torch.Tensor, method: str = "head", temperature: float | None = None
+    ) -> RetrievalOutput:
+        """Which action turned image x into x_prime? ``method``: "head" or "transition"."""
+        return self.retrieve_codes(self.encode_codes(x), self.encode_codes(x_prime), method, temperature)
+
+    def retrieval_loss(self, codes: torch.Tensor, target_codes: torch.Tensor, action: torch.Tensor) -> RetrievalLoss:
+        """Cross-entropy of the retrieval head on code pairs labelled with their action."""
+        logits = self.retrieval_head(codes, target_codes).float()
+        return RetrievalLoss(
+            loss=F.cross_entropy(logits, action),
+            accuracy=(logits.argmax(-1) == action).float().mean(),
+            logits=logits,
+        )
+
+    # ------------------------------------------------------------------ editing
+    @torch.no_grad()
+    def edit_codes(self, codes: torch.Tensor, action: ActionLike) -> torch.Tensor:
+        """Deterministic intervention on codes (B, N) -> new codes (B, N)."""
+        return self.transition(codes, action, sample=False).predicted_codes
+
+    @torch.no_grad()
+    def edit(self, x: torch.Tensor, action: ActionLike) -> torch.Tensor:
+        """encode, quantize, intervene with ``action`` ((B,) ids or an int), decode: images in [0, 1]."""
+        return self.decode_codes(self.edit_codes(self.encode_codes(x), action))
+
+    @torch.no_grad()
+    def edit_sequence(
+        self, x: torch.Tensor, actions: Sequence[ActionLike], return_intermediate: bool = False
+    ) -> torch.Tensor:
+        """Apply ``actions`` in order (in code space) and decode: (B, C, H, W), or with
+        ``return_intermediate`` every step including the start: (B, T + 1, C, H, W)."""
+        codes = self.encode_codes(x)
+        steps = [codes]
+        for action in actions:
+            codes = self.edit_codes(codes, action)
+            steps.append(codes)
+        if not return_intermediate:
+            return self.decode_codes(codes)
+        frames = self.decode_codes(torch.cat(steps, dim=0))
+        return rearrange(frames, "(t b) c h w -> b t c h w", t=len(steps))
+
+    # ------------------------------------------------------------------ bookkeeping
+    def parameter_counts(self) -> dict[str, int]:
+        """Parameters per top-level submodule, and "total"."""
+        counts = {name: sum(p.numel() for p in module.parameters()) for name, module in self.named_children()}
+        counts = {k: v for k, v in counts.items() if v}
+        counts["total"] = sum(p.numel() for p in self.parameters())
+        return counts
+
+    def save_pretrained(self, directory: str | Path, extra_metadata: Mapping[str, Any] | None = None) -> Path:
+        from .io import save_pretrained
+
+        return save_pretrained(self, directory, extra_metadata)
+
+    @classmethod
+    def from_pretrained(
+        cls, directory: str | Path, map_location: str | torch.device = "cpu", expect: Mapping[str, Any] | None = None
+    ) -> CausalVQVAE:
+        from .io import load_pretrained
+
+        return load_pretrained(directory, map_location=map_location, expect=expect)

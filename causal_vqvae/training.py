@@ -1,0 +1,240 @@
+"""Staged training of :class:`CausalVQVAE` with PyTorch Lightning.
+
+Stages, run in this order by ``train.py`` (each hands its weights to the next):
+
+``vqvae``
+    the autoencoder on single images: reconstruction + commitment (+ codebook in "loss" mode);
+    the EMA codebook and dead-code restarts update inside the step.
+``causal``
+    the autoencoder frozen (eval mode, no codebook update); on pairs (x, a, x') the codes of both
+    images feed the transition (mixture NLL of x' codes + sparsity of both graphs, dual ascent on
+    the budgets) and the retrieval head (cross-entropy on the action).
+``joint`` (optional)
+    everything trained on pairs: the autoencoder losses of x and x' plus the causal losses.
+
+Losses and their weights live in :class:`TrainConfig`; the model's own hyperparameters in
+:class:`ModelConfig`. Validation runs on held-out pairs and logs reconstruction MSE / PSNR, the
+transition's code accuracy, retrieval accuracy of both methods (action and factor), codebook usage
+and graph size.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+
+from .model import CausalVQVAE
+
+__all__ = ["STAGES", "TrainConfig", "CausalVQVAEModule", "psnr"]
+
+STAGES = ("vqvae", "causal", "joint")
+AUTOENCODER_PARTS = ("encoder", "decoder", "quantizer", "token_encoder", "token_decoder")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation and loss weights of every stage (``steps`` of 0 skip a stage).
+
+    vqvae_steps, causal_steps, joint_steps: optimiser steps per stage.
+    vqvae_lr, causal_lr, joint_lr: peak AdamW learning rates.
+    weight_decay: AdamW weight decay.
+    warmup_steps: linear warm-up at the start of each stage, then cosine decay to
+        ``min_lr_ratio`` x the peak at the stage's last step.
+    grad_clip: gradient-norm clipping (0 = off).
+    transition_weight: weight of the transition loss (mixture NLL + sparsity).
+    retrieval_weight: weight of the retrieval head's cross-entropy.
+    reconstruction_weight: weight of the autoencoder loss in the joint stage.
+    val_every: optimiser steps between validations (also the length of a training "epoch").
+    """
+
+    vqvae_steps: int = 3000
+    causal_steps: int = 3000
+    joint_steps: int = 0
+    vqvae_lr: float = 1e-3
+    causal_lr: float = 5e-4
+    joint_lr: float = 1e-4
+    weight_decay: float = 0.0
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.1
+    grad_clip: float = 1.0
+    transition_weight: float = 1.0
+    retrieval_weight: float = 1.0
+    reconstruction_weight: float = 1.0
+    val_every: int = 500
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value < 0:
+                raise ValueError(f"TrainConfig.{f.name} must be >= 0, got {value}")
+        if self.val_every < 1:
+            raise ValueError(f"TrainConfig.val_every must be >= 1, got {self.val_every}")
+
+    def steps(self, stage: str) -> int:
+        return getattr(self, f"{_check_stage(stage)}_steps")
+
+    def lr(self, stage: str) -> float:
+        return getattr(self, f"{_check_stage(stage)}_lr")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown TrainConfig keys {unknown}; known keys: {sorted(known)}")
+        return cls(**data)
+
+
+def _check_stage(stage: str) -> str:
+    if stage not in STAGES:
+        raise ValueError(f"unknown stage {stage!r}; stages are {STAGES}")
+    return stage
+
+
+def psnr(mse: torch.Tensor) -> torch.Tensor:
+    """PSNR in dB of per-image MSEs on [0, 1] images (capped at 100 dB for exact copies)."""
+    return (10 * torch.log10(1.0 / mse.clamp_min(1e-10))).clamp_max(100.0)
+
+
+def _warmup_cosine(step: int, total: int, warmup: int, floor: float) -> float:
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+class CausalVQVAEModule(pl.LightningModule):
+    """Trains one stage of a :class:`CausalVQVAE` (the plain module is ``self.model``)."""
+
+    def __init__(self, model: CausalVQVAE, stage: str, train_config: TrainConfig | None = None) -> None:
+        super().__init__()
+        self.model = model
+        self.stage = _check_stage(stage)
+        self.train_config = train_config or TrainConfig()
+        self.save_hyperparameters(
+            {"stage": stage, "model": model.config.to_dict(), "train": self.train_config.to_dict()}
+        )
+        frozen = self.stage == "causal"
+        for name in AUTOENCODER_PARTS:
+            part = getattr(model, name, None)
+            if part is not None:
+                part.requires_grad_(not frozen)
+        self._pending_multiplier_update = None
+
+    # ------------------------------------------------------------------ helpers
+    def _autoencoder_parts(self) -> list[torch.nn.Module]:
+        return [getattr(self.model, n) for n in AUTOENCODER_PARTS if getattr(self.model, n, None) is not None]
+
+    def _progress(self) -> float:
+        total = self.train_config.steps(self.stage)
+        return min(1.0, self.global_step / max(1, total))
+
+    def on_train_epoch_start(self) -> None:
+        # Frozen parts stay in eval mode, so no EMA / restart step touches the codebook.
+        if self.stage == "causal":
+            for part in self._autoencoder_parts():
+                part.eval()
+        self.model.quantizer.reset_usage()
+
+    # ------------------------------------------------------------------ training
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        cfg = self.train_config
+        if self.stage == "vqvae":
+            x = batch["image"] if "image_next" not in batch else torch.cat([batch["image"], batch["image_next"]])
+            ae = self.model.autoencoder_loss(x)
+            self.log_dict({
+                "train/loss": ae.loss, "train/reconstruction": ae.reconstruction_loss,
+                "train/commitment": ae.commitment_loss, "train/perplexity": ae.perplexity,
+                "train/codes_used": ae.codes_used,
+            }, prog_bar=False)
+            self.log("train/psnr", psnr(ae.reconstruction_loss), prog_bar=True)
+            return ae.loss
+
+        x, x_next, action = batch["image"], batch["image_next"], batch["action"]
+        loss = x.new_zeros(())
+        if self.stage == "causal":
+            with torch.no_grad():
+                codes = self.model.encode_codes(x)
+                target_codes = self.model.encode_codes(x_next)
+        else:
+            ae = self.model.autoencoder_loss(torch.cat([x, x_next]))
+            codes, target_codes = ae.output.quantizer.codes.detach().chunk(2)
+            loss = loss + cfg.reconstruction_weight * ae.loss
+            self.log("train/reconstruction", ae.reconstruction_loss)
+        tl = self.model.transition_loss(codes, action, target_codes, progress=self._progress())
+        rl = self.model.retrieval_loss(codes, target_codes, action)
+        loss = loss + cfg.transition_weight * tl.loss + cfg.retrieval_weight * rl.loss
+        self._pending_multiplier_update = tl
+        self.log_dict({
+            "train/loss": loss, "train/transition_nll": tl.nll, "train/sparsity": tl.sparsity,
+            "train/node_accuracy": tl.node_accuracy, "train/retrieval_loss": rl.loss,
+            "train/intervened_nodes": tl.expected_targets.mean(), "train/parents": tl.expected_parents.mean(),
+        })
+        self.log("train/retrieval_acc", rl.accuracy, prog_bar=True)
+        return loss
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        # Dual ascent after the optimiser step: the multipliers were used by this step's backward.
+        if self._pending_multiplier_update is not None:
+            self.model.update_multipliers(self._pending_multiplier_update)
+            self._pending_multiplier_update = None
+
+    # ------------------------------------------------------------------ validation
+    def _evaluate(self, batch: dict[str, torch.Tensor], prefix: str) -> None:
+        x, x_next, action = batch["image"], batch["image_next"], batch["action"]
+        out = self.model(x)
+        mse = (out.reconstruction - x.float()).pow(2).flatten(1).mean(1)
+        metrics = {f"{prefix}/mse": mse.mean(), f"{prefix}/psnr": psnr(mse).mean(),
+                   f"{prefix}/perplexity": out.quantizer.perplexity}
+        if self.stage != "vqvae":
+            codes = out.quantizer.codes
+            target_codes = self.model.encode_codes(x_next)
+            t = self.model.transition(codes, action, sample=False)
+            correct = (t.predicted_codes == target_codes).float()
+            head = self.model.retrieve_codes(codes, target_codes, "head").action
+            by_transition = self.model.retrieve_codes(codes, target_codes, "transition").action
+            metrics.update({
+                f"{prefix}/code_accuracy": correct.mean(),
+                f"{prefix}/code_exact": correct.min(-1).values.mean(),
+                f"{prefix}/retrieval_head_acc": (head == action).float().mean(),
+                f"{prefix}/retrieval_transition_acc": (by_transition == action).float().mean(),
+                # Action ids are factor-major (two per factor), so id // 2 is the factor.
+                f"{prefix}/retrieval_head_factor_acc": (head // 2 == action // 2).float().mean(),
+                f"{prefix}/retrieval_transition_factor_acc": (by_transition // 2 == action // 2).float().mean(),
+                f"{prefix}/intervened_nodes": t.intervened.float().sum(-1).mean(),
+                f"{prefix}/changed_nodes": (codes != target_codes).float().sum(-1).mean(),
+            })
+        self.log_dict(metrics, sync_dist=True, prog_bar=False)
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, "val")
+
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, "test")
+
+    def on_validation_epoch_end(self) -> None:
+        graph = self.model.graph
+        self.log_dict({
+            "val/graph_edges": graph.hard_adjacency().float().sum(),
+            "val/codes_in_use": self.model.quantizer.codes_in_use().float().mean(),
+        }, sync_dist=True)
+
+    # ------------------------------------------------------------------ optimisation
+    def configure_optimizers(self):
+        cfg = self.train_config
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if not params:
+            raise RuntimeError(f"stage {self.stage!r} has nothing to train")
+        optimizer = torch.optim.AdamW(params, lr=cfg.lr(self.stage), weight_decay=cfg.weight_decay)
+        total = cfg.steps(self.stage)
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: _warmup_cosine(step, total, cfg.warmup_steps, cfg.min_lr_ratio)
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}

@@ -1,0 +1,294 @@
+"""The structural equations: given the current codes and an action, predict the new code of every
+intervened node from its parents; every other node keeps its code exactly.
+
+Each node's state starts from its own code, its position and the action embedding (so the
+prediction depends on the action, and the action embedding gets gradients). Every layer, a node's
+state attends over
+
+- its parents' *input* embeddings (code + position), never over other nodes' updated states: a
+  second layer over updated states would leak grandparents, and "no edge" must mean "no
+  dependence";
+- an always-visible action token.
+
+A parent j of node i enters with its mask value m = adjacency[j, i]: its key/value is
+``m * kv(parent) + (1 - m) * kv(constant)``. With a 0/1 mask (straight-through in training, hard at
+evaluation) a masked parent is *replaced* by a learned constant, so the output of a node with no
+parents is the same whatever the other nodes' codes are, while the mask still receives gradient.
+The scores and outputs are computed densely over all N nodes (no N x N x D tensor).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from .autoencoder import FeedForward
+from .graph import CausalGraph, DualAscent, node_code_offsets
+
+__all__ = [
+    "TransitionOutput",
+    "TransitionLoss",
+    "ParentAttentionBlock",
+    "CausalTransition",
+    "mixture_nll",
+    "transition_loss",
+]
+
+
+@dataclass(frozen=True)
+class TransitionOutput:
+    logits: torch.Tensor  # (B, N, K) logits over the node's codes (used where intervened)
+    intervened: torch.Tensor  # (B, N) 0/1 values (straight-through gradient when sampled)
+    predicted_codes: torch.Tensor  # (B, N) argmax where intervened, the current code elsewhere
+    target_logits: torch.Tensor  # (B, N) intervention-target logits
+    adjacency: torch.Tensor  # (B, N, N) mask used, [b, j, i] = j is a parent of i
+
+
+@dataclass(frozen=True)
+class TransitionLoss:
+    loss: torch.Tensor  # () nll + equation_weight * equation_nll + sparsity
+    nll: torch.Tensor  # () mean mixture NLL of the target codes
+    equation_nll: torch.Tensor  # () cross-entropy of the logits vs the target codes on every node
+    sparsity: torch.Tensor  # () the sparsity term added (penalty or Lagrangian; 0 in "none")
+    expected_targets: torch.Tensor  # (A,) expected intervened nodes per action
+    expected_parents: torch.Tensor  # (N,) expected parents per node
+    target_budget: float
+    adjacency_budget: float
+    node_accuracy: torch.Tensor  # () fraction of nodes whose predicted code equals the target
+    exact: torch.Tensor  # () fraction of examples with every node right
+    intervened_fraction: torch.Tensor  # () mean of the intervention mask
+    output: TransitionOutput
+
+
+class ParentAttentionBlock(nn.Module):
+    """Node states attend over their (masked) parents' input embeddings and the action token."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.scale = (dim // heads) ** -0.5
+        self.norm_query = nn.LayerNorm(dim)
+        self.norm_memory = nn.LayerNorm(dim)
+        self.to_q = nn.Linear(dim, dim)
+        self.to_k = nn.Linear(dim, dim)
+        self.to_v = nn.Linear(dim, dim)
+        self.out = nn.Linear(dim, dim)
+        self.norm_ff = nn.LayerNorm(dim)
+        self.ff = FeedForward(dim, mlp_ratio)
+
+    def forward(
+        self,
+        h: torch.Tensor,  # (B, N, D) node states
+        parents: torch.Tensor,  # (B, N, D) input embeddings of the nodes as parents
+        extra: torch.Tensor,  # (B, E, D) always-visible tokens (the action)
+        constant: torch.Tensor,  # (D,) replaces a masked parent
+        mask: torch.Tensor,  # (B, 1, N_child, N_parent) in [0, 1]
+    ) -> torch.Tensor:
+        heads = self.heads
+        q = rearrange(self.to_q(self.norm_query(h)), "b i (h d) -> b h i d", h=heads)
+        memory = self.norm_memory(parents)
+        k = rearrange(self.to_k(memory), "b j (h d) -> b h j d", h=heads)
+        v = rearrange(self.to_v(memory), "b j (h d) -> b h j d", h=heads)
+        constant = self.norm_memory(constant)
+        k_const = rearrange(self.to_k(constant), "(h d) -> h d", h=heads)
+        v_const = rearrange(self.to_v(constant), "(h d) -> h d", h=heads)
+        extra = self.norm_memory(extra)
+        k_extra = rearrange(self.to_k(extra), "b e (h d) -> b h e d", h=heads)
+        v_extra = rearrange(self.to_v(extra), "b e (h d) -> b h e d", h=heads)
+
+        scores_parent = torch.einsum("bhid,bhjd->bhij", q, k) * self.scale
+        scores_const = torch.einsum("bhid,hd->bhi", q, k_const) * self.scale
+        scores_parent = mask * scores_parent + (1.0 - mask) * scores_const.unsqueeze(-1)
+        scores_extra = torch.einsum("bhid,bhed->bhie", q, k_extra) * self.scale
+        num_parents = scores_parent.shape[-1]
+        attn = torch.softmax(torch.cat([scores_parent, scores_extra], dim=-1).float(), dim=-1)
+        attn_parent, attn_extra = attn[..., :num_parents], attn[..., num_parents:]
+
+        out = (
+            torch.einsum("bhij,bhjd->bhid", (attn_parent * mask).to(v.dtype), v)
+            + (attn_parent * (1.0 - mask)).sum(-1, keepdim=True).to(v.dtype) * v_const.unsqueeze(1)
+            + torch.einsum("bhie,bhed->bhid", attn_extra.to(v.dtype), v_extra)
+        )
+        h = h + self.out(rearrange(out, "b h i d -> b i (h d)"))
+        return h + self.ff(self.norm_ff(h))
+
+
+class CausalTransition(nn.Module):
+    """Structural equations over N nodes of K codes each, driven by ``graph``.
+
+    Args:
+        graph: the :class:`CausalGraph` (adjacency and intervention targets); owned by this module.
+        num_codebooks, codes_per_node: code layout (node n uses codebook n // (N / G)).
+        dim, layers, heads, mlp_ratio: the attention stack.
+        seed: seed of the default sampling generator (one per device, created on first use).
+    """
+
+    def __init__(
+        self,
+        graph: CausalGraph,
+        num_codebooks: int,
+        codes_per_node: int,
+        dim: int = 256,
+        layers: int = 4,
+        heads: int = 8,
+        mlp_ratio: int = 4,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.graph = graph
+        self.num_nodes = graph.num_nodes
+        self.num_actions = graph.num_actions
+        self.num_codebooks = num_codebooks
+        self.codes_per_node = codes_per_node
+        self.seed = seed
+        self._generators: dict[str, torch.Generator] = {}
+        num_nodes = graph.num_nodes
+        self.register_buffer("offsets", node_code_offsets(num_nodes, num_codebooks, codes_per_node), persistent=False)
+        self.register_buffer("node_group", self.offsets // codes_per_node, persistent=False)
+        self.code_embed = nn.Embedding(num_codebooks * codes_per_node, dim)
+        self.position = nn.Parameter(torch.randn(num_nodes, dim) * 0.02)
+        self.action_embed = nn.Embedding(graph.num_actions, dim)
+        self.action_type = nn.Parameter(torch.randn(dim) * 0.02)
+        self.constant = nn.Parameter(torch.randn(dim) * 0.02)
+        self.blocks = nn.ModuleList(ParentAttentionBlock(dim, heads, mlp_ratio) for _ in range(layers))
+        self.norm = nn.LayerNorm(dim)
+        self.head_weight = nn.Parameter(torch.randn(num_codebooks, codes_per_node, dim) * dim**-0.5)
+        self.head_bias = nn.Parameter(torch.zeros(num_codebooks, codes_per_node))
+
+    def generator(self, device: torch.device | str) -> torch.Generator:
+        """The default sampling generator for ``device`` (seeded from ``seed`` on first use)."""
+        device = torch.device(device)
+        key = str(device)
+        if key not in self._generators:
+            gen = torch.Generator(device=device)
+            gen.manual_seed(self.seed)
+            self._generators[key] = gen
+        return self._generators[key]
+
+    def _head(self, h: torch.Tensor) -> torch.Tensor:
+        """(B, N, D) -> (B, N, K) logits over each node's own codebook."""
+        if self.num_codebooks == 1:
+            return F.linear(h, self.head_weight[0], self.head_bias[0])
+        weight = self.head_weight[self.node_group]  # (N, K, D)
+        return torch.einsum("bnd,nkd->bnk", h, weight) + self.head_bias[self.node_group]
+
+    def forward(
+        self,
+        codes: torch.Tensor,
+        action: torch.Tensor,
+        sample: bool | None = None,
+        generator: torch.Generator | None = None,
+    ) -> TransitionOutput:
+        """codes (B, N) long, action (B,) long. ``sample`` (default: ``self.training``) draws the
+        graph masks with ``generator`` (on the codes' device; default: this module's own, seeded
+        identically on every rank, so under DDP pass a per-rank generator); otherwise the masks are
+        the deterministic thresholds."""
+        batch = codes.shape[0]
+        sample = self.training if sample is None else sample
+        if sample and generator is None:
+            generator = self.generator(codes.device)
+
+        parents = self.code_embed(codes + self.offsets) + self.position  # (B, N, D)
+        action_vec = self.action_embed(action)  # (B, D)
+        h = parents + rearrange(action_vec, "b d -> b 1 d")
+        action_token = rearrange(action_vec + self.action_type, "b d -> b 1 d")
+        adjacency = self.graph.adjacency_mask(batch, sample, generator)  # (B, N_parent, N_child)
+        mask = rearrange(adjacency, "b j i -> b 1 i j")
+        for block in self.blocks:
+            h = block(h, parents, action_token, self.constant, mask)
+        logits = self._head(self.norm(h))
+
+        target_logits = self.graph.targets(codes, action)
+        intervened = self.graph.target_mask(target_logits, sample, generator)
+        predicted = torch.where(intervened > 0.5, logits.argmax(-1), codes)
+        return TransitionOutput(
+            logits=logits,
+            intervened=intervened,
+            predicted_codes=predicted,
+            target_logits=target_logits,
+            adjacency=adjacency,
+        )
+
+
+def mixture_nll(output: TransitionOutput, codes: torch.Tensor, target_codes: torch.Tensor, eps: float) -> torch.Tensor:
+    """(B, N) NLL of ``target_codes`` under intervened * softmax(logits) + (1 - intervened) * onehot(codes).
+
+    The mixture is what makes the intervention mask learnable: keeping a node whose target code
+    changed costs -log(eps); intervening on a node costs whatever the structural equation misses.
+    ``eps`` floors the probability (loss <= -log(eps), bounded straight-through gradient)."""
+    log_probs = torch.log_softmax(output.logits.float(), dim=-1)
+    p_model = log_probs.gather(-1, target_codes.unsqueeze(-1)).squeeze(-1).exp()
+    p_keep = (target_codes == codes).float()
+    m = output.intervened.float()
+    p = m * p_model + (1.0 - m) * p_keep
+    return -torch.log(eps + (1.0 - eps) * p)
+
+
+def transition_loss(
+    output: TransitionOutput,
+    codes: torch.Tensor,
+    target_codes: torch.Tensor,
+    action: torch.Tensor,
+    graph: CausalGraph,
+    *,
+    eps: float,
+    sparsity_mode: str,
+    equation_weight: float = 1.0,
+    target_dual: DualAscent | None = None,
+    adjacency_dual: DualAscent | None = None,
+    target_penalty_weight: float = 0.0,
+    adjacency_penalty_weight: float = 0.0,
+    progress: float = 1.0,
+) -> TransitionLoss:
+    """Mixture NLL, equation cross-entropy and the sparsity term of both graphs.
+
+    The equation term trains the logits on every node whatever its mask: the mixture alone gives a
+    node's equation gradient only while the node is intervened, so a mask that closes early would
+    starve its equation and, with it, the gradient that could reopen the mask.
+
+    "constraint": mean(lambda * (expected - budget(progress))) / N for targets per action and for
+    parents per node (update the multipliers afterwards with ``DualAscent.update``); "penalty":
+    weights times the mean expected counts; "none": no sparsity term (the expected counts are still
+    reported)."""
+    nll = mixture_nll(output, codes, target_codes, eps).mean()
+    equation_nll = F.cross_entropy(rearrange(output.logits.float(), "b n k -> b k n"), target_codes)
+    expected_targets = graph.expected_targets(output.target_logits, action)
+    expected_parents = graph.expected_parents()
+    if sparsity_mode == "constraint":
+        if target_dual is None or adjacency_dual is None:
+            raise ValueError("sparsity_mode 'constraint' needs target_dual and adjacency_dual")
+        target_budget = target_dual.budget_at(progress)
+        adjacency_budget = adjacency_dual.budget_at(progress)
+        sparsity = target_dual.lagrangian(expected_targets, target_budget) + adjacency_dual.lagrangian(
+            expected_parents, adjacency_budget
+        )
+    else:
+        target_budget = target_dual.budget_at(progress) if target_dual is not None else float("nan")
+        adjacency_budget = adjacency_dual.budget_at(progress) if adjacency_dual is not None else float("nan")
+        if sparsity_mode == "penalty":
+            sparsity = (
+                target_penalty_weight * expected_targets.mean() + adjacency_penalty_weight * expected_parents.mean()
+            )
+        elif sparsity_mode == "none":
+            sparsity = nll.new_zeros(())
+        else:
+            raise ValueError(f"unknown sparsity_mode {sparsity_mode!r}; use 'constraint', 'penalty' or 'none'")
+    correct = (output.predicted_codes == target_codes).float()
+    return TransitionLoss(
+        loss=nll + equation_weight * equation_nll + sparsity,
+        nll=nll,
+        equation_nll=equation_nll,
+        sparsity=sparsity,
+        expected_targets=expected_targets,
+        expected_parents=expected_parents,
+        target_budget=target_budget,
+        adjacency_budget=adjacency_budget,
+        node_accuracy=correct.mean(),
+        exact=correct.min(-1).values.mean(),
+        intervened_fraction=output.intervened.float().mean(),
+        output=output,
+    )

@@ -1,0 +1,131 @@
+"""Write a PNG of factor traversals for any dataset, real file or procedural twin.
+
+    python -m datamodules.preview --data shapes3d --out preview.png [--data-root DIR] [--seed 0]
+
+dSprites / 3D Shapes: one row per factor, each row moves that factor across its values (up to
+``--steps`` evenly spaced classes) from one validation state. CelebA: one row per chosen attribute,
+``--steps // 2`` validation pairs side by side (source | target of the ``<attribute>+`` action).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+from .datamodule import DATASETS, CelebADataModule, build_datamodule
+from .sources import TwinSource
+
+LABEL_WIDTH = 110
+
+
+def _to_uint8(images: torch.Tensor) -> np.ndarray:
+    """(B, C, H, W) float [0, 1] -> (B, H, W, 3) uint8."""
+    arr = (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    return np.repeat(arr, 3, axis=-1) if arr.shape[-1] == 1 else arr
+
+
+def factor_traversals(dm, steps: int = 10, seed: int = 0) -> tuple[list[str], list[np.ndarray]]:
+    """Row labels and rows of uint8 images ``(n, H, W, 3)``, one row per factor with a size > 1."""
+    space = dm.space
+    base = dm.sample_batch("val", size=1 + seed)["factors"][seed]
+    labels, rows = [], []
+    for i, factor in enumerate(space.factors):
+        if factor.size == 1:
+            continue
+        classes = np.unique(np.linspace(0, factor.size - 1, min(steps, factor.size)).round().astype(int))
+        states = base.repeat(len(classes), 1)
+        states[:, i] = torch.as_tensor(classes)
+        if isinstance(dm.source, TwinSource):
+            images = dm.source.render(states)
+        else:
+            images = dm.source.fetch(space.ravel(states).numpy()).permute(0, 3, 1, 2).float() / 255
+        labels.append(f"{factor.name} 0..{factor.size - 1}")
+        rows.append(_to_uint8(images))
+    return labels, rows
+
+
+def attribute_pairs(dm: CelebADataModule, steps: int = 10) -> tuple[list[str], list[np.ndarray]]:
+    """One row per chosen attribute: validation pairs (x | x') for its ``+`` action."""
+    batch = dm.sample_batch("val", size=512)
+    labels, rows = [], []
+    for action in dm.actions:
+        if action.direction < 0:
+            continue
+        hit = (batch["action"] == action.id).nonzero()[:, 0][: max(1, steps // 2)]
+        if len(hit) == 0:
+            continue
+        pairs = torch.stack([batch["image"][hit], batch["image_next"][hit]], 1).flatten(0, 1)
+        labels.append(action.name)
+        rows.append(_to_uint8(pairs))
+    return labels, rows
+
+
+def grid_image(labels: list[str], rows: list[np.ndarray], scale: int = 2, title: str = "") -> Image.Image:
+    h, w = rows[0].shape[1:3]
+    cols = max(len(r) for r in rows)
+    top = 16 if title else 0
+    canvas = Image.new("RGB", (LABEL_WIDTH + cols * w * scale, top + len(rows) * h * scale), "white")
+    draw = ImageDraw.Draw(canvas)
+    if title:
+        draw.text((4, 2), title, fill="black")
+    for r, (label, row) in enumerate(zip(labels, rows)):
+        y = top + r * h * scale
+        draw.text((4, y + h * scale // 2 - 6), label, fill="black")
+        for c, img in enumerate(row):
+            tile = Image.fromarray(img).resize((w * scale, h * scale), Image.NEAREST)
+            canvas.paste(tile, (LABEL_WIDTH + c * w * scale, y))
+    return canvas
+
+
+def save_png_atomic(image: Image.Image, out: Path) -> None:
+    """Write ``out`` through a temporary file in the same folder, so it is never half-written."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".png", dir=out.parent)
+    os.close(fd)
+    try:
+        image.save(tmp, format="PNG")
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def main(argv: list[str] | None = None) -> Path:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", choices=sorted(DATASETS), default="shapes3d", help="dataset to preview")
+    parser.add_argument("--data-root", default=None, help="folder or file of the real dataset; omit for the twin")
+    parser.add_argument("--out", type=Path, default=None, help="PNG path (default: preview_<data>.png)")
+    parser.add_argument("--steps", type=int, default=10, help="images per row")
+    parser.add_argument("--seed", type=int, default=0, help="which validation state to traverse from")
+    parser.add_argument("--scale", type=int, default=2, help="pixel upscaling of each tile")
+    parser.add_argument("--cache-root", default=None, help="where memmap caches and the CelebA twin live")
+    parser.add_argument("--twin-size", type=int, default=2000, help="CelebA twin: faces to write if absent")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+    dm = build_datamodule(args.data, data_root=args.data_root, cache_root=args.cache_root,
+                          twin_size=args.twin_size, batch_size=64, num_workers=0)
+    dm.prepare_data()
+    dm.setup()
+    if isinstance(dm, CelebADataModule):
+        labels, rows = attribute_pairs(dm, args.steps)
+    else:
+        labels, rows = factor_traversals(dm, args.steps, args.seed)
+    kind = "procedural twin" if dm.source.is_twin else "real file"
+    title = f"{args.data} ({kind}: {dm.description}), seed {args.seed}"
+    out = args.out or Path(f"preview_{args.data}.png")
+    save_png_atomic(grid_image(labels, rows, args.scale, title), out)
+    print(f"wrote {out} ({len(rows)} rows) from the {kind}")
+    return out
+
+
+if __name__ == "__main__":
+    main()

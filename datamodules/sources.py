@@ -1,0 +1,174 @@
+"""Where images come from: a procedural twin that renders factor classes, or a real file.
+
+Real files are converted once into a plain ``.npy`` memory-map cache (uint8 images ``(N, H, W, C)``,
+int64 labels ``(N, L)``) beside a small JSON; random batches afterwards read only the memmap. The
+cache is built in a temporary folder and renamed into place, so an interrupted conversion never
+leaves a half-written cache behind.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .factors import FactorSpace
+
+log = logging.getLogger(__name__)
+
+__all__ = ["TwinSource", "ArraySource", "build_memmap_cache", "open_memmap_cache", "to_float_images"]
+
+CACHE_VERSION = 1
+
+
+def to_float_images(images: torch.Tensor) -> torch.Tensor:
+    """uint8 ``(B, H, W, C)`` -> float32 ``(B, C, H, W)`` in [0, 1] (on the tensor's device)."""
+    return images.permute(0, 3, 1, 2).float().div_(255.0)
+
+
+@dataclass
+class TwinSource:
+    """A procedural twin: ``render(classes (B, F) long) -> (B, C, 64, 64) float32 in [0, 1]``.
+
+    Rendering runs on whatever device ``classes`` is on, so a DataModule can ship only the small
+    class tensors to the GPU and render there.
+    """
+
+    space: FactorSpace
+    channels: int
+    render: Callable[[torch.Tensor], torch.Tensor]
+    description: str = "procedural twin"
+    is_twin: bool = True
+
+
+@dataclass
+class ArraySource:
+    """Images of a real file, read from a memory-mapped cache by row."""
+
+    images: np.ndarray  # (N, H, W, C) uint8 memmap
+    labels: np.ndarray  # (N, L) int64: factor classes, or attribute bits for CelebA
+    description: str
+    space: FactorSpace | None = None  # set where rows are the states of a factor space, in order
+    is_twin: bool = False
+
+    @property
+    def channels(self) -> int:
+        return int(self.images.shape[-1])
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    def __getstate__(self) -> dict:
+        # A pickled np.memmap carries its whole array; send the file names to workers instead.
+        state = dict(self.__dict__)
+        for name in ("images", "labels"):
+            arr = state[name]
+            if isinstance(arr, np.memmap) and arr.filename is not None:
+                state[name] = ("__memmap__", str(arr.filename))
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        for name in ("images", "labels"):
+            value = state[name]
+            if isinstance(value, tuple) and value[:1] == ("__memmap__",):
+                state[name] = np.load(value[1], mmap_mode="r")
+        self.__dict__.update(state)
+
+    def fetch(self, rows: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """uint8 images ``(B, H, W, C)`` of the given rows (sorted reads, original order back)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        order = np.argsort(rows, kind="stable")
+        out = np.empty((len(rows), *self.images.shape[1:]), dtype=np.uint8)
+        out[order] = self.images[rows[order]]
+        return torch.from_numpy(out)
+
+
+def _chunks(n: int, chunk: int) -> Iterator[tuple[int, int]]:
+    for start in range(0, n, chunk):
+        yield start, min(n, start + chunk)
+
+
+def build_memmap_cache(
+    cache_dir: Path,
+    *,
+    num_rows: int,
+    image_shape: tuple[int, int, int],
+    num_labels: int,
+    read_chunk: Callable[[int, int], tuple[np.ndarray, np.ndarray]],
+    meta: dict,
+    chunk: int = 4096,
+    desc: str = "building cache",
+) -> Path:
+    """Write ``images.npy``, ``labels.npy`` and ``meta.json`` into ``cache_dir`` atomically.
+
+    ``read_chunk(start, stop)`` returns uint8 images ``(stop-start, *image_shape)`` and int64 labels
+    ``(stop-start, num_labels)``. The files are written into a temporary sibling folder which is
+    renamed to ``cache_dir`` only when complete; an existing complete cache is left untouched.
+    """
+    cache_dir = Path(cache_dir)
+    if (cache_dir / "meta.json").exists():
+        return cache_dir
+    cache_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{cache_dir.name}.tmp-", dir=cache_dir.parent))
+    try:
+        images = np.lib.format.open_memmap(tmp / "images.npy", mode="w+", dtype=np.uint8,
+                                           shape=(num_rows, *image_shape))
+        labels = np.lib.format.open_memmap(tmp / "labels.npy", mode="w+", dtype=np.int64,
+                                           shape=(num_rows, num_labels))
+        with tqdm(total=num_rows, desc=desc, unit="img", disable=None) as bar:
+            for start, stop in _chunks(num_rows, chunk):
+                imgs, labs = read_chunk(start, stop)
+                if imgs.shape != (stop - start, *image_shape) or labs.shape != (stop - start, num_labels):
+                    raise ValueError(
+                        f"reader returned images {imgs.shape} and labels {labs.shape} for rows "
+                        f"{start}:{stop}; expected {(stop - start, *image_shape)} and {(stop - start, num_labels)}"
+                    )
+                images[start:stop] = imgs
+                labels[start:stop] = labs
+                bar.update(stop - start)
+        images.flush()
+        labels.flush()
+        del images, labels
+        (tmp / "meta.json").write_text(json.dumps({**meta, "cache_version": CACHE_VERSION,
+                                                   "num_rows": num_rows, "image_shape": list(image_shape)},
+                                                  indent=2))
+        try:
+            os.rename(tmp, cache_dir)
+        except OSError:
+            # Another process finished the same cache first: keep theirs.
+            if not (cache_dir / "meta.json").exists():
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("wrote cache %s (%d rows)", cache_dir, num_rows)
+    return cache_dir
+
+
+def open_memmap_cache(cache_dir: Path) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Open a cache written by :func:`build_memmap_cache` read-only: ``(images, labels, meta)``."""
+    cache_dir = Path(cache_dir)
+    meta_path = cache_dir / "meta.json"
+    if not meta_path.exists():
+        raise FileNotFoundError(f"no complete cache at {cache_dir} (meta.json missing); delete the folder to rebuild it")
+    meta = json.loads(meta_path.read_text())
+    images = np.load(cache_dir / "images.npy", mmap_mode="r")
+    labels = np.load(cache_dir / "labels.npy", mmap_mode="r")
+    if images.shape[0] != meta["num_rows"] or labels.shape[0] != meta["num_rows"]:
+        raise ValueError(f"cache {cache_dir} is inconsistent with its meta.json; delete the folder to rebuild it")
+    return images, labels, meta
+
+
+def default_cache_root() -> Path:
+    """``$CAUSAL_VQVAE_CACHE`` or ``~/.cache/causal_vqvae``."""
+    return Path(os.environ.get("CAUSAL_VQVAE_CACHE", Path.home() / ".cache" / "causal_vqvae"))

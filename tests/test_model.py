@@ -1,0 +1,409 @@
+"""CausalVQVAE: transitions, graph semantics, retrieval, determinism, checkpoints, training signal."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from causal_vqvae.config import ModelConfig
+from causal_vqvae.graph import DualAscent, linear_budget
+from causal_vqvae.io import load_pretrained, save_pretrained
+from causal_vqvae.model import CausalVQVAE
+from causal_vqvae.retrieval import score_actions
+from causal_vqvae.transition import mixture_nll
+
+TINY = dict(
+    in_channels=1,
+    image_size=64,
+    hidden_dims=(8, 16, 16),
+    num_res_blocks=1,
+    norm_groups=4,
+    code_dim=8,
+    codebook_size=16,
+    num_tokens=4,
+    token_codebook_size=8,
+    token_layers=1,
+    token_heads=2,
+    mlp_ratio=2,
+    target_head_dim=8,
+    transition_dim=16,
+    transition_layers=2,
+    transition_heads=2,
+    retrieval_dim=16,
+    retrieval_layers=1,
+    retrieval_heads=2,
+    num_actions=4,
+    action_names=("a-", "a+", "b-", "b+"),
+    dataset="tiny",
+)
+
+
+def tiny_config(**overrides) -> ModelConfig:
+    return ModelConfig(**{**TINY, **overrides})
+
+
+def tiny_model(**overrides) -> CausalVQVAE:
+    return CausalVQVAE(tiny_config(**overrides))
+
+
+def random_codes(model: CausalVQVAE, batch: int, seed: int = 0) -> torch.Tensor:
+    c = model.config
+    return torch.randint(0, c.codes_per_node, (batch, c.num_nodes), generator=torch.Generator().manual_seed(seed))
+
+
+def squares(batch: int = 4, channels: int = 1, seed: int = 0) -> torch.Tensor:
+    """Images in [0, 1]: one bright square per image at a random place."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.zeros(batch, channels, 64, 64)
+    for b in range(batch):
+        r, c = torch.randint(0, 48, (2,), generator=gen).tolist()
+        x[b, :, r:r + 16, c:c + 16] = 1.0
+    return x
+
+
+# ------------------------------------------------------------------------------- transition
+def test_non_intervened_nodes_keep_their_codes_exactly():
+    model = tiny_model().eval()
+    keep = torch.arange(model.config.num_nodes) % 3 != 0  # two nodes in three are never targets
+    with torch.no_grad():
+        model.graph.target_logits.copy_(torch.where(keep, -20.0, 20.0).expand_as(model.graph.target_logits))
+    codes = random_codes(model, 8)
+    out = model.transition(codes, torch.arange(8) % 4)
+    assert torch.equal(out.intervened[:, keep], torch.zeros_like(out.intervened[:, keep]))
+    assert torch.equal(out.predicted_codes[:, keep], codes[:, keep])
+    assert torch.equal(out.predicted_codes[:, ~keep], out.logits.argmax(-1)[:, ~keep])
+    assert out.logits.shape == (8, model.config.num_nodes, model.config.codes_per_node)
+
+
+def test_prediction_depends_on_the_action_and_the_action_embedding_gets_gradient():
+    model = tiny_model().train()
+    codes = random_codes(model, 6)
+    action = torch.tensor([0, 1, 2, 0, 1, 2])  # action 3 unused
+    gen = torch.Generator().manual_seed(0)
+    out = model.transition(codes, action, generator=gen)
+    logits = {a: model.transition(codes, a, sample=False).logits for a in range(4)}
+    for a in range(1, 4):
+        assert (logits[a] - logits[0]).abs().max() > 1e-3
+    loss = model.transition_loss(codes, action, random_codes(model, 6, seed=1), generator=gen).loss
+    loss.backward()
+    grad = model.transition_net.action_embed.weight.grad
+    assert grad[:3].abs().sum(-1).min() > 0  # every action used sends gradient to its embedding
+    assert grad[3].abs().sum() == 0
+    assert model.graph.target_logits.grad[:3].abs().sum() > 0  # the mixture trains the mask
+    assert out.predicted_codes.shape == codes.shape
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_node_without_parents_does_not_depend_on_other_nodes(training):
+    model = tiny_model().train(training)
+    orphan, other = 5, 9
+    with torch.no_grad():
+        model.graph.adjacency_logits[:, orphan] = -20.0  # column = parents of the orphan
+    a = random_codes(model, 8, seed=0)
+    b = random_codes(model, 8, seed=1)
+    b[:, orphan] = a[:, orphan]
+    action = torch.arange(8) % 4
+
+    def run(codes):
+        return model.transition(codes, action, generator=torch.Generator().manual_seed(0)).logits
+
+    la, lb = run(a), run(b)
+    assert torch.equal(la[:, orphan], lb[:, orphan])
+    assert (la[:, other] - lb[:, other]).abs().max() > 1e-4  # a node with parents does depend
+
+
+def test_state_dependent_targets_vary_with_the_state_within_a_bound():
+    model = tiny_model(target_state_bound=2.0).eval()
+    head = model.graph.state_head
+    codes, action = random_codes(model, 4), torch.tensor([0, 1, 2, 3])
+
+    def state_term(codes):
+        return model.graph.targets(codes, action) - model.graph.target_logits[action]
+
+    assert torch.equal(state_term(codes), torch.zeros(4, 64))  # zero-initialised: global logits only
+    with torch.no_grad():
+        torch.nn.init.normal_(head.out.weight)
+    assert (state_term(codes) - state_term(random_codes(model, 4, seed=1))).abs().max() > 1e-3
+    with torch.no_grad():
+        head.out.bias.fill_(-100.0)
+    assert state_term(codes).min() >= -2.0 and state_term(codes).max() < -1.99
+
+
+def test_mixture_nll_known_values():
+    model = tiny_model().eval()
+    codes = random_codes(model, 2)
+    out = model.transition(codes, 0)
+    target = codes.clone()
+    target[:, 0] = (codes[:, 0] + 1) % model.config.codes_per_node
+    nll = mixture_nll(out, codes, target, eps=1e-3)
+    p_model = torch.softmax(out.logits, -1).gather(-1, target.unsqueeze(-1)).squeeze(-1)
+    m = out.intervened
+    p = m * p_model + (1 - m) * (target == codes).float()
+    assert torch.allclose(nll, -torch.log(1e-3 + (1 - 1e-3) * p))
+
+
+# ------------------------------------------------------------------------------- retrieval
+def handset_writer(model: CausalVQVAE) -> None:
+    """Action a intervenes on node a only and writes code a there."""
+    t, g = model.transition_net, model.graph
+    num_actions = model.config.num_actions
+    with torch.no_grad():
+        g.target_logits.fill_(-20.0)
+        g.target_logits[torch.arange(num_actions), torch.arange(num_actions)] = 20.0
+        for p in (t.code_embed.weight, t.position, t.action_type, t.constant, t.head_weight, t.head_bias):
+            p.zero_()
+        for block in t.blocks:
+            for p in (block.out.weight, block.out.bias, block.ff.net[2].weight, block.ff.net[2].bias):
+                p.zero_()
+        t.action_embed.weight.zero_()
+        t.action_embed.weight[torch.arange(num_actions), torch.arange(num_actions)] = 10.0
+        t.head_weight[0, torch.arange(num_actions), torch.arange(num_actions)] = 1.0
+
+
+def test_retrieval_by_transition_finds_the_action_on_a_constructed_case():
+    model = tiny_model(state_dependent_targets=False).eval()
+    handset_writer(model)
+    codes = 4 + random_codes(model, 8) % 12  # codes 4..15: no node starts at its action's code
+    action = torch.tensor([0, 1, 2, 3, 3, 2, 1, 0])
+    target = codes.clone()
+    target[torch.arange(8), action] = action
+    assert torch.equal(model.edit_codes(codes, action), target)
+    out = model.retrieve_codes(codes, target, method="transition")
+    assert torch.equal(out.action, action)
+    assert torch.allclose(out.probs.sum(-1), torch.ones(8))
+    assert out.probs[torch.arange(8), action].min() > 1.0 / 4  # scores are means over 64 nodes
+    sharp = model.retrieve_codes(codes, target, method="transition", temperature=0.05)
+    assert sharp.probs[torch.arange(8), action].min() > 0.9
+
+
+def test_batched_action_scores_equal_a_loop_over_actions():
+    model = tiny_model().eval()
+    codes, target = random_codes(model, 5, seed=0), random_codes(model, 5, seed=1)
+    target[:, :40] = codes[:, :40]
+    batched = score_actions(model.transition_net, codes, target, eps=1e-3)
+    loop = torch.stack(
+        [mixture_nll(model.transition(codes, a), codes, target, 1e-3).mean(-1) for a in range(4)], dim=-1
+    )
+    assert batched.shape == (5, 4)
+    assert torch.allclose(batched, loop, atol=1e-6)
+
+
+def test_evaluation_is_deterministic_and_training_sampling_follows_the_generator():
+    model = tiny_model()
+    with torch.no_grad():
+        model.graph.adjacency_logits.zero_()  # p = 0.5: samples vary, thresholds are all 0
+        model.graph.target_logits.zero_()
+    codes, action = random_codes(model, 4), torch.arange(4)
+    model.eval()
+    one, two = model.transition(codes, action), model.transition(codes, action)
+    assert torch.equal(one.logits, two.logits) and torch.equal(one.intervened, two.intervened)
+    x = squares(4)
+    r1, r2 = model.retrieve(x, x.flip(-1), "transition"), model.retrieve(x, x.flip(-1), "transition")
+    assert torch.equal(r1.logits, r2.logits)
+
+    model.train()
+
+    def sampled(seed):
+        return model.transition(codes, action, generator=torch.Generator().manual_seed(seed))
+
+    a, b, c = sampled(1), sampled(1), sampled(2)
+    assert torch.equal(a.adjacency, b.adjacency) and torch.equal(a.intervened, b.intervened)
+    assert not torch.equal(a.adjacency, c.adjacency)
+    assert not torch.equal(a.intervened, c.intervened)
+    assert set(a.intervened.unique().tolist()) <= {0.0, 1.0}  # hard values, straight-through grads
+
+
+# ------------------------------------------------------------------------------- both layouts
+@pytest.mark.parametrize("layout", ["grid", "tokens"])
+def test_layouts_run_end_to_end_with_shapes_and_range(layout):
+    model = tiny_model(latent_layout=layout, in_channels=3).eval()
+    c = model.config
+    n, k = c.num_nodes, c.codes_per_node
+    assert n == (64 if layout == "grid" else 4)
+    x = torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    z = model.encode(x)
+    assert z.shape == (3, n, c.code_dim)
+    q = model.quantize(z)
+    assert q.codes.shape == (3, n) and q.codes.dtype == torch.long
+    assert 0 <= q.codes.min() and q.codes.max() < k
+    decoded = (model.decode(q.quantized), model.decode(q.codes), model.decode_codes(q.codes), model(x).reconstruction)
+    for images in decoded:
+        assert images.shape == x.shape and images.dtype == torch.float32
+        assert 0.0 <= images.min() and images.max() <= 1.0
+    t = model.transition(q.codes, torch.tensor([0, 1, 3]))
+    assert t.logits.shape == (3, n, k) and t.intervened.shape == (3, n) and t.adjacency.shape == (3, n, n)
+    for method in ("head", "transition"):
+        r = model.retrieve(x, x.flip(-1), method=method)
+        assert r.logits.shape == (3, 4) and r.action.shape == (3,)
+        assert torch.allclose(r.probs.sum(-1), torch.ones(3))
+    edited = model.edit(x, 2)
+    assert edited.shape == x.shape and 0.0 <= edited.min() and edited.max() <= 1.0
+    assert torch.equal(model.edit(x, torch.tensor([2, 2, 2])), edited)
+    frames = model.edit_sequence(x, [1, torch.tensor([0, 2, 3])], return_intermediate=True)
+    assert frames.shape == (3, 3, 3, 64, 64)
+    assert torch.allclose(frames[:, 0], model.decode_codes(q.codes), atol=1e-6)
+    assert torch.allclose(model.edit_sequence(x, [1, torch.tensor([0, 2, 3])]), frames[:, -1])
+    with pytest.raises(ValueError, match="out of range"):
+        model.edit(x, 4)
+
+
+@pytest.mark.parametrize("layout", ["grid", "tokens"])
+def test_a_few_adam_steps_reduce_the_autoencoder_loss(layout):
+    model = tiny_model(latent_layout=layout, reconstruction_loss="bce")
+    x = squares(4)
+    optimiser = torch.optim.Adam(model.parameters(), lr=3e-3)
+
+    def loss_now():
+        model.eval()
+        with torch.no_grad():
+            return model.autoencoder_loss(x).reconstruction_loss.item()
+
+    before = loss_now()
+    model.train()
+    for _ in range(15):
+        out = model.autoencoder_loss(x)
+        optimiser.zero_grad()
+        out.loss.backward()
+        optimiser.step()
+    after = loss_now()
+    assert after < 0.7 * before
+
+
+# ------------------------------------------------------------------------------- sparsity
+def test_dual_ascent_rises_over_budget_and_resets_under_budget():
+    dual = DualAscent(2, lr=0.5, budget=1.0, budget_start=9.0)
+    dual.update(torch.tensor([3.0, 0.5]), 1.0)
+    assert dual.multipliers.tolist() == [1.0, 0.0]
+    dual.update(torch.tensor([2.0, 0.5]), 1.0)
+    assert dual.multipliers.tolist() == [1.5, 0.0]
+    dual.update(torch.tensor([0.5, 4.0]), 1.0)
+    assert dual.multipliers.tolist() == [0.0, 1.5]
+    assert "multipliers" in dual.state_dict()
+    assert [dual.budget_at(p) for p in (0.0, 0.25, 0.5, 1.0)] == [9.0, 5.0, 1.0, 1.0]
+    assert linear_budget(0.1, 10.0, 0.0) == pytest.approx(8.0)
+
+
+def test_constraint_multipliers_follow_the_graph_and_push_the_logits_down():
+    model = tiny_model(target_budget=1.0, target_budget_start=None, dual_lr=0.1).train()
+    codes = random_codes(model, 4)
+    action = torch.arange(4)
+    loss = model.transition_loss(codes, action, codes, progress=1.0, generator=torch.Generator().manual_seed(0))
+    assert loss.target_budget == 1.0 and loss.adjacency_budget == 4.0
+    assert loss.expected_targets.shape == (4,) and loss.expected_targets.min() > 60  # logits start at 5
+    model.update_multipliers(loss)
+    assert model.target_dual.multipliers.min() > 0 and model.adjacency_dual.multipliers.min() > 0
+    model.graph.target_logits.grad = None
+    model.transition_loss(codes, action, codes, progress=1.0).sparsity.backward()
+    assert model.graph.target_logits.grad.max() > 0  # descent lowers every target logit
+    start = model.transition_loss(codes, action, codes, progress=0.0)
+    assert start.target_budget == 64.0 and start.adjacency_budget == 63.0
+    model.eval()
+    model.update_multipliers(start)  # never in eval mode
+    assert model.target_dual.multipliers.min() > 0
+
+
+# ------------------------------------------------------------------------------- checkpoints
+def test_save_load_round_trip_is_bit_identical(tmp_path):
+    model = tiny_model().train()
+    x = squares(4)
+    model.autoencoder_loss(x)  # move the EMA codebook away from its initial value
+    loss = model.transition_loss(model.encode_codes(x), torch.arange(4), model.encode_codes(x.flip(-1)))
+    model.update_multipliers(loss)
+    model.eval()
+    save_pretrained(model, tmp_path / "ckpt", extra_metadata={"seed": 7, "data": "squares"})
+    written = sorted(p.name for p in (tmp_path / "ckpt").iterdir())
+    assert written == ["config.json", "metadata.json", "model.safetensors"]
+    loaded = CausalVQVAE.from_pretrained(tmp_path / "ckpt", expect={"dataset": "tiny", "architecture": "CausalVQVAE"})
+    assert loaded.config == model.config and not loaded.training
+    assert json.loads((tmp_path / "ckpt" / "metadata.json").read_text())["seed"] == 7
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+    assert torch.equal(loaded(x).reconstruction, model(x).reconstruction)
+    codes = model.encode_codes(x)
+    assert torch.equal(loaded.transition(codes, 1).logits, model.transition(codes, 1).logits)
+    assert torch.equal(loaded.retrieve(x, x.flip(-1), "head").probs, model.retrieve(x, x.flip(-1), "head").probs)
+    assert torch.equal(loaded.edit(x, 3), model.edit(x, 3))
+
+
+def test_loading_refuses_a_wrong_architecture_config_or_tensor_set(tmp_path):
+    directory = tmp_path / "ckpt"
+    tiny_model().save_pretrained(directory)
+    config_path = directory / "config.json"
+    good = json.loads(config_path.read_text())
+
+    with pytest.raises(ValueError, match=r"dataset='tiny'.*'dsprites'"):
+        load_pretrained(directory, expect={"dataset": "dsprites"})
+    with pytest.raises(ValueError, match=r"latent_layout='grid'.*'tokens'"):
+        load_pretrained(directory, expect={"latent_layout": "tokens"})
+
+    config_path.write_text(json.dumps({**good, "architecture": "VQVAE2"}))
+    with pytest.raises(ValueError, match=r"'VQVAE2'.*'CausalVQVAE'"):
+        load_pretrained(directory)
+
+    config_path.write_text(json.dumps({**good, "hidden_dim": 3}))
+    with pytest.raises(ValueError, match="unknown key.*hidden_dim"):
+        load_pretrained(directory)
+
+    config_path.write_text(json.dumps({**good, "state_dependent_targets": False}))
+    with pytest.raises(ValueError, match=r"unexpected tensors \['transition_net.graph.state_head"):
+        load_pretrained(directory)
+
+    with pytest.raises(ValueError, match="not a config key"):
+        load_pretrained(directory, expect={"datset": "tiny"})
+
+    with pytest.raises(TypeError, match="JSON-serialisable"):
+        tiny_model().save_pretrained(tmp_path / "bad", extra_metadata={"when": object()})
+    assert list((tmp_path / "bad").iterdir()) == []  # nothing half-written
+
+    config_path.write_text(json.dumps(good))
+    tensors = load_file(str(directory / "model.safetensors"))
+    del tensors["quantizer.embedding"]
+    save_file(tensors, str(directory / "model.safetensors"))
+    with pytest.raises(ValueError, match=r"missing tensors \['quantizer.embedding'\]"):
+        load_pretrained(directory)
+
+
+# ------------------------------------------------------------------------------- config
+def test_config_round_trips_through_dict_and_json_and_refuses_unknown_keys():
+    config = tiny_config(latent_layout="tokens", target_budget_start=12.5)
+    assert ModelConfig.from_dict(config.to_dict()) == config
+    assert ModelConfig.from_json(config.to_json()) == config
+    assert ModelConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['codebook'\]"):
+        ModelConfig.from_dict({**config.to_dict(), "codebook": 3})
+    with pytest.raises(ValueError, match="action_names has 2 names but num_actions is 4"):
+        tiny_config(action_names=["x", "y"])
+    with pytest.raises(ValueError, match="latent_layout"):
+        tiny_config(latent_layout="patches")
+
+
+def test_lists_passed_to_the_config_are_not_mutated():
+    hidden, names = [8, 16, 16], ["a-", "a+", "b-", "b+"]
+    config = tiny_config(hidden_dims=hidden, action_names=names)
+    CausalVQVAE(config)
+    CausalVQVAE(config)
+    assert hidden == [8, 16, 16] and names == ["a-", "a+", "b-", "b+"]
+    assert config.hidden_dims == (8, 16, 16) and isinstance(config.action_names, tuple)
+
+
+def test_construction_is_seeded_and_leaves_global_rng_alone():
+    state = torch.random.get_rng_state()
+    one, two = tiny_model(seed=3), tiny_model(seed=3)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    for (key, a), b in zip(one.state_dict().items(), two.state_dict().values()):
+        assert torch.equal(a, b), key
+    assert not torch.equal(tiny_model(seed=4).quantizer.embedding, one.quantizer.embedding)
+
+
+def test_model_package_imports_without_lightning_or_datamodules():
+    code = (
+        "import sys, causal_vqvae.model, causal_vqvae.io; "
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('lightning', 'pytorch_lightning', 'datamodules')]; "
+        "assert not bad, bad"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -1,0 +1,135 @@
+import json
+
+import pytest
+import pytorch_lightning as pl
+import torch
+
+from causal_vqvae import CausalVQVAE, ModelConfig
+from causal_vqvae.training import CausalVQVAEModule, TrainConfig, _warmup_cosine, psnr
+from datamodules.datamodule import TRAINER_KWARGS, build_datamodule
+import train as train_script
+
+TINY = dict(hidden_dims=(16, 32, 32), num_res_blocks=1, norm_groups=8, code_dim=16, codebook_size=16,
+            transition_dim=32, transition_layers=1, transition_heads=4, target_head_dim=16,
+            target_context_layers=0, retrieval_dim=32, retrieval_layers=1, retrieval_heads=4)
+
+
+def _model(**kw) -> CausalVQVAE:
+    return CausalVQVAE(ModelConfig(in_channels=1, dataset="dsprites", num_actions=10, **{**TINY, **kw}))
+
+
+def _fit(model, stage, steps=3, mode="pairs"):
+    dm = build_datamodule("dsprites", mode=mode, batch_size=8, train_length=8 * steps, val_length=16, num_workers=0)
+    config = TrainConfig(**{f"{stage}_steps": steps}, warmup_steps=1, val_every=steps)
+    trainer = pl.Trainer(max_steps=steps, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                         **TRAINER_KWARGS)
+    trainer.fit(CausalVQVAEModule(model, stage, config), datamodule=dm)
+    return trainer
+
+
+def _params(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def _changed(before, after) -> set[str]:
+    return {k for k in before if not torch.equal(before[k], after[k])}
+
+
+def test_vqvae_stage_trains_the_autoencoder_and_updates_the_ema_codebook():
+    model = _model()
+    before = _params(model)
+    trainer = _fit(model, "vqvae", mode="images")
+    changed = _changed(before, _params(model))
+    assert any(k.startswith("encoder.") for k in changed) and any(k.startswith("decoder.") for k in changed)
+    assert "quantizer.embedding" in changed  # the EMA step ran in training
+    assert not any(k.startswith("transition_net.") for k in changed)
+    assert {"val/mse", "val/psnr", "val/perplexity", "val/codes_in_use"} <= set(trainer.callback_metrics)
+
+
+def test_causal_stage_keeps_the_autoencoder_and_codebook_frozen():
+    model = _model()
+    before = _params(model)
+    trainer = _fit(model, "causal")
+    changed = _changed(before, _params(model))
+    frozen = [k for k in before if k.split(".")[0] in ("encoder", "decoder", "quantizer")]
+    assert frozen and not (changed & set(frozen))
+    assert any(k.startswith("transition_net.") for k in changed)
+    assert any(k.startswith("retrieval_head.") for k in changed)
+    metrics = trainer.callback_metrics
+    for key in ("val/code_accuracy", "val/retrieval_head_acc", "val/retrieval_transition_acc",
+                "val/retrieval_head_factor_acc", "val/intervened_nodes", "val/graph_edges"):
+        assert key in metrics
+        assert torch.isfinite(metrics[key])
+    assert 0.0 <= float(metrics["val/retrieval_head_acc"]) <= float(metrics["val/retrieval_head_factor_acc"]) <= 1.0
+
+
+def test_joint_stage_trains_everything():
+    model = _model()
+    before = _params(model)
+    _fit(model, "joint")
+    changed = _changed(before, _params(model))
+    assert any(k.startswith("encoder.") for k in changed) and any(k.startswith("transition_net.") for k in changed)
+
+
+def test_dual_ascent_raises_multipliers_while_over_budget():
+    model = _model(target_budget=1.0, target_budget_start=1.0, target_init_logit=5.0, dual_lr=0.5)
+    _fit(model, "causal", steps=2)
+    # Every action starts with ~all 64 nodes as targets, far over a budget of 1.
+    assert (model.target_dual.multipliers > 0).all()
+
+
+def test_schedule_and_psnr_helpers():
+    assert _warmup_cosine(0, 100, 10, 0.1) == pytest.approx(0.1)
+    assert _warmup_cosine(10, 100, 10, 0.1) == pytest.approx(1.0)
+    assert _warmup_cosine(100, 100, 10, 0.1) == pytest.approx(0.1)
+    assert psnr(torch.tensor([0.01, 0.0])).tolist() == pytest.approx([20.0, 100.0])
+    with pytest.raises(ValueError, match="unknown TrainConfig keys"):
+        TrainConfig.from_dict({"lr": 1.0})
+    with pytest.raises(ValueError, match="unknown stage"):
+        TrainConfig().steps("pretrain")
+
+
+@pytest.fixture
+def small_overrides(tmp_path):
+    path = tmp_path / "overrides.json"
+    path.write_text(json.dumps({"model": TINY | {"hidden_dims": [16, 32, 32]}, "data": {"val_length": 16}}))
+    return str(path)
+
+
+def test_train_py_runs_both_stages_end_to_end_and_saves_loadable_models(tmp_path, small_overrides):
+    out = tmp_path / "run"
+    rc = train_script.main(["--data", "dsprites", "--preset", "cpu-small", "--config", small_overrides,
+                            "--max-steps", "4", "--val-every", "2", "--batch-size", "8", "--gpus", "0",
+                            "--out", str(out), "--no-progress", "--seed", "3"])
+    assert rc == 0
+    resolved = json.loads((out / "config.json").read_text())
+    assert resolved["stages"] == ["vqvae", "causal"] and resolved["devices"]["accelerator"] == "cpu"
+    assert resolved["model"]["code_dim"] == 16 and resolved["data"]["seed"] == 3
+    summary = json.loads((out / "summary.json").read_text())
+    assert "val/retrieval_transition_acc" in summary["causal"]["val"]
+    vqvae = CausalVQVAE.from_pretrained(out / "vqvae")
+    causal = CausalVQVAE.from_pretrained(out / "causal", expect={"dataset": "dsprites"})
+    # The causal stage started from the vqvae stage's weights and left the autoencoder alone.
+    for name, tensor in vqvae.encoder.state_dict().items():
+        assert torch.equal(tensor, causal.encoder.state_dict()[name])
+    assert (out / "causal" / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_train_py_refuses_more_gpus_than_present(tmp_path):
+    available = torch.cuda.device_count()
+    with pytest.raises(SystemExit, match=f"--gpus {available + 1} .* has {available}"):
+        train_script.main(["--data", "dsprites", "--gpus", str(available + 1), "--out", str(tmp_path)])
+
+
+def test_train_py_refuses_a_causal_stage_without_a_trained_autoencoder(tmp_path):
+    with pytest.raises(SystemExit, match="--init"):
+        train_script.main(["--data", "dsprites", "--stage", "causal", "--gpus", "0", "--out", str(tmp_path)])
+
+
+def test_devices_map_gpus_to_lightning_arguments(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    assert train_script.resolve_devices(4, None) == {"accelerator": "gpu", "devices": 4,
+                                                     "precision": "bf16-mixed", "strategy": "ddp"}
+    assert train_script.resolve_devices(1, "32-true")["strategy"] == "auto"
+    assert train_script.resolve_devices(0, None)["accelerator"] == "cpu"

@@ -1,0 +1,262 @@
+"""Train a CausalVQVAE: ``python train.py --data shapes3d --gpus 4``.
+
+Runs the stages in order (vqvae -> causal [-> joint]); each hands its weights to the next and is
+saved as ``OUT/<stage>/model.safetensors`` + ``config.json`` (loadable with
+``CausalVQVAE.from_pretrained``), beside Lightning checkpoints for ``--resume``, the resolved
+configuration (``OUT/config.json``) and logs. ``--stage causal --init OUT/vqvae`` runs one stage
+from a saved model.
+
+Devices: ``--gpus N`` (alias ``--devices``) trains on N GPUs, with DDP when N > 1, on each of
+``--num-nodes`` machines; without a GPU it trains on the CPU and says so. ``--precision`` defaults
+to bf16-mixed on GPU and 32-true on CPU.
+
+``--preset cpu-small`` is a model and schedule small enough to learn something meaningful on two
+CPU cores in a few minutes (see PRESETS); ``--config FILE`` (JSON or YAML) overrides any field:
+``{"model": {...}, "train": {...}, "data": {...}}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("train")
+
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    # The design's model: grid 8x8 nodes, 64 codes of dim 128 in one codebook.
+    "default": {"model": {}, "train": {}, "data": {}},
+    # Two CPU cores, a few minutes: a narrower autoencoder, small transition, short stages.
+    "cpu-small": {
+        "model": {"hidden_dims": [32, 64, 64], "num_res_blocks": 1, "norm_groups": 8, "code_dim": 32,
+                  "codebook_size": 32, "transition_dim": 64, "transition_layers": 2, "transition_heads": 4,
+                  "target_head_dim": 32, "target_context_layers": 0, "retrieval_dim": 64,
+                  "retrieval_layers": 1, "retrieval_heads": 4},
+        "train": {"vqvae_steps": 300, "causal_steps": 300, "warmup_steps": 20, "val_every": 150,
+                  "vqvae_lr": 2e-3, "causal_lr": 1e-3},
+        "data": {"batch_size": 32, "val_length": 256},
+    },
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from causal_vqvae.training import STAGES
+    from datamodules.datamodule import DATASETS
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", choices=sorted(DATASETS), default="shapes3d", help="dataset (default: %(default)s)")
+    p.add_argument("--data-root", default=None,
+                   help="real dataset file or its folder (default: $CAUSAL_VQVAE_DATA_ROOT, else the procedural twin)")
+    p.add_argument("--gpus", "--devices", dest="gpus", type=int, default=None,
+                   help="GPUs per machine (DDP when > 1); default: 1 if a GPU is present, else CPU; 0 forces CPU")
+    p.add_argument("--num-nodes", type=int, default=1, help="machines for multi-node DDP (default 1)")
+    p.add_argument("--precision", default=None,
+                   help="Lightning precision: bf16-mixed (default on GPU), 32-true (default on CPU), 16-mixed")
+    p.add_argument("--batch-size", type=int, default=None, help="per-device batch size (default 64, preset may change)")
+    p.add_argument("--max-steps", type=int, nargs="+", default=None, metavar="N",
+                   help="optimiser steps per stage: one number for every stage, or one per stage run")
+    p.add_argument("--max-epochs", type=int, default=None,
+                   help="alternatively, validation intervals ('epochs' of --val-every steps) per stage")
+    p.add_argument("--val-every", type=int, default=None, help="steps between validations (an epoch)")
+    p.add_argument("--stage", choices=STAGES, action="append", default=None,
+                   help="run only this stage (repeatable); default: vqvae then causal (then joint if it has steps)")
+    p.add_argument("--init", default=None, help="start from a saved model directory (save_pretrained format)")
+    p.add_argument("--resume", default=None,
+                   help="'last' to continue an interrupted run in --out from its last checkpoint, or a .ckpt path")
+    p.add_argument("--seed", type=int, default=0, help="seeds weights, pair sampling and training (default 0)")
+    p.add_argument("--out", default="runs/latest", help="run directory: checkpoints, config, logs (default %(default)s)")
+    p.add_argument("--preset", choices=sorted(PRESETS), default="default", help="configuration preset")
+    p.add_argument("--config", default=None, help="JSON or YAML file of overrides: {model: {}, train: {}, data: {}}")
+    p.add_argument("--layout", choices=["grid", "tokens"], default=None, help="latent layout (model.latent_layout)")
+    p.add_argument("--frequency", default=None,
+                   help="pair frequency: balanced, proportional, rare:<factor>:<ratio> (the imbalanced setting)")
+    p.add_argument("--num-workers", type=int, default=None, help="DataLoader workers per device (default: auto)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model (GPU)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
+    return p
+
+
+def _read_overrides(path: str | None) -> dict[str, dict[str, Any]]:
+    if path is None:
+        return {}
+    file = Path(path)
+    if not file.is_file():
+        raise SystemExit(f"--config {file}: no such file")
+    text = file.read_text()
+    if file.suffix in (".yaml", ".yml"):
+        import yaml
+
+        data = yaml.safe_load(text)
+    else:
+        data = json.loads(text)
+    if not isinstance(data, dict) or set(data) - {"model", "train", "data"}:
+        raise SystemExit(f"--config {file}: expected a mapping with keys among model, train, data; got {data!r:.200}")
+    return data
+
+
+def resolve_devices(gpus: int | None, precision: str | None) -> dict[str, Any]:
+    """Trainer device arguments; a clear error when more GPUs are asked for than exist."""
+    import torch
+
+    available = torch.cuda.device_count()
+    if gpus is None:
+        gpus = 1 if available else 0
+    if gpus < 0:
+        raise SystemExit(f"--gpus must be >= 0, got {gpus}")
+    if gpus > available:
+        raise SystemExit(
+            f"--gpus {gpus} asked for {gpus} GPU(s) but this machine has {available}"
+            + ("; run with --gpus 0 (CPU) or on a machine with GPUs" if available == 0 else f"; use --gpus {available} or fewer")
+        )
+    if gpus == 0:
+        log.info("no GPU used: training on the CPU (%d threads)", torch.get_num_threads())
+        return {"accelerator": "cpu", "devices": 1, "precision": precision or "32-true", "strategy": "auto"}
+    return {"accelerator": "gpu", "devices": gpus, "precision": precision or "bf16-mixed",
+            "strategy": "ddp" if gpus > 1 else "auto"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    import pytorch_lightning as pl
+    import torch
+
+    from causal_vqvae.config import ModelConfig
+    from causal_vqvae.model import CausalVQVAE
+    from causal_vqvae.training import STAGES, CausalVQVAEModule, TrainConfig
+    from datamodules.datamodule import TRAINER_KWARGS, DataConfig, build_datamodule
+
+    preset = PRESETS[args.preset]
+    overrides = _read_overrides(args.config)
+    device_kwargs = resolve_devices(args.gpus, args.precision)
+
+    # ---- configurations: preset < --config file < flags
+    train_fields = {**preset["train"], **overrides.get("train", {})}
+    if args.val_every:
+        train_fields["val_every"] = args.val_every
+    train_config = TrainConfig.from_dict(train_fields)
+    stages = args.stage or [s for s in STAGES if train_config.steps(s) > 0]
+    if args.max_steps:
+        if len(args.max_steps) not in (1, len(stages)):
+            raise SystemExit(f"--max-steps takes one number or one per stage ({len(stages)}: {stages})")
+        steps = args.max_steps * len(stages) if len(args.max_steps) == 1 else args.max_steps
+        train_config = replace(train_config, **{f"{s}_steps": n for s, n in zip(stages, steps)})
+    if args.max_epochs:
+        train_config = replace(train_config, **{f"{s}_steps": args.max_epochs * train_config.val_every for s in stages})
+    if "causal" in stages and "vqvae" not in stages and args.init is None:
+        raise SystemExit("the causal stage trains on a frozen autoencoder: pass --init DIR with a trained one "
+                         "(e.g. OUT/vqvae), or run the vqvae stage first")
+
+    data_fields = {**preset["data"], **overrides.get("data", {})}
+    for flag, key in [("batch_size", "batch_size"), ("frequency", "frequency"), ("num_workers", "num_workers")]:
+        if getattr(args, flag) is not None:
+            data_fields[key] = getattr(args, flag)
+    data_config = DataConfig(dataset=args.data, data_root=args.data_root, seed=args.seed, **data_fields)
+
+    probe = build_datamodule(args.data, config=data_config)
+    probe.prepare_data()
+    actions = probe.actions
+    if args.init:
+        model = CausalVQVAE.from_pretrained(args.init, expect={"dataset": args.data})
+        log.info("initialised from %s", args.init)
+    else:
+        model_fields = {**preset["model"], **overrides.get("model", {})}
+        if args.layout:
+            model_fields["latent_layout"] = args.layout
+        model = CausalVQVAE(ModelConfig(
+            in_channels=probe.channels, dataset=args.data, num_actions=len(actions),
+            action_names=tuple(actions.names), seed=args.seed, **model_fields))
+    log.info("data: %s | %d actions | model: %s, %s parameters", probe.description, len(actions),
+             model.config.latent_layout, f"{model.parameter_counts()['total']:,}")
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    resolved = {"data": {k: v for k, v in asdict(data_config).items() if k != "extra"},
+                "model": model.config.to_dict(), "train": train_config.to_dict(), "stages": stages,
+                "devices": device_kwargs, "num_nodes": args.num_nodes, "argv": sys.argv if argv is None else argv}
+    tmp = out / ".config.json.tmp"
+    tmp.write_text(json.dumps(resolved, indent=2, default=str))
+    tmp.replace(out / "config.json")
+
+    pl.seed_everything(args.seed, workers=True)
+    world = device_kwargs["devices"] * args.num_nodes
+    summary = {}
+    for stage in stages:
+        steps = train_config.steps(stage)
+        if steps == 0:
+            continue
+        stage_dir = out / stage
+        val_every = min(train_config.val_every, steps)
+        stage_data = replace(data_config, mode="images" if stage == "vqvae" else "pairs",
+                             train_length=data_config.batch_size * world * val_every)
+        dm = build_datamodule(args.data, config=stage_data)
+        module = CausalVQVAEModule(model, stage, train_config)
+        if args.compile:
+            module.model = torch.compile(model)  # type: ignore[assignment]
+        logger = _logger(stage_dir)
+        checkpoint = pl.callbacks.ModelCheckpoint(dirpath=stage_dir / "checkpoints", save_last=True,
+                                                  every_n_train_steps=val_every, save_top_k=0)
+        trainer = pl.Trainer(
+            max_steps=steps, num_nodes=args.num_nodes, logger=logger, callbacks=[checkpoint],
+            gradient_clip_val=train_config.grad_clip or None, log_every_n_steps=min(50, val_every),
+            enable_progress_bar=not args.no_progress, default_root_dir=stage_dir,
+            num_sanity_val_steps=0, **device_kwargs, **TRAINER_KWARGS,
+        )
+        ckpt = None
+        if args.resume:
+            ckpt = str(stage_dir / "checkpoints" / "last.ckpt") if args.resume == "last" else args.resume
+            if not Path(ckpt).is_file():
+                ckpt = None if args.resume == "last" else _missing(ckpt)
+        start = time.perf_counter()
+        log.info("stage %s: %d steps, batch %d x %d device(s)", stage, steps, data_config.batch_size, world)
+        trainer.fit(module, datamodule=dm, ckpt_path=ckpt)
+        seconds = time.perf_counter() - start
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+        if trainer.is_global_zero:
+            model.save_pretrained(stage_dir, extra_metadata={
+                "stage": stage, "steps": steps, "seed": args.seed, "data": probe.description,
+                "device": _device_name(device_kwargs), "wall_seconds": round(seconds, 1), "val_metrics": metrics,
+            })
+        summary[stage] = {"seconds": seconds, "val": metrics}
+        log.info("stage %s done in %.0f s: %s", stage, seconds,
+                 ", ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items())))
+    if summary:
+        tmp = out / ".summary.json.tmp"
+        tmp.write_text(json.dumps(summary, indent=2))
+        tmp.replace(out / "summary.json")
+    return 0
+
+
+def _missing(path: str):
+    raise SystemExit(f"--resume {path}: no such checkpoint")
+
+
+def _logger(stage_dir: Path):
+    from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
+
+    try:
+        import tensorboard  # noqa: F401
+
+        return TensorBoardLogger(stage_dir, name="logs", version="")
+    except ImportError:
+        return CSVLogger(stage_dir, name="logs", version="")
+
+
+def _device_name(device_kwargs: dict[str, Any]) -> str:
+    import torch
+
+    if device_kwargs["accelerator"] == "gpu":
+        return f"{device_kwargs['devices']} x {torch.cuda.get_device_name(0)}"
+    return f"CPU ({torch.get_num_threads()} threads)"
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())
