@@ -1,5 +1,6 @@
 # Two commands do all the set-up on a fresh machine:
-#   make demo   venv + torch + the project, then the main job on the embedded default (procedural twin)
+#   make demo   venv + torch + the project, then the main job on the embedded default (procedural twin):
+#               a data preview, the CPU training preset (a few minutes), and a traversal of every action
 #   make test   venv + torch + the project and its test extra, then the test suite
 PYTHON ?= python3
 VENV ?= .venv
@@ -7,7 +8,7 @@ VENV ?= .venv
 # e.g. make test TORCH_SPEC="torch torchvision".
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 PY := $(VENV)/bin/python
-DATA ?= shapes3d
+DATA ?= dsprites
 
 .PHONY: install demo test clean
 
@@ -21,7 +22,9 @@ $(VENV)/.installed: pyproject.toml Makefile
 install: $(VENV)/.installed
 
 demo: install
-	$(PY) -m datamodules.preview --data $(DATA) --out out/preview_$(DATA).png
+	$(PY) -m datamodules.preview --data $(DATA) --out out/preview_$(DATA).png --sample out/sample_$(DATA).png
+	$(PY) train.py --data $(DATA) --preset cpu-small --out out/demo_$(DATA) --no-progress
+	$(PY) -m causal_vqvae.edit --model out/demo_$(DATA)/causal --image out/sample_$(DATA).png --traverse --out out/traverse_$(DATA).png
 
 test: install
 	$(PY) -m pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; rc=0; fi; exit $$rc

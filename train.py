@@ -32,13 +32,16 @@ log = logging.getLogger("train")
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     # The design's model: grid 8x8 nodes, 64 codes of dim 128 in one codebook.
     "default": {"model": {}, "train": {}, "data": {}},
-    # Two CPU cores, a few minutes: a narrower autoencoder, small transition, short stages.
+    # Two CPU cores, a few minutes: a narrower autoencoder, small transition, short stages. Graph
+    # logits start at 2 rather than 5: Adam moves a logit ~lr per step, so in a short run logits
+    # that start at 5 never cross the evaluation threshold and the graph stays dense.
     "cpu-small": {
         "model": {"hidden_dims": [32, 64, 64], "num_res_blocks": 1, "norm_groups": 8, "code_dim": 32,
                   "codebook_size": 32, "transition_dim": 64, "transition_layers": 2, "transition_heads": 4,
                   "target_head_dim": 32, "target_context_layers": 0, "retrieval_dim": 64,
-                  "retrieval_layers": 1, "retrieval_heads": 4},
-        "train": {"vqvae_steps": 300, "causal_steps": 300, "warmup_steps": 20, "val_every": 150,
+                  "retrieval_layers": 1, "retrieval_heads": 4, "adjacency_init_logit": 2.0,
+                  "target_init_logit": 2.0, "dual_lr": 0.05},
+        "train": {"vqvae_steps": 600, "causal_steps": 900, "warmup_steps": 20, "val_every": 300,
                   "vqvae_lr": 2e-3, "causal_lr": 1e-3},
         "data": {"batch_size": 32, "val_length": 256},
     },

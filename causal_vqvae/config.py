@@ -76,11 +76,16 @@ class ModelConfig:
             saturate a node's mask beyond what the per-(action, node) global logit can undo.
 
     Sparsity of both graphs (expected edge counts = sums of sigmoids)
-        sparsity_mode: "constraint" (expected counts <= budget by dual ascent), "penalty"
-            (weighted expected counts) or "none".
+        sparsity_mode: "constraint" (expected counts <= budget by dual ascent; the Lagrangian is
+            divided by N so multipliers are in units of the per-node NLL), "penalty" (weighted
+            expected counts) or "none".
         target_penalty_weight, adjacency_penalty_weight: weights in "penalty" mode (on the mean
             expected targets per action and the mean expected parents per node).
-        target_budget: intervened nodes allowed per action at the end of the schedule.
+        target_budget: intervened nodes allowed per action at the end of the schedule. None =
+            by layout: 3/8 of the grid's nodes (24 of 64; a grid factor such as a wall hue changes
+            16-21 nodes of the twins, and a budget of 4 there switched every intervention off at
+            evaluation), or half the tokens in the tokens layout (4 of 8: a twin pair changes 2-3
+            tokens, and a budget of 2 there switched interventions off at evaluation too).
         target_budget_start: budget at progress 0; None = number of nodes.
         adjacency_budget: parents allowed per node at the end of the schedule.
         adjacency_budget_start: budget at progress 0; None = number of nodes - 1.
@@ -137,9 +142,9 @@ class ModelConfig:
     target_state_bound: float = 5.0
     # sparsity
     sparsity_mode: str = "constraint"
-    target_penalty_weight: float = 0.01
-    adjacency_penalty_weight: float = 0.001
-    target_budget: float = 4.0
+    target_penalty_weight: float = 0.05
+    adjacency_penalty_weight: float = 0.01
+    target_budget: float | None = None
     target_budget_start: float | None = None
     adjacency_budget: float = 4.0
     adjacency_budget_start: float | None = None
@@ -218,7 +223,8 @@ class ModelConfig:
             self.sparsity_mode in SPARSITY_MODES,
             f"sparsity_mode must be one of {SPARSITY_MODES}, got {self.sparsity_mode!r}",
         )
-        need(self.target_budget >= 0.0 and self.adjacency_budget >= 0.0, "budgets must be >= 0")
+        need((self.target_budget is None or self.target_budget >= 0.0) and self.adjacency_budget >= 0.0,
+             "budgets must be >= 0")
         need(self.dual_lr >= 0.0, f"dual_lr must be >= 0, got {self.dual_lr}")
         need(self.equation_loss_weight >= 0.0, f"equation_loss_weight must be >= 0, got {self.equation_loss_weight}")
         need(0.0 < self.mixture_eps < 1.0, f"mixture_eps must be in (0, 1), got {self.mixture_eps}")
@@ -239,6 +245,13 @@ class ModelConfig:
     def num_nodes(self) -> int:
         """N, the number of quantized nodes of the causal graph."""
         return self.grid_size**2 if self.latent_layout == "grid" else self.num_tokens
+
+    @property
+    def resolved_target_budget(self) -> float:
+        """``target_budget``, or its layout default when None (see the class docstring)."""
+        if self.target_budget is not None:
+            return float(self.target_budget)
+        return 3 * self.num_nodes / 8 if self.latent_layout == "grid" else self.num_nodes / 2
 
     @property
     def num_codebooks(self) -> int:

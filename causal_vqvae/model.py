@@ -121,7 +121,7 @@ class CausalVQVAE(nn.Module):
         n = c.num_nodes
         start_targets = float(n) if c.target_budget_start is None else c.target_budget_start
         start_parents = float(n - 1) if c.adjacency_budget_start is None else c.adjacency_budget_start
-        self.target_dual = DualAscent(c.num_actions, c.dual_lr, c.target_budget, start_targets, scale=n)
+        self.target_dual = DualAscent(c.num_actions, c.dual_lr, c.resolved_target_budget, start_targets, scale=n)
         self.adjacency_dual = DualAscent(n, c.dual_lr, c.adjacency_budget, start_parents, scale=n)
 
     @property

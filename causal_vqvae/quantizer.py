@@ -27,6 +27,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from .seeding import DeviceGenerators
+
 __all__ = ["QuantizerOutput", "VectorQuantizer", "perplexity"]
 
 
@@ -96,7 +98,7 @@ class VectorQuantizer(nn.Module):
         self.dead_code_threshold = dead_code_threshold
         self.restart_dead_codes = restart_dead_codes
         self.seed = seed
-        self._generators: dict[str, torch.Generator] = {}
+        self._generators = DeviceGenerators(seed)
 
         init = torch.randn(num_groups, codebook_size, dim)
         if mode == "ema":
@@ -129,13 +131,7 @@ class VectorQuantizer(nn.Module):
 
     def generator(self, device: torch.device | str) -> torch.Generator:
         """The default restart generator for ``device`` (seeded from ``seed`` on first use)."""
-        device = torch.device(device)
-        key = str(device)
-        if key not in self._generators:
-            gen = torch.Generator(device=device)
-            gen.manual_seed(self.seed)
-            self._generators[key] = gen
-        return self._generators[key]
+        return self._generators(device)
 
     # ------------------------------------------------------------------ lookups
     @torch.no_grad()

@@ -127,8 +127,14 @@ class CausalVQVAEModule(pl.LightningModule):
             if part is not None:
                 part.requires_grad_(not frozen)
         self._pending_multiplier_update = None
+        self._generator: torch.Generator | None = None
 
     # ------------------------------------------------------------------ helpers
+    def on_fit_start(self) -> None:
+        # Graph masks are sampled from a generator of this rank's own, so DDP ranks draw different masks.
+        self._generator = torch.Generator(device=self.device)
+        self._generator.manual_seed(self.model.config.seed * 100_003 + 17 * self.global_rank + 1)
+
     def _autoencoder_parts(self) -> list[torch.nn.Module]:
         return [getattr(self.model, n) for n in AUTOENCODER_PARTS if getattr(self.model, n, None) is not None]
 
@@ -168,7 +174,8 @@ class CausalVQVAEModule(pl.LightningModule):
             codes, target_codes = ae.output.quantizer.codes.detach().chunk(2)
             loss = loss + cfg.reconstruction_weight * ae.loss
             self.log("train/reconstruction", ae.reconstruction_loss)
-        tl = self.model.transition_loss(codes, action, target_codes, progress=self._progress())
+        tl = self.model.transition_loss(codes, action, target_codes, progress=self._progress(),
+                                        generator=self._generator)
         rl = self.model.retrieval_loss(codes, target_codes, action)
         loss = loss + cfg.transition_weight * tl.loss + cfg.retrieval_weight * rl.loss
         self._pending_multiplier_update = tl

@@ -28,6 +28,7 @@ from torch import nn
 
 from .autoencoder import FeedForward
 from .graph import CausalGraph, DualAscent, node_code_offsets
+from .seeding import DeviceGenerators
 
 __all__ = [
     "TransitionOutput",
@@ -145,7 +146,7 @@ class CausalTransition(nn.Module):
         self.num_codebooks = num_codebooks
         self.codes_per_node = codes_per_node
         self.seed = seed
-        self._generators: dict[str, torch.Generator] = {}
+        self._generators = DeviceGenerators(seed)
         num_nodes = graph.num_nodes
         self.register_buffer("offsets", node_code_offsets(num_nodes, num_codebooks, codes_per_node), persistent=False)
         self.register_buffer("node_group", self.offsets // codes_per_node, persistent=False)
@@ -161,13 +162,7 @@ class CausalTransition(nn.Module):
 
     def generator(self, device: torch.device | str) -> torch.Generator:
         """The default sampling generator for ``device`` (seeded from ``seed`` on first use)."""
-        device = torch.device(device)
-        key = str(device)
-        if key not in self._generators:
-            gen = torch.Generator(device=device)
-            gen.manual_seed(self.seed)
-            self._generators[key] = gen
-        return self._generators[key]
+        return self._generators(device)
 
     def _head(self, h: torch.Tensor) -> torch.Tensor:
         """(B, N, D) -> (B, N, K) logits over each node's own codebook."""

@@ -462,6 +462,8 @@ class CelebADataModule(_BaseDataModule):
         chosen = np.ascontiguousarray(np.asarray(source.labels)[:, cols], dtype=np.int64)
         pair_index = self._celeba.AttributePairIndex(np.asarray(source.labels), self.attributes, all_names)
         self.pair_counts[split] = pair_index.pair_counts()
+        log.info("celeba %s: %d images; pairs per action: %s", split, len(source),
+                 ", ".join(f"{name} {n:,}" for name, n in self.pair_counts[split].items() if name.endswith("+")))
         per_factor = factor_weights(self.space, self.config.frequency)
         weights = np.repeat(per_factor / 2, 2)
         mode = self.config.mode if split == "train" else "pairs"

@@ -13,7 +13,6 @@ once into a memory-mapped cache; its pickled ``metadata`` entry is never loaded.
 from __future__ import annotations
 
 import functools
-import hashlib
 import math
 import zipfile
 import zlib
@@ -26,7 +25,15 @@ import numpy as np
 import torch
 
 from .factors import Factor, FactorSpace
-from .sources import ArraySource, TwinSource, build_memmap_cache, default_cache_root, open_memmap_cache
+from .sources import (
+    ArraySource,
+    TwinSource,
+    build_memmap_cache,
+    check_row_count,
+    default_cache_root,
+    file_cache_key,
+    open_memmap_cache,
+)
 
 __all__ = [
     "DSPRITES",
@@ -412,22 +419,8 @@ def _check_classes(path: Path, classes: np.ndarray, *, full: bool) -> np.ndarray
     return classes
 
 
-def _cache_key(path: Path) -> str:
-    stat = path.stat()
-    ident = f"{path.name}|{stat.st_size}|{stat.st_mtime_ns}"
-    return "dsprites-" + hashlib.sha256(ident.encode()).hexdigest()[:12]
 
 
-def _check_row_count(path: Path, num_rows: int, allow_subset: bool) -> None:
-    if num_rows == DSPRITES.num_states:
-        return
-    if not allow_subset:
-        raise ValueError(
-            f"dSprites file {path} has {num_rows} rows; the full dataset has {DSPRITES.num_states}. "
-            "Use the original DeepMind file, or pass allow_subset=True to read a partial file."
-        )
-    if not 0 < num_rows <= DSPRITES.num_states:
-        raise ValueError(f"dSprites file {path} has {num_rows} rows; expected 1..{DSPRITES.num_states}")
 
 
 def read_dsprites(path: str | Path, cache_root: str | Path | None = None, *,
@@ -449,14 +442,16 @@ def read_dsprites(path: str | Path, cache_root: str | Path | None = None, *,
             "dsprites_ndarray_co1sh3sc6or40x32y32_64x64.npz (or .hdf5) from deepmind/dsprites-dataset and "
             "point --data-root at its folder. Without --data-root the procedural twin is used."
         )
-    cache_dir = Path(cache_root or default_cache_root()) / _cache_key(path)
+    cache_dir = Path(cache_root or default_cache_root()) / file_cache_key("dsprites", path)
     description = f"dSprites real file {path}"
     if (cache_dir / "meta.json").exists():
         images, labels, meta = open_memmap_cache(cache_dir)
-        _check_row_count(path, len(images), allow_subset)
+        check_row_count(path, len(images), DSPRITES.num_states, allow_subset, dataset="dSprites",
+                        hint="Use the original DeepMind file")
     else:
         with _open_reader(path) as reader:
-            _check_row_count(path, reader.num_rows, allow_subset)
+            check_row_count(path, reader.num_rows, DSPRITES.num_states, allow_subset, dataset="dSprites",
+                        hint="Use the original DeepMind file")
             full = reader.num_rows == DSPRITES.num_states
             classes = _check_classes(path, reader.classes, full=full)
 

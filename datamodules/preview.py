@@ -108,6 +108,8 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--scale", type=int, default=2, help="pixel upscaling of each tile")
     parser.add_argument("--cache-root", default=None, help="where memmap caches and the CelebA twin live")
     parser.add_argument("--twin-size", type=int, default=2000, help="CelebA twin: faces to write if absent")
+    parser.add_argument("--sample", type=Path, default=None,
+                        help="also write one held-out image (64x64 PNG), e.g. as input for causal_vqvae.edit")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
@@ -120,10 +122,14 @@ def main(argv: list[str] | None = None) -> Path:
     else:
         labels, rows = factor_traversals(dm, args.steps, args.seed)
     kind = "procedural twin" if dm.source.is_twin else "real file"
-    title = f"{args.data} ({kind}: {dm.description}), seed {args.seed}"
+    title = f"{args.data}: {dm.description} ({kind}), seed {args.seed}"
     out = args.out or Path(f"preview_{args.data}.png")
     save_png_atomic(grid_image(labels, rows, args.scale, title), out)
     print(f"wrote {out} ({len(rows)} rows) from the {kind}")
+    if args.sample:
+        image = _to_uint8(dm.sample_batch("test", size=args.seed + 1)["image"][args.seed:])[0]
+        save_png_atomic(Image.fromarray(image[..., 0] if dm.channels == 1 else image), args.sample)
+        print(f"wrote {args.sample} (a held-out test image)")
     return out
 
 

@@ -12,8 +12,8 @@ Rendering is split so that a batch costs one gather and one small matrix product
 * the geometry depends only on (scale, shape, orientation), 8 * 4 * 15 = 480 combinations. They are
   ray-cast once (2x2 supersampling, soft floor shadow) into a table of per-pixel *surface weights*
   ``(480, 4, 64, 64)`` for the surfaces floor, wall, object and sky. Lighting, wall darkening, object
-  shading and the shadow are folded into the weights. The table is built lazily on the CPU (about a
-  second) and copied once to each device that asks for it.
+  shading and the shadow are folded into the weights. The table (31 MB) is built lazily on the CPU (one to
+  two seconds on 2 cores) and copied once to each device that asks for it.
 * the hues only colour the surfaces, and all shading is linear in the colour, so an image is
   ``clamp(sum_s weight[combo, s] * colour[s], 0, 1)``: a gather of table rows and a ``(3, 4) @ (4, 4096)``
   product per image, on the device of the class tensor. Weights above 1 (the brightest floor) model
@@ -29,7 +29,6 @@ stored values are checked against them.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import threading
 from dataclasses import dataclass
@@ -40,7 +39,15 @@ import torch
 import torch.nn.functional as F
 
 from .factors import Factor, FactorSpace
-from .sources import ArraySource, TwinSource, build_memmap_cache, default_cache_root, open_memmap_cache
+from .sources import (
+    ArraySource,
+    TwinSource,
+    build_memmap_cache,
+    check_row_count,
+    default_cache_root,
+    file_cache_key,
+    open_memmap_cache,
+)
 
 __all__ = [
     "SHAPES3D",
@@ -543,22 +550,8 @@ def _corrupt(path: Path, what: object) -> ValueError:
     )
 
 
-def _cache_key(path: Path) -> str:
-    stat = path.stat()
-    ident = f"{path.name}|{stat.st_size}|{stat.st_mtime_ns}"
-    return "shapes3d-" + hashlib.sha256(ident.encode()).hexdigest()[:12]
 
 
-def _check_row_count(path: Path, num_rows: int, allow_subset: bool) -> None:
-    if num_rows == SHAPES3D.num_states:
-        return
-    if not allow_subset:
-        raise ValueError(
-            f"3D Shapes file {path} has {num_rows} rows; the full dataset has {SHAPES3D.num_states}. "
-            f"Use the original {FILE_NAME}, or pass allow_subset=True to read its first rows."
-        )
-    if not 0 < num_rows <= SHAPES3D.num_states:
-        raise ValueError(f"3D Shapes file {path} has {num_rows} rows; expected 1..{SHAPES3D.num_states}")
 
 
 def _check_datasets(path: Path, handle) -> int:
@@ -615,11 +608,12 @@ def read_shapes3d(path: str | Path, cache_root: str | Path | None = None, *,
             f"3D Shapes file not found at {path.resolve()}; download {FILE_NAME} from deepmind/3d-shapes and "
             "point --data-root at it or its folder. Without --data-root the procedural twin is used."
         )
-    cache_dir = Path(cache_root or default_cache_root()) / _cache_key(path)
+    cache_dir = Path(cache_root or default_cache_root()) / file_cache_key("shapes3d", path)
     if not (cache_dir / "meta.json").exists():
         _convert(path, cache_dir, allow_subset)
     images, labels, _ = open_memmap_cache(cache_dir)
-    _check_row_count(path, len(images), allow_subset)
+    check_row_count(path, len(images), SHAPES3D.num_states, allow_subset, dataset="3D Shapes",
+                    hint=f"Use the original {FILE_NAME}")
     return ArraySource(images=images, labels=labels, description=f"3D Shapes real file {path}", space=SHAPES3D)
 
 
@@ -632,7 +626,8 @@ def _convert(path: Path, cache_dir: Path, allow_subset: bool) -> None:
         raise _corrupt(path, f"{type(e).__name__}: {e}") from e
     with handle:
         num_rows = _check_datasets(path, handle)
-        _check_row_count(path, num_rows, allow_subset)
+        check_row_count(path, num_rows, SHAPES3D.num_states, allow_subset, dataset="3D Shapes",
+                        hint=f"Use the original {FILE_NAME}")
         images, labels = handle["images"], handle["labels"]
 
         def read_chunk(start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:

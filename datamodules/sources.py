@@ -8,6 +8,7 @@ leaves a half-written cache behind.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -167,6 +168,28 @@ def open_memmap_cache(cache_dir: Path) -> tuple[np.ndarray, np.ndarray, dict]:
     if images.shape[0] != meta["num_rows"] or labels.shape[0] != meta["num_rows"]:
         raise ValueError(f"cache {cache_dir} is inconsistent with its meta.json; delete the folder to rebuild it")
     return images, labels, meta
+
+
+def file_cache_key(prefix: str, path: Path) -> str:
+    """Cache folder name for a real file: ``prefix-<hash of name, size and mtime>``, so a replaced
+    file gets a fresh cache."""
+    stat = Path(path).stat()
+    ident = f"{Path(path).name}|{stat.st_size}|{stat.st_mtime_ns}"
+    return f"{prefix}-" + hashlib.sha256(ident.encode()).hexdigest()[:12]
+
+
+def check_row_count(path: Path, num_rows: int, expected: int, allow_subset: bool, *, dataset: str, hint: str) -> None:
+    """A real file must hold every state (``expected`` rows) unless ``allow_subset``; ``hint`` says
+    what to use instead."""
+    if num_rows == expected:
+        return
+    if not allow_subset:
+        raise ValueError(
+            f"{dataset} file {path} has {num_rows} rows; the full dataset has {expected}. "
+            f"{hint}, or pass allow_subset=True to read a partial file."
+        )
+    if not 0 < num_rows <= expected:
+        raise ValueError(f"{dataset} file {path} has {num_rows} rows; expected 1..{expected}")
 
 
 def default_cache_root() -> Path:

@@ -279,6 +279,7 @@ def test_dual_ascent_rises_over_budget_and_resets_under_budget():
     dual = DualAscent(2, lr=0.5, budget=1.0, budget_start=9.0)
     dual.update(torch.tensor([3.0, 0.5]), 1.0)
     assert dual.multipliers.tolist() == [1.0, 0.0]
+    assert dual.lagrangian(torch.tensor([3.0, 0.5]), 1.0).item() == pytest.approx((1.0 * 2.0 + 0.0) / 2)
     dual.update(torch.tensor([2.0, 0.5]), 1.0)
     assert dual.multipliers.tolist() == [1.5, 0.0]
     dual.update(torch.tensor([0.5, 4.0]), 1.0)

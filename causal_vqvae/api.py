@@ -1,0 +1,561 @@
+"""Editing and retrieval for people who have images, not tensors: ``load``, ``edit``,
+``retrieve_action``, ``analogy``.
+
+Every function takes whatever image the caller has (a PIL image, a file path, a numpy array or a
+torch tensor; one image or a batch), converts it to what the model reads (float (B, C, S, S) in
+[0, 1], S = ``config.image_size``) and converts the result back to the same kind, size, mode and
+dtype. A conversion that changes the image (resizing, a different channel count) is reported by one
+:class:`ImageConversionWarning` per image, so nothing happens silently.
+
+An action is an id, a name (``"scale+"``), a ``(factor, direction)`` pair (``("scale", +1)``) or a
+list of those applied in order. Names come from ``config.action_names`` alone: an action name is a
+factor name followed by ``-`` or ``+``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from PIL import Image, UnidentifiedImageError
+
+from .io import CONFIG_NAME, METADATA_NAME, WEIGHTS_NAME
+from .model import CausalVQVAE
+
+__all__ = [
+    "ImageConversionWarning",
+    "report_conversions",
+    "Restore",
+    "RETRIEVAL_METHODS",
+    "load",
+    "action_names",
+    "factor_actions",
+    "parse_actions",
+    "to_batch",
+    "edit",
+    "retrieve_action",
+    "analogy",
+]
+
+RETRIEVAL_METHODS = ("transition", "head")
+ModelLike = CausalVQVAE | str | os.PathLike
+# ITU-R 601-2 luma, the weights PIL's convert("L") uses, so arrays and PIL images agree.
+_LUMA = (0.299, 0.587, 0.114)
+_ACCEPTED = (
+    "a PIL image, an image file path, a numpy array (H, W), (H, W, C) or (B, H, W, C), or a torch tensor "
+    "(H, W), (C, H, W) or (B, C, H, W); C is 1 (gray), 2 (gray + alpha), 3 (RGB) or 4 (RGBA); uint8 values "
+    "in [0, 255] or float values in [0, 1]"
+)
+_DIRECTIONS = {"+": 1, "-": -1, "+1": 1, "-1": -1, "plus": 1, "minus": -1}
+
+
+class ImageConversionWarning(UserWarning):
+    """An input image was resized or changed channels to fit the model (and is converted back)."""
+
+
+@contextlib.contextmanager
+def report_conversions(stream: TextIO | None = None) -> Iterator[None]:
+    """For command lines: print every :class:`ImageConversionWarning` raised inside as a plain
+    ``note: ...`` line on ``stream`` (default stderr) instead of a warning with a source line;
+    other warnings are shown as usual."""
+    caught: list[warnings.WarningMessage] = []
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ImageConversionWarning)
+            yield
+    finally:
+        # Shown after the recording context is left: inside it, showwarning would record again.
+        for item in caught:
+            if issubclass(item.category, ImageConversionWarning):
+                print(f"note: {item.message}", file=stream or sys.stderr)
+            else:
+                warnings.showwarning(item.message, item.category, item.filename, item.lineno)
+
+
+# ------------------------------------------------------------------------------------- loading
+def load(
+    path: str | os.PathLike, device: str | torch.device | None = None, expect_dataset: str | None = None
+) -> CausalVQVAE:
+    """Load a model directory written by ``save_pretrained``, ready to use: in eval mode, on
+    ``device`` (default: cuda if available, else cpu). ``expect_dataset`` refuses a model trained
+    for another dataset. ``path`` may also name a file inside the directory."""
+    directory = Path(path).expanduser()
+    if directory.is_file() and directory.name in (CONFIG_NAME, WEIGHTS_NAME, METADATA_NAME):
+        directory = directory.parent
+    contents = (
+        f"a model directory holds {CONFIG_NAME} and {WEIGHTS_NAME} (and {METADATA_NAME}), "
+        "as written by CausalVQVAE.save_pretrained"
+    )
+    if not directory.exists():
+        raise FileNotFoundError(f"no model at {directory}: the path does not exist; {contents}")
+    if not directory.is_dir():
+        raise FileNotFoundError(f"no model at {directory}: it is a file, not a model directory; {contents}")
+    missing = [name for name in (CONFIG_NAME, WEIGHTS_NAME) if not (directory / name).is_file()]
+    if missing:
+        raise FileNotFoundError(f"no model at {directory}: {' and '.join(missing)} missing; {contents}")
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    expect = None if expect_dataset is None else {"dataset": expect_dataset}
+    return CausalVQVAE.from_pretrained(directory, map_location=torch.device(device), expect=expect).eval()
+
+
+def _resolve_model(model: ModelLike) -> CausalVQVAE:
+    if isinstance(model, CausalVQVAE):
+        return model
+    if isinstance(model, (str, os.PathLike)):
+        return load(model)
+    raise TypeError(
+        f"model must be a CausalVQVAE or the path of a model directory, got {type(model).__name__}; "
+        "use causal_vqvae.load(path) once and pass the model to every call"
+    )
+
+
+def _device(model: CausalVQVAE) -> torch.device:
+    return next(model.parameters()).device
+
+
+# ------------------------------------------------------------------------------------- actions
+def action_names(model: CausalVQVAE) -> tuple[str, ...]:
+    """The A action names of ``model`` (``action_<id>`` where the config has none)."""
+    config = model.config
+    return tuple(config.action_name(i) for i in range(config.num_actions))
+
+
+def factor_actions(model: CausalVQVAE) -> dict[str, dict[int, int]]:
+    """``{factor: {-1: id, +1: id}}`` read from the action names, in the order factors first appear.
+    A factor has only the directions that are named (an empty dict when no name ends in -/+)."""
+    table: dict[str, dict[int, int]] = {}
+    for action_id, name in enumerate(action_names(model)):
+        if len(name) > 1 and name[-1] in "+-":
+            table.setdefault(name[:-1], {})[1 if name[-1] == "+" else -1] = action_id
+    return table
+
+
+def _valid_actions(model: CausalVQVAE) -> str:
+    names = ", ".join(f"{name} ({i})" for i, name in enumerate(action_names(model)))
+    factors = factor_actions(model)
+    pairs = f"; or (factor, +1/-1) with factor in {', '.join(factors)}" if factors else ""
+    return f"valid actions: {names}{pairs}"
+
+
+def _direction(value: Any) -> int | None:
+    """+1 / -1 for a direction token ("+", "-", +1, -1, "plus", "minus"), else None."""
+    if isinstance(value, (bool, np.bool_)):
+        return None
+    if isinstance(value, (int, np.integer)):
+        return int(value) if int(value) in (1, -1) else None
+    if isinstance(value, str):
+        return _DIRECTIONS.get(value.strip().lower())
+    return None
+
+
+def _is_pair(action: Any, names: Sequence[str]) -> bool:
+    """A 2-sequence (factor, direction) is one action; ("scale+", "shape-") or ("scale+", 1), whose
+    first item is itself an action name, is a sequence of two."""
+    return (
+        isinstance(action, (tuple, list))
+        and len(action) == 2
+        and isinstance(action[0], str)
+        and action[0].strip() not in names
+        and _direction(action[1]) is not None
+    )
+
+
+def _pair_id(model: CausalVQVAE, factor: str, direction: int) -> int:
+    table = factor_actions(model)
+    name = factor.strip()
+    if name not in table:
+        raise ValueError(f"unknown factor {factor!r} in ({factor!r}, {direction:+d}); {_valid_actions(model)}")
+    if direction not in table[name]:
+        raise ValueError(f"factor {name!r} has no {'+' if direction > 0 else '-'} action; {_valid_actions(model)}")
+    return table[name][direction]
+
+
+def _single_id(model: CausalVQVAE, action: Any) -> int:
+    names = action_names(model)
+    if isinstance(action, (torch.Tensor, np.ndarray)) and action.ndim == 0:
+        action = action.item()
+    if isinstance(action, (bool, np.bool_)):
+        raise TypeError(f"{action!r} is not an action; {_valid_actions(model)}")
+    if isinstance(action, (int, np.integer)):
+        if not 0 <= int(action) < len(names):
+            raise ValueError(f"action id {int(action)} out of range [0, {len(names)}); {_valid_actions(model)}")
+        return int(action)
+    if isinstance(action, str):
+        name = action.strip()
+        if name in names:
+            return names.index(name)
+        if name.isdigit():
+            return _single_id(model, int(name))
+        if name in factor_actions(model):
+            raise ValueError(
+                f"{name!r} is a factor, not an action: add a direction, e.g. {name + '+'!r} or ({name!r}, +1); "
+                f"{_valid_actions(model)}"
+            )
+        raise ValueError(f"unknown action {action!r}; {_valid_actions(model)}")
+    raise TypeError(
+        f"cannot read {action!r} ({type(action).__name__}) as an action: give an id, a name, a "
+        f"(factor, direction) pair or a list of those; {_valid_actions(model)}"
+    )
+
+
+def parse_actions(model: CausalVQVAE, action: Any) -> list[int]:
+    """Action ids, in the order to apply them, for ``action``: an id, a name (``"scale+"``), a
+    ``(factor, direction)`` pair with direction +1/-1/"+"/"-", or a list/tuple of those (nested
+    lists are flattened). Raises ValueError/TypeError listing every valid action."""
+    if _is_pair(action, action_names(model)):
+        direction = _direction(action[1])
+        assert direction is not None
+        return [_pair_id(model, action[0], direction)]
+    if isinstance(action, (list, tuple)):
+        if not action:
+            raise ValueError(f"empty action sequence: give at least one action; {_valid_actions(model)}")
+        return [action_id for item in action for action_id in parse_actions(model, item)]
+    return [_single_id(model, action)]
+
+
+# ------------------------------------------------------------------------------------- images
+@dataclass(frozen=True)
+class _Pixels:
+    """An input decoded to floats, before fitting it to the model."""
+
+    pixels: torch.Tensor  # (B, C, H, W) float32 in [0, 1], C = 1 or 3 (alpha split off)
+    alpha: torch.Tensor | None  # (B, 1, H, W) float32, or None
+    mode: str  # what the user gave, in words: a PIL mode, or "gray" / "RGB" / "RGBA" / "gray+alpha"
+
+
+@dataclass(frozen=True)
+class Restore:
+    """Turns model outputs (B, C, S, S) in [0, 1] back into the input's kind, size, mode and dtype.
+
+    ``batched``: the input was a batch (so results are lists / batches); ``batch_size``: its B."""
+
+    batched: bool
+    batch_size: int
+    size: tuple[int, int]  # (H, W) of the input
+    channels: int  # colour channels of the input, without alpha
+    alpha: torch.Tensor | None  # (B, 1, H, W) alpha of the input, put back unchanged
+    package: Callable[[torch.Tensor], Any]  # (B, C_in [+ 1], H, W) float [0, 1] -> the input's kind
+
+    def __call__(self, images: torch.Tensor) -> Any:
+        if images.dim() != 4 or images.shape[0] != self.batch_size:
+            raise ValueError(f"expected {self.batch_size} images (B, C, H, W), got shape {tuple(images.shape)}")
+        images = images.detach().float()
+        if tuple(images.shape[-2:]) != self.size:
+            images = F.interpolate(images, size=self.size, mode="bicubic", antialias=True, align_corners=False)
+            images = images.clamp(0.0, 1.0)
+        images = _convert_channels(images, self.channels)
+        if self.alpha is not None:
+            images = torch.cat([images, self.alpha.to(images.device)], dim=1)
+        return self.package(images)
+
+
+def _convert_channels(images: torch.Tensor, channels: int) -> torch.Tensor:
+    """(B, C, H, W) with C in {1, 3} -> ``channels``: luminance for 3 -> 1, repetition for 1 -> 3."""
+    have = images.shape[1]
+    if have == channels:
+        return images
+    if have == 3 and channels == 1:
+        weights = images.new_tensor(_LUMA).view(1, 3, 1, 1)
+        return (images * weights).sum(1, keepdim=True)
+    if have == 1:
+        return images.expand(-1, channels, -1, -1).contiguous()
+    raise ValueError(f"cannot convert {have}-channel images to {channels} channels")
+
+
+def _check_values(values: torch.Tensor, what: str) -> None:
+    if torch.is_floating_point(values):
+        if not bool(torch.isfinite(values).all()):
+            raise ValueError(f"{what} contains NaN or infinite values; images must be finite floats in [0, 1]")
+        low, high = float(values.min()), float(values.max())
+        if low < 0.0 or high > 1.0:
+            hint = " (divide by 255?)" if high > 1.0 else ""
+            raise ValueError(f"{what} has values in [{low:g}, {high:g}]; float images must be in [0, 1]{hint}")
+
+
+def _colour_mode(channels: int) -> str:
+    return {1: "gray", 2: "gray+alpha", 3: "RGB", 4: "RGBA"}[channels]
+
+
+def _from_channels_last(values: torch.Tensor, what: str) -> _Pixels:
+    """(B, H, W, C) uint8 or float tensor -> _Pixels."""
+    _check_values(values, what)
+    floats = values.float() / 255.0 if values.dtype == torch.uint8 else values.float()
+    return _split_alpha(rearrange(floats, "b h w c -> b c h w"))
+
+
+def _split_alpha(images: torch.Tensor) -> _Pixels:
+    """(B, C, H, W) float with C in 1..4 -> colour and alpha."""
+    channels = images.shape[1]
+    mode = _colour_mode(channels)
+    if channels in (2, 4):
+        return _Pixels(images[:, :-1].contiguous(), images[:, -1:].contiguous(), mode)
+    return _Pixels(images.contiguous(), None, mode)
+
+
+def _read_numpy(array: np.ndarray) -> tuple[_Pixels, bool, Callable[[torch.Tensor], Any]]:
+    what = f"array of shape {array.shape} and dtype {array.dtype}"
+    if array.dtype != np.uint8 and not np.issubdtype(array.dtype, np.floating):
+        raise ValueError(f"unsupported {what}: use uint8 in [0, 255] or float in [0, 1]. Accepted: {_ACCEPTED}")
+    if array.ndim not in (2, 3, 4):
+        raise ValueError(
+            f"unsupported {what}: numpy images are (H, W), (H, W, C) or (B, H, W, C). Accepted: {_ACCEPTED}"
+        )
+    if array.size == 0:
+        raise ValueError(f"empty {what}: an image needs at least one pixel")
+    if array.ndim >= 3 and array.shape[-1] not in (1, 2, 3, 4):
+        layout = "(H, W, C)" if array.ndim == 3 else "(B, H, W, C)"
+        raise ValueError(
+            f"unsupported {what}: read as {layout}, channels last, so C = {array.shape[-1]}, but C must be "
+            "1, 2, 3 or 4. Channels-first data needs np.moveaxis(a, -3, -1); a batch of gray images "
+            "(B, H, W) needs a[..., None]"
+        )
+    batched = array.ndim == 4
+    values = torch.tensor(array)  # a copy: the caller's array may be read-only or strided
+    values = values.reshape((1, *values.shape[-2:], 1) if array.ndim == 2 else (-1, *values.shape[-3:]))
+    pixels = _from_channels_last(values, what)
+    shape, dtype = array.shape, array.dtype
+
+    def package(images: torch.Tensor) -> np.ndarray:
+        out = rearrange(images, "b c h w -> b h w c").cpu().numpy()
+        if dtype == np.uint8:
+            out = np.clip(np.rint(out * 255.0), 0, 255)
+        return out.astype(dtype).reshape(shape)
+
+    return pixels, batched, package
+
+
+def _read_tensor(tensor: torch.Tensor) -> tuple[_Pixels, bool, Callable[[torch.Tensor], Any]]:
+    what = f"tensor of shape {tuple(tensor.shape)} and dtype {tensor.dtype}"
+    if tensor.dtype != torch.uint8 and not torch.is_floating_point(tensor):
+        raise ValueError(f"unsupported {what}: use uint8 in [0, 255] or float in [0, 1]. Accepted: {_ACCEPTED}")
+    if tensor.dim() not in (2, 3, 4):
+        raise ValueError(f"unsupported {what}: tensors are (H, W), (C, H, W) or (B, C, H, W). Accepted: {_ACCEPTED}")
+    if tensor.numel() == 0:
+        raise ValueError(f"empty {what}: an image needs at least one pixel")
+    if tensor.dim() >= 3 and tensor.shape[-3] not in (1, 2, 3, 4):
+        layout = "(C, H, W)" if tensor.dim() == 3 else "(B, C, H, W)"
+        raise ValueError(
+            f"unsupported {what}: read as {layout}, channels first, so C = {tensor.shape[-3]}, but C must be "
+            "1, 2, 3 or 4. Channels-last data needs t.movedim(-1, -3); a batch of gray images (B, H, W) "
+            "needs t.unsqueeze(1)"
+        )
+    batched = tensor.dim() == 4
+    values = tensor.detach()
+    values = values.reshape((1, 1, *values.shape) if values.dim() == 2 else (-1, *values.shape[-3:]))
+    values = rearrange(values, "b c h w -> b h w c")
+    pixels = _from_channels_last(values, what)
+    shape, dtype, device = tensor.shape, tensor.dtype, tensor.device
+
+    def package(images: torch.Tensor) -> torch.Tensor:
+        if dtype == torch.uint8:
+            images = (images * 255.0).round().clamp(0, 255)
+        return images.to(device=device, dtype=dtype).reshape(shape)
+
+    return pixels, batched, package
+
+
+def _pil_base_mode(image: Image.Image) -> str:
+    """The L / LA / RGB / RGBA mode an image is read in."""
+    mode = image.mode
+    alpha = "A" in mode or "a" in mode or (mode in ("P", "L", "RGB") and "transparency" in image.info)
+    gray = mode in ("1", "L", "LA", "La", "F") or mode.startswith("I")
+    if gray:
+        return "LA" if alpha else "L"
+    return "RGBA" if alpha else "RGB"
+
+
+def _read_pil(image: Image.Image) -> tuple[_Pixels, bool, Callable[[torch.Tensor], Any]]:
+    base = _pil_base_mode(image)
+    array = np.array(image.convert(base) if image.mode != base else image)
+    if array.ndim == 2:
+        array = array[:, :, None]
+    values = torch.from_numpy(array)[None]  # (1, H, W, C) uint8
+    pixels = _from_channels_last(values, f"image of mode {image.mode}")
+    pixels = _Pixels(pixels.pixels, pixels.alpha, image.mode)
+    mode, original = image.mode, image
+
+    def package(images: torch.Tensor) -> Image.Image:
+        array = (images[0] * 255.0).round().clamp(0, 255).to(torch.uint8)
+        array = rearrange(array, "c h w -> h w c").cpu().numpy()
+        out = Image.fromarray(array[:, :, 0] if array.shape[-1] == 1 else array)
+        if out.mode == mode:
+            return out
+        if mode == "P":
+            return out.convert("RGB").quantize(palette=original)
+        return out.convert(mode)
+
+    return pixels, False, package
+
+
+def _read_path(path: str | os.PathLike) -> Image.Image:
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"image file {path} does not exist")
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a directory, not an image file")
+    try:
+        with Image.open(path) as opened:
+            opened.load()
+            return opened.copy()
+    except UnidentifiedImageError:
+        raise ValueError(f"{path} is not an image file PIL can read (PNG, JPEG, BMP, ...)") from None
+    except OSError as error:
+        raise ValueError(f"cannot read the image {path}: {error}") from None
+
+
+def _conversion_note(pixels: _Pixels, model: CausalVQVAE) -> str | None:
+    """One sentence saying how ``pixels`` are changed to fit ``model``, or None when they already fit."""
+    config = model.config
+    batch, channels, height, width = pixels.pixels.shape
+    side = config.image_size
+    target = {1: "L", 3: "RGB"}.get(config.in_channels)
+    changes = []
+    if (height, width) != (side, side):
+        stretched = " (stretched: aspect ratio not kept)" if height != width else ""
+        changes.append(f"resized to {side}x{side}{stretched}")
+    same_mode = pixels.mode == target or (pixels.mode == "gray" and target == "L")
+    if not same_mode:
+        if config.in_channels == 1:
+            how = "luminance" if channels == 3 else "gray"
+        elif channels == 1:
+            how = "gray repeated"
+        else:
+            how = "RGB"
+        if pixels.alpha is not None:
+            how += ", alpha set aside and put back in the result"
+        plural = "" if config.in_channels == 1 else "s"
+        changes.append(f"converted to {config.in_channels} channel{plural} ({how})")
+    if not changes:
+        return None
+    what = "image" if batch == 1 else f"batch of {batch} images"
+    model_name = f"a {config.dataset} model" if config.dataset else "this model"
+    return f"{what} {width}x{height} {pixels.mode} {' and '.join(changes)} for {model_name}"
+
+
+def _to_batch(image: Any, model: CausalVQVAE, stacklevel: int) -> tuple[torch.Tensor, Restore]:
+    config = model.config
+    if isinstance(image, (str, os.PathLike)):
+        image = _read_path(image)
+    if isinstance(image, Image.Image):
+        pixels, batched, package = _read_pil(image)
+    elif isinstance(image, np.ndarray):
+        pixels, batched, package = _read_numpy(image)
+    elif isinstance(image, torch.Tensor):
+        pixels, batched, package = _read_tensor(image)
+    else:
+        raise TypeError(f"cannot read a {type(image).__name__} as an image; accepted: {_ACCEPTED}")
+
+    batch, channels, height, width = pixels.pixels.shape
+    if config.in_channels not in (1, 3) and channels != config.in_channels:
+        raise ValueError(f"the model reads {config.in_channels}-channel images, got {channels} channels")
+    note = _conversion_note(pixels, model)
+    if note is not None:
+        warnings.warn(note, ImageConversionWarning, stacklevel=stacklevel)
+    x = _convert_channels(pixels.pixels.to(_device(model)), config.in_channels)
+    side = config.image_size
+    if (height, width) != (side, side):
+        x = F.interpolate(x, size=(side, side), mode="bicubic", antialias=True, align_corners=False).clamp(0.0, 1.0)
+    restore = Restore(batched, batch, (height, width), channels, pixels.alpha, package)
+    return x.contiguous(), restore
+
+
+def to_batch(image: Any, model: CausalVQVAE) -> tuple[torch.Tensor, Restore]:
+    """``image`` -> (images (B, C, S, S) float32 in [0, 1] on the model's device, ``restore``).
+
+    Accepts a PIL image, a file path (read with PIL), a numpy array (H, W), (H, W, C) or
+    (B, H, W, C), or a tensor (H, W), (C, H, W) or (B, C, H, W): uint8 in [0, 255] or float in
+    [0, 1], with 1 (gray), 2 (gray + alpha), 3 (RGB) or 4 (RGBA) channels. Another size is resized
+    (bicubic, antialiased); gray becomes RGB by repetition and RGB gray by luminance; alpha is set
+    aside. Any such change emits one :class:`ImageConversionWarning` saying what was done.
+
+    ``restore(outputs)`` turns model outputs (B, C, S, S) back into the input's kind at its size,
+    mode and dtype (a path gives a PIL image); ``restore.batched`` says whether it was a batch."""
+    return _to_batch(image, model, stacklevel=3)
+
+
+# ------------------------------------------------------------------------------------- editing
+def edit(image: Any, action: Any, model: ModelLike) -> Any:
+    """Apply ``action`` (an id, a name such as ``"scale+"``, a ``(factor, direction)`` pair, or a
+    list of those applied in order, in code space) to ``image`` and return the result as the same
+    kind of object at the input's size (see :func:`to_batch`; a path gives a PIL image). A batch
+    gets the same action(s) on every image."""
+    model = _resolve_model(model)
+    ids = parse_actions(model, action)
+    x, restore = _to_batch(image, model, stacklevel=3)
+    return restore(model.edit_sequence(x, ids))
+
+
+def _check_method(method: str) -> None:
+    if method not in RETRIEVAL_METHODS:
+        raise ValueError(f"unknown retrieval method {method!r}; use one of {RETRIEVAL_METHODS}")
+
+
+def _pair_probs(
+    image_a: Any, image_b: Any, model: CausalVQVAE, method: str, stacklevel: int
+) -> tuple[torch.Tensor, bool]:
+    """(P, A) action probabilities for the P pairs of (image_a, image_b), and whether it was a batch.
+    A single image on one side is paired with every image of the other."""
+    _check_method(method)
+    xa, restore_a = _to_batch(image_a, model, stacklevel)
+    xb, restore_b = _to_batch(image_b, model, stacklevel)
+    count_a, count_b = xa.shape[0], xb.shape[0]
+    if count_a != count_b and 1 not in (count_a, count_b):
+        raise ValueError(f"image_a holds {count_a} images and image_b {count_b}: give as many, or one on a side")
+    count = max(count_a, count_b)
+    xa, xb = xa.expand(count, -1, -1, -1), xb.expand(count, -1, -1, -1)
+    probs = model.retrieve(xa, xb, method=method).probs.float().cpu()  # (P, A)
+    return probs, restore_a.batched or restore_b.batched
+
+
+def _ranked(probs: torch.Tensor, names: Sequence[str], top_k: int) -> list[tuple[str, float]]:
+    order = torch.argsort(probs, descending=True, stable=True)[:top_k]
+    return [(names[i], float(probs[i])) for i in order.tolist()]
+
+
+def retrieve_action(
+    image_a: Any, image_b: Any, model: ModelLike, method: str = "transition", top_k: int | None = None
+) -> list[tuple[str, float]] | list[list[tuple[str, float]]]:
+    """Which action turns ``image_a`` into ``image_b``? Ranked ``(name, probability)``, most likely
+    first (ties by id), the ``top_k`` best (default all A, whose probabilities sum to 1). For batched
+    inputs, one such list per pair. ``method``: "transition" (score every action by the structural
+    equations) or "head" (the learned retrieval classifier)."""
+    model = _resolve_model(model)
+    num_actions = model.config.num_actions
+    if top_k is None:
+        top_k = num_actions
+    if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or not 1 <= top_k <= num_actions:
+        raise ValueError(f"top_k must be an int in [1, {num_actions}] or None, got {top_k!r}")
+    probs, batched = _pair_probs(image_a, image_b, model, method, stacklevel=4)
+    names = action_names(model)
+    ranked = [_ranked(row, names, int(top_k)) for row in probs]
+    return ranked if batched else ranked[0]
+
+
+def analogy(
+    image_a: Any, image_b: Any, image_c: Any, model: ModelLike, method: str = "transition"
+) -> tuple[Any, str | list[str]]:
+    """A is to B as C is to ...: retrieve the most likely action from ``image_a`` to ``image_b`` and
+    apply it to ``image_c``. Returns ``(edited C, action name)``, edited C of the same kind as
+    ``image_c``; for a batched ``image_c`` the names are a list, one per image. One (A, B) pair
+    serves every image of C; a batch of pairs needs as many images in C."""
+    model = _resolve_model(model)
+    probs, _ = _pair_probs(image_a, image_b, model, method, stacklevel=4)
+    x, restore = _to_batch(image_c, model, stacklevel=3)
+    pairs, count = probs.shape[0], x.shape[0]
+    if pairs not in (1, count):
+        raise ValueError(f"{pairs} (image_a, image_b) pairs for {count} images in image_c: give one pair or {count}")
+    actions = probs.argmax(-1).expand(count).to(x.device)
+    edited = restore(model.edit(x, actions))
+    names = [action_names(model)[i] for i in actions.tolist()]
+    return edited, names if restore.batched else names[0]
