@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from . import api
+from .edit import _positive_int
 
 __all__ = ["format_table", "main"]
 
@@ -24,13 +25,6 @@ def format_table(ranked: Sequence[tuple[str, float]]) -> str:
     lines = [f"{'rank':>4}  {'action':<{width}}  probability"]
     lines += [f"{rank:>4}  {name:<{width}}  {prob:11.4f}" for rank, (name, prob) in enumerate(ranked, start=1)]
     return "\n".join(lines)
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
