@@ -153,6 +153,12 @@ def main(argv: list[str] | None = None) -> int:
         train_config = replace(train_config, **{f"{s}_steps": n for s, n in zip(stages, steps)})
     if args.max_epochs:
         train_config = replace(train_config, **{f"{s}_steps": args.max_epochs * train_config.val_every for s in stages})
+    idle = [s for s in stages if train_config.steps(s) == 0]
+    if args.stage and idle:
+        raise SystemExit(f"--stage {' '.join(idle)} has 0 steps configured: pass --max-steps N")
+    if args.init and (args.layout or overrides.get("model")):
+        raise SystemExit("--init takes the model's settings from its config.json; drop --layout and the "
+                         "config file's 'model' section, or train from scratch without --init")
     if "causal" in stages and "vqvae" not in stages and args.init is None:
         raise SystemExit("the causal stage trains on a frozen autoencoder: pass --init DIR with a trained one "
                          "(e.g. OUT/vqvae), or run the vqvae stage first")
@@ -181,12 +187,13 @@ def main(argv: list[str] | None = None) -> int:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    # Under DDP every rank runs this script; the run's own files are written by the first one.
+    first_rank = os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0"
     resolved = {"data": {k: v for k, v in asdict(data_config).items() if k != "extra"},
                 "model": model.config.to_dict(), "train": train_config.to_dict(), "stages": stages,
                 "devices": device_kwargs, "num_nodes": args.num_nodes, "argv": sys.argv if argv is None else argv}
-    tmp = out / ".config.json.tmp"
-    tmp.write_text(json.dumps(resolved, indent=2, default=str))
-    tmp.replace(out / "config.json")
+    if first_rank:
+        _write_json(out / "config.json", resolved)
 
     pl.seed_everything(args.seed, workers=True)
     world = device_kwargs["devices"] * args.num_nodes
@@ -230,11 +237,16 @@ def main(argv: list[str] | None = None) -> int:
         summary[stage] = {"seconds": seconds, "val": metrics}
         log.info("stage %s done in %.0f s: %s", stage, seconds,
                  ", ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items())))
-    if summary:
-        tmp = out / ".summary.json.tmp"
-        tmp.write_text(json.dumps(summary, indent=2))
-        tmp.replace(out / "summary.json")
+    if summary and first_rank:
+        _write_json(out / "summary.json", summary)
     return 0
+
+
+def _write_json(path: Path, data: dict) -> None:
+    """Write through a temporary file and rename, so ``path`` is never half-written."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str))
+    tmp.replace(path)
 
 
 def _missing(path: str):

@@ -133,3 +133,12 @@ def test_devices_map_gpus_to_lightning_arguments(monkeypatch):
                                                      "precision": "bf16-mixed", "strategy": "ddp"}
     assert train_script.resolve_devices(1, "32-true")["strategy"] == "auto"
     assert train_script.resolve_devices(0, None)["accelerator"] == "cpu"
+
+
+def test_train_py_refuses_a_stage_with_no_steps_and_model_overrides_with_init(tmp_path):
+    with pytest.raises(SystemExit, match="0 steps configured"):
+        train_script.main(["--data", "dsprites", "--stage", "joint", "--init", str(tmp_path), "--gpus", "0",
+                           "--out", str(tmp_path)])
+    with pytest.raises(SystemExit, match="--init takes the model's settings"):
+        train_script.main(["--data", "dsprites", "--init", str(tmp_path), "--layout", "tokens", "--gpus", "0",
+                           "--out", str(tmp_path)])
