@@ -160,7 +160,9 @@ class CausalVQVAEModule(pl.LightningModule):
                 "train/commitment": ae.commitment_loss, "train/perplexity": ae.perplexity,
                 "train/codes_used": ae.codes_used,
             }, prog_bar=False)
-            self.log("train/psnr", psnr(ae.reconstruction_loss), prog_bar=True)
+            # From the MSE of the [0, 1] reconstruction: reconstruction_loss is a BCE in "bce" mode.
+            mse = (ae.output.reconstruction.detach() - x.float()).pow(2).mean()
+            self.log("train/psnr", psnr(mse), prog_bar=True)
             return ae.loss
 
         x, x_next, action = batch["image"], batch["image_next"], batch["action"]
