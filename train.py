@@ -10,6 +10,18 @@ Devices: ``--gpus N`` (alias ``--devices``) trains on N GPUs, with DDP when N > 
 ``--num-nodes`` machines; without a GPU it trains on the CPU and says so. ``--precision`` defaults
 to bf16-mixed on GPU and 32-true on CPU.
 
+Watching: scalars go to TensorBoard (``tensorboard --logdir OUT``; CSV files without TensorBoard);
+after each validation, pictures (edits of held-out images beside their true targets, the learned
+graph, codebook usage) go to TensorBoard and to ``OUT/<stage>/pictures/*.png``.
+
+Interruptions: a Lightning checkpoint is written every ``--val-every`` steps and at the end of each
+stage (``OUT/<stage>/checkpoints/last.ckpt``, written to a temporary name and renamed).
+``--resume last`` continues a run killed at any point, SIGKILL included, from there, with exactly
+the weights an unbroken run would reach: stages already finished are reloaded, and the checkpoint
+restores optimiser, schedule, EMA codebook, dual multipliers and data position (random draws are
+seeded per step). A resumed run must have the original settings. If the loss turns NaN or infinite,
+training stops with the step where it happened, keeping the last good checkpoint.
+
 ``--preset cpu-small`` is a model and schedule small enough to learn something meaningful on two
 CPU cores in a few minutes (see PRESETS); ``--config FILE`` (JSON or YAML) overrides any field:
 ``{"model": {...}, "train": {...}, "data": {...}}``.
@@ -22,6 +34,7 @@ import json
 import logging
 import os
 import sys
+import tempfile
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -73,7 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", default=None,
                    help="'last' to continue an interrupted run in --out from its last checkpoint, or a .ckpt path")
     p.add_argument("--seed", type=int, default=0, help="seeds weights, pair sampling and training (default 0)")
-    p.add_argument("--out", default="runs/latest", help="run directory: checkpoints, config, logs (default %(default)s)")
+    p.add_argument("--out", default="runs/latest",
+                   help="run directory: checkpoints, config, logs, pictures (default %(default)s)")
     p.add_argument("--preset", choices=sorted(PRESETS), default="default", help="configuration preset")
     p.add_argument("--config", default=None, help="JSON or YAML file of overrides: {model: {}, train: {}, data: {}}")
     p.add_argument("--layout", choices=["grid", "tokens"], default=None, help="latent layout (model.latent_layout)")
@@ -113,10 +127,9 @@ def resolve_devices(gpus: int | None, precision: str | None) -> dict[str, Any]:
     if gpus < 0:
         raise SystemExit(f"--gpus must be >= 0, got {gpus}")
     if gpus > available:
-        raise SystemExit(
-            f"--gpus {gpus} asked for {gpus} GPU(s) but this machine has {available}"
-            + ("; run with --gpus 0 (CPU) or on a machine with GPUs" if available == 0 else f"; use --gpus {available} or fewer")
-        )
+        advice = ("run with --gpus 0 (CPU) or on a machine with GPUs" if available == 0
+                  else f"use --gpus {available} or fewer")
+        raise SystemExit(f"--gpus {gpus} asked for {gpus} GPU(s) but this machine has {available}; {advice}")
     if gpus == 0:
         log.info("no GPU used: training on the CPU (%d threads)", torch.get_num_threads())
         return {"accelerator": "cpu", "devices": 1, "precision": precision or "32-true", "strategy": "auto"}
@@ -133,7 +146,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from causal_vqvae.config import ModelConfig
     from causal_vqvae.model import CausalVQVAE
-    from causal_vqvae.training import STAGES, CausalVQVAEModule, TrainConfig
+    from causal_vqvae.monitoring import ValidationPictures
+    from causal_vqvae.training import (STAGES, CausalVQVAEModule, CheckpointMismatchError, NonFiniteGuard,
+                                       NonFiniteLossError, TrainConfig)
     from datamodules.datamodule import TRAINER_KWARGS, DataConfig, build_datamodule
 
     preset = PRESETS[args.preset]
@@ -173,7 +188,10 @@ def main(argv: list[str] | None = None) -> int:
     probe.prepare_data()
     actions = probe.actions
     if args.init:
-        model = CausalVQVAE.from_pretrained(args.init, expect={"dataset": args.data})
+        try:
+            model = CausalVQVAE.from_pretrained(args.init, expect={"dataset": args.data})
+        except (OSError, ValueError) as error:
+            raise SystemExit(f"--init {args.init}: {error}") from None
         log.info("initialised from %s", args.init)
     else:
         model_fields = {**preset["model"], **overrides.get("model", {})}
@@ -185,13 +203,14 @@ def main(argv: list[str] | None = None) -> int:
     log.info("data: %s | %d actions | model: %s, %s parameters", probe.description, len(actions),
              model.config.latent_layout, f"{model.parameter_counts()['total']:,}")
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = _writable_directory(Path(args.out))
     # Under DDP every rank runs this script; the run's own files are written by the first one.
     first_rank = os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0"
     resolved = {"data": {k: v for k, v in asdict(data_config).items() if k != "extra"},
                 "model": model.config.to_dict(), "train": train_config.to_dict(), "stages": stages,
                 "devices": device_kwargs, "num_nodes": args.num_nodes, "argv": sys.argv if argv is None else argv}
+    if args.resume:
+        _check_same_run(out / "config.json", resolved)
     if first_rank:
         _write_json(out / "config.json", resolved)
 
@@ -203,6 +222,13 @@ def main(argv: list[str] | None = None) -> int:
         if steps == 0:
             continue
         stage_dir = out / stage
+        checkpoints = stage_dir / "checkpoints"
+        if args.resume == "last" and _finished(stage_dir, steps):
+            # Finished before the interruption: take its saved weights and go on to the next stage.
+            model.load_state_dict(CausalVQVAE.from_pretrained(stage_dir, expect={"dataset": args.data}).state_dict())
+            summary[stage] = json.loads((stage_dir / "metadata.json").read_text()).get("summary", {})
+            log.info("stage %s: finished in the interrupted run, its weights reloaded from %s", stage, stage_dir)
+            continue
         val_every = min(train_config.val_every, steps)
         stage_data = replace(data_config, mode="images" if stage == "vqvae" else "pairs",
                              train_length=data_config.batch_size * world * val_every)
@@ -210,31 +236,47 @@ def main(argv: list[str] | None = None) -> int:
         module = CausalVQVAEModule(model, stage, train_config)
         if args.compile:
             module.model = torch.compile(model)  # type: ignore[assignment]
-        logger = _logger(stage_dir)
-        checkpoint = pl.callbacks.ModelCheckpoint(dirpath=stage_dir / "checkpoints", save_last=True,
-                                                  every_n_train_steps=val_every, save_top_k=0)
+        guard = NonFiniteGuard(check_every=val_every)
+        callbacks = [
+            guard,
+            ValidationPictures(stage_dir / "pictures"),
+            pl.callbacks.ModelCheckpoint(dirpath=checkpoints, save_last=True, every_n_train_steps=val_every,
+                                         save_top_k=0),
+        ]
         trainer = pl.Trainer(
-            max_steps=steps, num_nodes=args.num_nodes, logger=logger, callbacks=[checkpoint],
+            max_steps=steps, num_nodes=args.num_nodes, logger=_logger(stage_dir), callbacks=callbacks,
             gradient_clip_val=train_config.grad_clip or None, log_every_n_steps=min(50, val_every),
             enable_progress_bar=not args.no_progress, default_root_dir=stage_dir,
             num_sanity_val_steps=0, **device_kwargs, **TRAINER_KWARGS,
         )
-        ckpt = None
-        if args.resume:
-            ckpt = str(stage_dir / "checkpoints" / "last.ckpt") if args.resume == "last" else args.resume
-            if not Path(ckpt).is_file():
-                ckpt = None if args.resume == "last" else _missing(ckpt)
+        ckpt = _resume_checkpoint(args.resume, checkpoints)
         start = time.perf_counter()
-        log.info("stage %s: %d steps, batch %d x %d device(s)", stage, steps, data_config.batch_size, world)
-        trainer.fit(module, datamodule=dm, ckpt_path=ckpt)
+        log.info("stage %s: %d steps, batch %d x %d device(s)%s", stage, steps, data_config.batch_size, world,
+                 f", resuming from {ckpt}" if ckpt else "")
+        try:
+            # weights_only: a Lightning checkpoint is state dicts and plain values, nothing to unpickle.
+            trainer.fit(module, datamodule=dm, ckpt_path=ckpt, weights_only=True)
+        except NonFiniteLossError as error:
+            kept = f"; it is {checkpoints / 'last.ckpt'}" if error.last_good_step is not None else ""
+            raise SystemExit(f"{error}{kept}. Lower the learning rate ({stage}_lr in --config) or the "
+                             f"batch's difficulty, then continue with --resume last") from None
+        except CheckpointMismatchError as error:
+            raise SystemExit(f"--resume {ckpt}: {error}") from None
+        # The schedule's last step rarely falls on the checkpoint interval: save it too, so a run
+        # killed after this point resumes with this stage finished.
+        trainer.save_checkpoint(checkpoints / "last.ckpt")
+        if not any(k.startswith("val/") for k in trainer.callback_metrics):
+            # resumed at the last step: nothing ran, so validate for the metrics
+            trainer.validate(module, datamodule=dm, verbose=False, weights_only=True)
         seconds = time.perf_counter() - start
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+        summary[stage] = {"seconds": seconds, "val": metrics, "resumed_from": ckpt}
         if trainer.is_global_zero:
             model.save_pretrained(stage_dir, extra_metadata={
                 "stage": stage, "steps": steps, "seed": args.seed, "data": probe.description,
                 "device": _device_name(device_kwargs), "wall_seconds": round(seconds, 1), "val_metrics": metrics,
+                "summary": summary[stage],
             })
-        summary[stage] = {"seconds": seconds, "val": metrics}
         log.info("stage %s done in %.0f s: %s", stage, seconds,
                  ", ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items())))
     if summary and first_rank:
@@ -249,8 +291,64 @@ def _write_json(path: Path, data: dict) -> None:
     tmp.replace(path)
 
 
-def _missing(path: str):
-    raise SystemExit(f"--resume {path}: no such checkpoint")
+def _writable_directory(path: Path) -> Path:
+    """``path`` created if needed; a clear exit when it is a file or cannot be written."""
+    if path.exists() and not path.is_dir():
+        raise SystemExit(f"--out {path}: exists and is not a directory; pass a directory for the run")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
+            pass
+    except OSError as error:
+        raise SystemExit(f"--out {path}: cannot write there ({error.strerror or error}); "
+                         "pass a directory you can write to") from None
+    return path
+
+
+def _check_same_run(path: Path, resolved: dict[str, Any]) -> None:
+    """A resumed run must be the run that was interrupted: same data, model, schedule and stages."""
+    if not path.is_file():
+        return
+    before = json.loads(path.read_text())
+    now = json.loads(json.dumps(resolved, default=str))  # as it would be written
+    for settings in (before, now):  # settings that do not change what is trained
+        for key in ("num_workers", "cache_root"):
+            settings.get("data", {}).pop(key, None)
+    differ = [key for key in ("data", "model", "train", "stages", "num_nodes") if before.get(key) != now.get(key)]
+    if differ:
+        details = "; ".join(
+            f"{key}: {_diff(before.get(key), now.get(key))}" for key in differ)
+        raise SystemExit(f"--resume: {path} was written by a run with other settings ({details}); "
+                         "resume with the original flags, or pass a new --out to start a new run")
+
+
+def _diff(before: Any, now: Any) -> str:
+    if isinstance(before, dict) and isinstance(now, dict):
+        keys = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
+        return ", ".join(f"{k} was {before.get(k)!r}, now {now.get(k)!r}" for k in keys)
+    return f"was {before!r}, now {now!r}"
+
+
+def _resume_checkpoint(resume: str | None, checkpoints: Path) -> str | None:
+    """The checkpoint a stage continues from: ``last`` is its own last.ckpt if there is one
+    (none: the stage never reached its first checkpoint, so it starts over)."""
+    if resume is None:
+        return None
+    path = checkpoints / "last.ckpt" if resume == "last" else Path(resume)
+    if path.is_file():
+        return str(path)
+    if resume == "last":
+        return None
+    raise SystemExit(f"--resume {resume}: no such checkpoint; pass 'last' or the path of a .ckpt file")
+
+
+def _finished(stage_dir: Path, steps: int) -> bool:
+    """Whether a stage's model was saved after all its ``steps`` (so a resumed run can skip it)."""
+    try:
+        metadata = json.loads((stage_dir / "metadata.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return (stage_dir / "model.safetensors").is_file() and metadata.get("steps") == steps and "summary" in metadata
 
 
 def _logger(stage_dir: Path):

@@ -197,10 +197,16 @@ def _single_id(model: CausalVQVAE, action: Any) -> int:
             return names.index(name)
         if name.isdigit():
             return _single_id(model, int(name))
-        if name in factor_actions(model):
+        factors = factor_actions(model)
+        if name in factors:
             raise ValueError(
                 f"{name!r} is a factor, not an action: add a direction, e.g. {name + '+'!r} or ({name!r}, +1); "
                 f"{_valid_actions(model)}"
+            )
+        if len(name) > 1 and name[-1] in "+-" and factors and name[:-1] not in factors:
+            dataset = f"{model.config.dataset} model" if model.config.dataset else "model"
+            raise ValueError(
+                f"unknown action {action!r}: this {dataset} has no factor {name[:-1]!r}; {_valid_actions(model)}"
             )
         raise ValueError(f"unknown action {action!r}; {_valid_actions(model)}")
     raise TypeError(
@@ -376,6 +382,9 @@ def _pil_base_mode(image: Image.Image) -> str:
 
 
 def _read_pil(image: Image.Image) -> tuple[_Pixels, bool, Callable[[torch.Tensor], Any]]:
+    if image.width == 0 or image.height == 0:
+        raise ValueError(f"empty image of size {image.width}x{image.height} (mode {image.mode}): "
+                         "an image needs at least one pixel")
     base = _pil_base_mode(image)
     array = np.array(image.convert(base) if image.mode != base else image)
     if array.ndim == 2:
@@ -401,17 +410,22 @@ def _read_pil(image: Image.Image) -> tuple[_Pixels, bool, Callable[[torch.Tensor
 def _read_path(path: str | os.PathLike) -> Image.Image:
     path = Path(path).expanduser()
     if not path.exists():
-        raise FileNotFoundError(f"image file {path} does not exist")
+        where = "" if path.is_absolute() else f" (looked for {path.absolute()})"
+        raise FileNotFoundError(f"image file {path} does not exist{where}; check the path")
     if path.is_dir():
-        raise IsADirectoryError(f"{path} is a directory, not an image file")
+        raise IsADirectoryError(f"{path} is a directory, not an image file; give the path of one image")
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path} is an empty file (0 bytes), not an image; give a PNG, JPEG, BMP, ... file")
     try:
         with Image.open(path) as opened:
             opened.load()
             return opened.copy()
     except UnidentifiedImageError:
-        raise ValueError(f"{path} is not an image file PIL can read (PNG, JPEG, BMP, ...)") from None
+        raise ValueError(f"{path} is not an image file PIL can read; give a PNG, JPEG, BMP, ... file") from None
+    except PermissionError:
+        raise
     except OSError as error:
-        raise ValueError(f"cannot read the image {path}: {error}") from None
+        raise ValueError(f"cannot read the image {path}: {error}; the file may be truncated or damaged") from None
 
 
 def _conversion_note(pixels: _Pixels, model: CausalVQVAE) -> str | None:

@@ -118,10 +118,17 @@ def check_output(out: Path) -> str:
     """Fail early, before any work: the image format of ``out`` and a writable directory for it."""
     fmt = _image_format(out)
     parent = out.parent
+    if parent.exists() and not parent.is_dir():
+        raise OSError(
+            f"cannot write {out}: {parent} is a file, not a directory; choose an output path inside a directory"
+        )
     if not parent.is_dir():
         raise OSError(f"output directory {parent} does not exist; create it first")
     if not os.access(parent, os.W_OK | os.X_OK):
-        raise OSError(f"cannot write to the output directory {parent}: permission denied")
+        raise OSError(
+            f"cannot write to the output directory {parent}: permission denied; choose a writable directory "
+            "or change its permissions"
+        )
     return fmt
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .config import ModelConfig
@@ -26,6 +27,7 @@ ARCHITECTURE = "CausalVQVAE"
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 METADATA_NAME = "metadata.json"
+_REDO = "save the model again with save_pretrained, or copy the whole directory again"
 
 
 def _atomic_write(path: Path, write: Any) -> None:
@@ -89,7 +91,10 @@ def read_config(directory: str | Path, expect: Mapping[str, Any] | None = None) 
     path = Path(directory) / CONFIG_NAME
     if not path.is_file():
         raise FileNotFoundError(f"no {CONFIG_NAME} in {directory}; is this a directory written by save_pretrained?")
-    raw = json.loads(path.read_text())
+    try:
+        raw = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"cannot read {path}: not valid JSON ({error}); {_REDO}") from None
     found_format = raw.pop("format", None)
     if found_format != FORMAT_VERSION:
         raise ValueError(f"{path}: checkpoint format {found_format!r}, but this code reads format {FORMAT_VERSION}")
@@ -106,7 +111,10 @@ def read_config(directory: str | Path, expect: Mapping[str, Any] | None = None) 
             raise ValueError(f"expect has {key!r}, which is not a config key; known keys: {sorted(defaults)}")
         expected_json = json.loads(json.dumps(list(expected) if isinstance(expected, tuple) else expected))
         if found != expected_json:
-            raise ValueError(f"{path}: checkpoint has {key}={found!r} but {expected!r} was expected")
+            advice = (f"train one with python train.py --data {expected}" if key == "dataset"
+                      else f"load a model saved with {key}={expected!r}")
+            raise ValueError(f"{path}: the model was saved with {key}={found!r}, but {key}={expected!r} is "
+                             f"needed here; {advice}, or drop that expectation")
     return ModelConfig.from_dict(raw)
 
 
@@ -120,7 +128,10 @@ def load_pretrained(
     weights = directory / WEIGHTS_NAME
     if not weights.is_file():
         raise FileNotFoundError(f"no {WEIGHTS_NAME} in {directory}")
-    state = load_file(str(weights), device=str(torch.device(map_location)))
+    try:
+        state = load_file(str(weights), device=str(torch.device(map_location)))
+    except SafetensorError as error:
+        raise ValueError(f"cannot read {weights}: it is truncated or corrupt ({error}); {_REDO}") from None
     model = CausalVQVAE(config)
     wanted = set(model.state_dict())
     missing, unexpected = sorted(wanted - set(state)), sorted(set(state) - wanted)

@@ -171,9 +171,12 @@ class CausalVQVAE(nn.Module):
             reconstruction=torch.sigmoid(logits).float(), reconstruction_logits=logits, z=z, quantizer=q
         )
 
-    def autoencoder_loss(self, x: torch.Tensor, update_codebook: bool = True) -> AutoencoderLoss:
+    def autoencoder_loss(
+        self, x: torch.Tensor, update_codebook: bool = True, generator: torch.Generator | None = None
+    ) -> AutoencoderLoss:
         """Reconstruction + VQ losses on images x; with ``update_codebook`` the quantizer's EMA /
-        restart step runs too (only in training mode with grad enabled)."""
+        restart step runs too (only in training mode with grad enabled; ``generator`` picks the
+        restart encodings, default the quantizer's own)."""
         out = self(x)
         if self.config.reconstruction_loss == "bce":
             rec = F.binary_cross_entropy_with_logits(out.reconstruction_logits.float(), x.float())
@@ -181,7 +184,7 @@ class CausalVQVAE(nn.Module):
             rec = F.mse_loss(out.reconstruction, x.float())
         q = out.quantizer
         if update_codebook:
-            self.quantizer.update(out.z, q.codes)
+            self.quantizer.update(out.z, q.codes, generator)
         return AutoencoderLoss(
             loss=rec + q.commitment_loss + q.codebook_loss,
             reconstruction_loss=rec,

@@ -16,6 +16,13 @@ Losses and their weights live in :class:`TrainConfig`; the model's own hyperpara
 :class:`ModelConfig`. Validation runs on held-out pairs and logs reconstruction MSE / PSNR, the
 transition's code accuracy, retrieval accuracy of both methods (action and factor), codebook usage
 and graph size.
+
+Resuming is exact: the random draws of optimiser step ``t`` (graph masks, codebook restarts) come
+from a generator seeded by (model seed, rank, t), so they do not depend on where a run was
+restarted; weights, optimiser, schedule, EMA codebook and dual multipliers are in the Lightning
+checkpoint; a checkpoint of another architecture, dataset or stage is refused, naming both.
+:class:`NonFiniteGuard` stops training when the loss stops being finite, before a checkpoint
+of the damaged weights can be written.
 """
 
 from __future__ import annotations
@@ -29,7 +36,8 @@ import torch
 
 from .model import CausalVQVAE
 
-__all__ = ["STAGES", "TrainConfig", "CausalVQVAEModule", "psnr"]
+__all__ = ["STAGES", "TrainConfig", "CausalVQVAEModule", "CheckpointMismatchError", "NonFiniteGuard",
+           "NonFiniteLossError", "psnr"]
 
 STAGES = ("vqvae", "causal", "joint")
 AUTOENCODER_PARTS = ("encoder", "decoder", "quantizer", "token_encoder", "token_decoder")
@@ -130,10 +138,14 @@ class CausalVQVAEModule(pl.LightningModule):
         self._generator: torch.Generator | None = None
 
     # ------------------------------------------------------------------ helpers
-    def on_fit_start(self) -> None:
-        # Graph masks are sampled from a generator of this rank's own, so DDP ranks draw different masks.
-        self._generator = torch.Generator(device=self.device)
-        self._generator.manual_seed(self.model.config.seed * 100_003 + 17 * self.global_rank + 1)
+    def _step_generator(self) -> torch.Generator:
+        """The generator of this optimiser step on this rank, seeded by (seed, rank, step): DDP
+        ranks draw different graph masks, and a resumed run draws what an unbroken one would."""
+        if self._generator is None or self._generator.device != self.device:
+            self._generator = torch.Generator(device=self.device)
+        seed = (self.model.config.seed * 1_000_003 + self.global_rank) * 10_000_019 + self.global_step
+        self._generator.manual_seed(seed % (2**63))
+        return self._generator
 
     def _autoencoder_parts(self) -> list[torch.nn.Module]:
         return [getattr(self.model, n) for n in AUTOENCODER_PARTS if getattr(self.model, n, None) is not None]
@@ -154,7 +166,7 @@ class CausalVQVAEModule(pl.LightningModule):
         cfg = self.train_config
         if self.stage == "vqvae":
             x = batch["image"] if "image_next" not in batch else torch.cat([batch["image"], batch["image_next"]])
-            ae = self.model.autoencoder_loss(x)
+            ae = self.model.autoencoder_loss(x, generator=self._step_generator())
             self.log_dict({
                 "train/loss": ae.loss, "train/reconstruction": ae.reconstruction_loss,
                 "train/commitment": ae.commitment_loss, "train/perplexity": ae.perplexity,
@@ -166,18 +178,19 @@ class CausalVQVAEModule(pl.LightningModule):
             return ae.loss
 
         x, x_next, action = batch["image"], batch["image_next"], batch["action"]
+        generator = self._step_generator()
         loss = x.new_zeros(())
         if self.stage == "causal":
             with torch.no_grad():
                 codes = self.model.encode_codes(x)
                 target_codes = self.model.encode_codes(x_next)
         else:
-            ae = self.model.autoencoder_loss(torch.cat([x, x_next]))
+            ae = self.model.autoencoder_loss(torch.cat([x, x_next]), generator=generator)
             codes, target_codes = ae.output.quantizer.codes.detach().chunk(2)
             loss = loss + cfg.reconstruction_weight * ae.loss
             self.log("train/reconstruction", ae.reconstruction_loss)
         tl = self.model.transition_loss(codes, action, target_codes, progress=self._progress(),
-                                        generator=self._generator)
+                                        generator=generator)
         rl = self.model.retrieval_loss(codes, target_codes, action)
         loss = loss + cfg.transition_weight * tl.loss + cfg.retrieval_weight * rl.loss
         self._pending_multiplier_update = tl
@@ -189,8 +202,10 @@ class CausalVQVAEModule(pl.LightningModule):
         self.log("train/retrieval_acc", rl.accuracy, prog_bar=True)
         return loss
 
-    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
-        # Dual ascent after the optimiser step: the multipliers were used by this step's backward.
+    def optimizer_step(self, *args, **kwargs) -> None:
+        super().optimizer_step(*args, **kwargs)
+        # Dual ascent after the optimiser step (the multipliers were used by this step's backward),
+        # inside the step so that a checkpoint written at the end of the batch includes it.
         if self._pending_multiplier_update is not None:
             self.model.update_multipliers(self._pending_multiplier_update)
             self._pending_multiplier_update = None
@@ -235,6 +250,26 @@ class CausalVQVAEModule(pl.LightningModule):
             "val/codes_in_use": self.model.quantizer.codes_in_use().float().mean(),
         }, sync_dist=True)
 
+    # ------------------------------------------------------------------ checkpoints
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Refuse a checkpoint of another architecture, dataset or stage before any weight is loaded."""
+        saved = checkpoint.get("hyper_parameters", {})
+        saved_model, saved_stage = saved.get("model"), saved.get("stage")
+        if saved_model is None or saved_stage is None:
+            raise CheckpointMismatchError("the checkpoint was not written by causal_vqvae training (no model config or "
+                             "stage in its hyper_parameters); resume from a run directory of train.py")
+        mine = self.model.config.to_dict()
+        differ = {k: (saved_model.get(k), mine.get(k)) for k in sorted(set(mine) | set(saved_model))
+                  if _comparable(saved_model.get(k)) != _comparable(mine.get(k))}
+        if differ:
+            listed = "; ".join(f"{k}: {a!r} in the checkpoint, {b!r} in this run" for k, (a, b) in differ.items())
+            raise CheckpointMismatchError(
+                f"the checkpoint holds a {_describe(saved_model)} model, this run builds a {_describe(mine)} one "
+                f"({listed}); resume with the settings the run was started with, or start a new --out")
+        if saved_stage != self.stage:
+            raise CheckpointMismatchError(f"the checkpoint is of stage {saved_stage!r}, this is stage {self.stage!r}; "
+                             f"resume each stage from its own OUT/<stage>/checkpoints/last.ckpt")
+
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self):
         cfg = self.train_config
@@ -247,3 +282,59 @@ class CausalVQVAEModule(pl.LightningModule):
             optimizer, lambda step: _warmup_cosine(step, total, cfg.warmup_steps, cfg.min_lr_ratio)
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+
+def _comparable(value: Any) -> Any:
+    """Config values as compared across a checkpoint round trip (tuples come back as lists)."""
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _describe(model_config: dict[str, Any]) -> str:
+    return f"{model_config.get('dataset') or 'dataset-less'} / {model_config.get('latent_layout')}-layout"
+
+
+class CheckpointMismatchError(ValueError):
+    """A resume checkpoint of another architecture, dataset or stage than the run's."""
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss was NaN or infinite; ``step`` is the first optimiser step where it was."""
+
+    def __init__(self, stage: str, step: int, last_good_step: int | None) -> None:
+        self.stage, self.step, self.last_good_step = stage, step, last_good_step
+        kept = ("no checkpoint had been written yet" if last_good_step is None
+                else f"the last good checkpoint (step {last_good_step}) is kept")
+        super().__init__(f"stage {stage}: the training loss was not finite (NaN or inf) at step {step}; "
+                         f"training stopped and {kept}")
+
+
+class NonFiniteGuard(pl.Callback):
+    """Stop training when the loss is NaN or infinite, before a checkpoint of the damaged weights.
+
+    Each step folds "is the loss finite" into a device tensor (no host sync); the flag is read
+    every ``check_every`` steps (make it the checkpoint interval, or a divisor of it) and at the
+    last step. Lightning runs checkpoint callbacks after all others, so a raise here comes before
+    the save, and the last checkpoint on disk is one whose steps were all finite.
+    """
+
+    def __init__(self, check_every: int) -> None:
+        if check_every < 1:
+            raise ValueError(f"check_every must be >= 1, got {check_every}")
+        self.check_every = check_every
+        self.last_good_step: int | None = None
+        self._first_bad: torch.Tensor | None = None
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx: int
+    ) -> None:
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        step = trainer.global_step  # steps done, this one included
+        if self._first_bad is None:
+            self._first_bad = torch.full((), -1, dtype=torch.long, device=loss.device)
+        bad = ~torch.isfinite(loss.detach()) & (self._first_bad < 0)
+        self._first_bad = torch.where(bad, torch.full_like(self._first_bad, step), self._first_bad)
+        if step % self.check_every == 0 or step >= (trainer.max_steps or 0):
+            first_bad = int(trainer.strategy.reduce(self._first_bad.float(), reduce_op="max"))
+            if first_bad >= 0:
+                raise NonFiniteLossError(getattr(pl_module, "stage", "?"), first_bad, self.last_good_step)
+            self.last_good_step = step

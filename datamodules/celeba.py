@@ -191,8 +191,9 @@ def parse_attr_file(path: str | os.PathLike) -> tuple[list[str], list[str], np.n
             continue
         if len(parts) != k + 1:
             raise ValueError(
-                f"{path}, line {i + 1}: expected a filename and {k} values (-1/1), "
-                f"got {len(parts)} field(s): {lines[i][:80]!r}"
+                f"{path}, line {i + 1}: expected a filename and {k} values (-1/1), one per attribute on "
+                f"line 2, got {len(parts) - 1} value(s) after {parts[0]!r}: {lines[i][:80]!r}; "
+                "fix that line or download the attribute file again"
             )
         values = parts[1:]
         if not valid.issuperset(values):

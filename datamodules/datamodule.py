@@ -297,8 +297,9 @@ def resolve_source(file_names: Sequence[str], data_root: str | None, dataset: st
             return path / name
     where = f"--data-root {path}" if explicit else f"${DATA_ROOT_ENV}={path}"
     if explicit:
+        problem = "does not exist" if not path.exists() else "holds none of the dataset's files"
         raise FileNotFoundError(
-            f"{dataset}: no real file found for {where} (looked for {', '.join(file_names)}). "
+            f"{dataset}: no real file found: {where} {problem} (looked for {', '.join(file_names)}). "
             f"Point --data-root at the file or its folder, or leave it out to use the {dataset} procedural twin."
         )
     log.warning("%s: %s holds none of %s; using the procedural twin", dataset, where, ", ".join(file_names))
@@ -419,6 +420,11 @@ class CelebADataModule(_BaseDataModule):
             if (path / "celeba" / "list_attr_celeba.txt").is_file() or (path / "celeba").is_dir():
                 return "folder", path
             if explicit:
+                if not path.exists():
+                    raise FileNotFoundError(
+                        f"celeba: --data-root {path} does not exist. Point it at the folder that contains "
+                        "celeba/, or at a parquet file, or leave it out to use the CelebA procedural twin."
+                    )
                 raise FileNotFoundError(
                     f"celeba: --data-root {path} holds neither celeba/list_attr_celeba.txt (torchvision "
                     "layout) nor .parquet files. Point it at the folder that contains celeba/, or at a "

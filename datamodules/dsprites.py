@@ -262,7 +262,8 @@ def _corrupt(path: Path, what: object) -> ValueError:
 def _missing_keys(path: Path, missing: list[str], found: list[str]) -> ValueError:
     return ValueError(
         f"dSprites file {path} lacks the key(s) {missing}; keys found: {sorted(found)}. Expected the "
-        "DeepMind file dsprites_ndarray_co1sh3sc6or40x32y32_64x64 (.npz or .hdf5)."
+        "DeepMind file dsprites_ndarray_co1sh3sc6or40x32y32_64x64 (.npz or .hdf5): point --data-root at "
+        "the original file, or leave it out to use the procedural twin."
     )
 
 
@@ -375,6 +376,11 @@ def _open_reader(path: Path) -> Iterator[_Reader]:
     errors of a damaged file into one ValueError that says what to do."""
     with path.open("rb") as f:
         magic = f.read(8)
+    if not magic:
+        raise ValueError(
+            f"dSprites file {path} is empty (0 bytes); download dsprites_ndarray_co1sh3sc6or40x32y32_64x64.npz "
+            "(or .hdf5) again, or run without --data-root to use the procedural twin"
+        )
     if magic.startswith(_ZIP_MAGIC):
         factory: Callable[[Path], _Reader] = _NpzReader
     elif magic == _HDF5_MAGIC:

@@ -114,6 +114,10 @@ def test_train_py_runs_both_stages_end_to_end_and_saves_loadable_models(tmp_path
     for name, tensor in vqvae.encoder.state_dict().items():
         assert torch.equal(tensor, causal.encoder.state_dict()[name])
     assert (out / "causal" / "checkpoints" / "last.ckpt").is_file()
+    # pictures after each validation (steps 2 and 4): edit grids in both stages, the graph once it is trained
+    pictures = {p.name for p in (out / "causal" / "pictures").iterdir()}
+    assert {f"{n}_step{s:07d}.png" for n in ("edits", "targets", "adjacency", "codebook") for s in (2, 4)} <= pictures
+    assert "edits_step0000004.png" in {p.name for p in (out / "vqvae" / "pictures").iterdir()}
 
 
 def test_train_py_refuses_more_gpus_than_present(tmp_path):

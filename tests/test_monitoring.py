@@ -1,0 +1,98 @@
+"""The pictures of a run in training (causal_vqvae.monitoring): values of the drawing functions, the
+edit grid's true targets on a twin, and PNG + TensorBoard output after each validation epoch."""
+
+from __future__ import annotations
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from PIL import Image
+
+from causal_vqvae import CausalVQVAE, ModelConfig
+from causal_vqvae.monitoring import ValidationPictures, codebook_histogram, edit_grid, heatmap, image_rows
+from causal_vqvae.training import CausalVQVAEModule, TrainConfig
+from datamodules.datamodule import TRAINER_KWARGS, build_datamodule
+
+TINY = dict(hidden_dims=(16, 32, 32), num_res_blocks=1, norm_groups=8, code_dim=16, codebook_size=16,
+            transition_dim=32, transition_layers=1, transition_heads=4, target_head_dim=16,
+            target_context_layers=0, retrieval_dim=32, retrieval_layers=1, retrieval_heads=4)
+
+
+def _model() -> CausalVQVAE:
+    return CausalVQVAE(ModelConfig(in_channels=1, dataset="dsprites", num_actions=10, **TINY)).eval()
+
+
+def test_heatmap_maps_zero_to_white_and_one_to_blue():
+    picture = heatmap(torch.tensor([[0.0, 1.0], [0.5, 2.0]]), cell=3)
+    assert picture.shape == (3, 6, 6) and picture.dtype == torch.uint8
+    assert picture[:, 0, 0].tolist() == [255, 255, 255]
+    assert picture[:, 0, 3].tolist() == [8, 48, 160]
+    assert picture[:, 3, 0].tolist() == [132, 152, 208]  # halfway
+    assert picture[:, 5, 5].tolist() == [8, 48, 160]  # clamped to 1
+
+
+def test_codebook_histogram_scales_bars_and_marks_unused_codes():
+    picture = codebook_histogram(torch.tensor([[0.0, 5.0, 10.0]]), height=20, bar=4)
+    assert picture.shape == (3, 24, 12)
+    dark = (picture[0] == 40)
+    assert dark[:, 8:11].sum(0).tolist() == [20, 20, 20]  # the largest count: full height
+    assert dark[:, 4:7].sum(0).tolist() == [10, 10, 10]  # half the count, half the height
+    assert picture[:, 20, 0].tolist() == [220, 30, 30] and not dark[:, 0:3].any()  # unused: red baseline
+
+
+def test_image_rows_tiles_cells_and_greys_missing_ones():
+    white = torch.full((3, 4, 4), 255, dtype=torch.uint8)
+    black = torch.zeros((3, 4, 4), dtype=torch.uint8)
+    picture = image_rows([[white, black], [None]], size=4)
+    assert picture.shape == (3, 2 + 2 * 6, 2 + 2 * 6)
+    assert (picture[:, 2:6, 2:6] == 255).all() and (picture[:, 2:6, 8:12] == 0).all()
+    assert (picture[:, 8:12, 2:6] == 160).all()
+    with pytest.raises(ValueError, match="cell \\(0, 0\\) has shape"):
+        image_rows([[torch.zeros(3, 5, 5, dtype=torch.uint8)]], size=4)
+
+
+def test_edit_grid_shows_the_twins_true_targets_and_greys_invalid_actions():
+    dm = build_datamodule("dsprites", num_workers=0)
+    dm.setup()
+    # shape 0, scale 0 (smallest: scale- is invalid), orientation 5, position (10, 20)
+    factors = torch.tensor([[0, 0, 0, 5, 10, 20]])
+    batch = {"image": dm.source.render(factors), "factors": factors}
+    picture = edit_grid(_model(), batch, dm)
+    step = 64 + 2
+    assert picture.shape == (3, 2 + 2 * step, 2 + 12 * step)  # 2 rows; input, reconstruction, 10 actions
+
+    def cell(row: int, column: int) -> torch.Tensor:
+        top, left = 2 + row * step, 2 + column * step
+        return picture[:, top:top + 64, left:left + 64]
+
+    assert torch.equal(cell(0, 0)[0], (batch["image"][0, 0] * 255).round().to(torch.uint8))  # the input
+    scale_minus, scale_plus = 2 + 2, 2 + 3  # columns of action ids 2 and 3
+    assert (cell(1, scale_minus) == 160).all()  # no true target: invalid at the smallest scale
+    bigger = dm.source.render(torch.tensor([[0, 0, 1, 5, 10, 20]]))
+    assert torch.equal(cell(1, scale_plus)[0], (bigger[0, 0] * 255).round().to(torch.uint8))
+    only_input = edit_grid(_model(), batch, dm, with_edits=False)
+    assert only_input.shape == (3, 2 + step, 2 + 2 * step)
+
+
+def test_validation_pictures_are_written_as_png_and_to_tensorboard(tmp_path):
+    event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    from pytorch_lightning.loggers import TensorBoardLogger
+
+    dm = build_datamodule("dsprites", batch_size=4, train_length=8, val_length=8, num_workers=0)
+    logger = TensorBoardLogger(tmp_path, name="logs", version="")
+    trainer = pl.Trainer(max_steps=4, accelerator="cpu", logger=logger, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                         callbacks=[ValidationPictures(tmp_path / "pictures", images=3)], **TRAINER_KWARGS)
+    module = CausalVQVAEModule(_model(), "causal", TrainConfig(causal_steps=4, warmup_steps=1, val_every=2))
+    trainer.fit(module, datamodule=dm)
+
+    for name, size in [("edits", (2 + 12 * 66, 2 + 6 * 66)), ("targets", (64 * 8, 10 * 8)),
+                       ("adjacency", (64 * 8, 64 * 8)), ("codebook", (16 * 3, 68))]:
+        for step in (2, 4):
+            with Image.open(tmp_path / "pictures" / f"{name}_step{step:07d}.png") as image:
+                assert image.size == size and image.mode == "RGB"
+    events = event_accumulator.EventAccumulator(str(tmp_path / "logs"), size_guidance={"images": 0})
+    events.Reload()
+    images = events.Tags()["images"]
+    assert {"pictures/edits", "pictures/targets", "pictures/adjacency", "pictures/codebook"} <= set(images)
+    assert [e.step for e in events.Images("pictures/edits")] == [2, 4]
