@@ -286,9 +286,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def _write_json(path: Path, data: dict) -> None:
     """Write through a temporary file and rename, so ``path`` is never half-written."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    tmp.replace(path)
+    from causal_vqvae.io import atomic_write
+
+    text = json.dumps(data, indent=2, default=str)
+    atomic_write(path, lambda temp: Path(temp).write_text(text))
 
 
 def _writable_directory(path: Path) -> Path:

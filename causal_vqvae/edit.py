@@ -16,10 +16,8 @@ Importing this module also keeps ``causal_vqvae.edit(image, action, model)`` wor
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import sys
-import tempfile
 import types
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -32,6 +30,7 @@ from einops import rearrange
 from PIL import Image
 
 from . import api
+from .io import atomic_write
 from .model import CausalVQVAE
 
 __all__ = ["GRID_PAD", "GRID_BACKGROUND", "Traversal", "traverse", "grid_image", "write_image", "main"]
@@ -139,16 +138,7 @@ def write_image(image: Image.Image, out: str | os.PathLike) -> Path:
     fmt = _image_format(out)
     if fmt == "JPEG" and image.mode not in ("L", "RGB"):
         image = image.convert("RGB")
-    fd, temp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            image.save(handle, format=fmt)
-        os.chmod(temp, 0o644)  # mkstemp makes 0600 files; images are meant to be looked at
-        os.replace(temp, out)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(temp)
-        raise
+    atomic_write(out, lambda temp: image.save(temp, format=fmt))
     return out
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save_file
 from .config import ModelConfig
 from .model import CausalVQVAE
 
-__all__ = ["FORMAT_VERSION", "ARCHITECTURE", "save_pretrained", "load_pretrained"]
+__all__ = ["FORMAT_VERSION", "ARCHITECTURE", "atomic_write", "save_pretrained", "load_pretrained"]
 
 FORMAT_VERSION = 1
 ARCHITECTURE = "CausalVQVAE"
@@ -30,13 +30,17 @@ METADATA_NAME = "metadata.json"
 _REDO = "save the model again with save_pretrained, or copy the whole directory again"
 
 
-def _atomic_write(path: Path, write: Any) -> None:
-    """Call ``write(temp_path)`` on a temporary file next to ``path``, then move it into place."""
+def atomic_write(path: str | os.PathLike, write: Callable[[str], Any]) -> None:
+    """Call ``write(temp_path)`` on a temporary file next to ``path`` (its folder created if
+    needed), then move it into place with ``os.replace``: ``path`` is never half-written. Every
+    file the package writes goes through here."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         write(temp)
-        os.chmod(temp, 0o644)  # mkstemp makes 0600 files; checkpoints are meant to be shared
+        os.chmod(temp, 0o644)  # mkstemp makes 0600 files; what we write is meant to be shared
         os.replace(temp, path)
     except BaseException:
         if os.path.exists(temp):
@@ -52,7 +56,7 @@ def _json_text(data: Mapping[str, Any], what: str) -> str:
 
 
 def _write_text(path: Path, text: str) -> None:
-    _atomic_write(path, lambda temp: Path(temp).write_text(text))
+    atomic_write(path, lambda temp: Path(temp).write_text(text))
 
 
 def save_pretrained(
@@ -76,7 +80,7 @@ def save_pretrained(
     # Serialise everything before writing anything: bad metadata must not leave a partial save.
     config_text = _json_text(config, "the config")
     metadata_text = _json_text(metadata, "extra_metadata")
-    _atomic_write(
+    atomic_write(
         directory / WEIGHTS_NAME,
         lambda temp: save_file(tensors, temp, metadata={"format": str(FORMAT_VERSION), "architecture": ARCHITECTURE}),
     )

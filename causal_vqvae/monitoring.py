@@ -24,12 +24,13 @@ The drawing functions return ``(3, H, W)`` uint8 tensors and know nothing of Lig
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
+
+from .io import atomic_write
 
 __all__ = ["ValidationPictures", "codebook_histogram", "edit_grid", "heatmap", "image_rows", "write_png"]
 
@@ -105,17 +106,8 @@ def write_png(path: Path, picture: torch.Tensor) -> None:
     """Write a (3, H, W) uint8 tensor as PNG through a temporary file and a rename."""
     from PIL import Image
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        Image.fromarray(picture.permute(1, 2, 0).contiguous().numpy()).save(temp, format="PNG")
-        os.chmod(temp, 0o644)
-        os.replace(temp, path)
-    except BaseException:
-        if os.path.exists(temp):
-            os.remove(temp)
-        raise
+    image = Image.fromarray(picture.permute(1, 2, 0).contiguous().numpy())
+    atomic_write(path, lambda temp: image.save(temp, format="PNG"))
 
 
 def _true_targets(datamodule, factors: torch.Tensor, action: int) -> tuple[torch.Tensor | None, torch.Tensor]:

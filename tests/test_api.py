@@ -472,7 +472,7 @@ def test_edit_cli_exits_2_with_a_message_when_the_output_cannot_be_written(model
     def refuse(*args, **kwargs):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr("causal_vqvae.edit.tempfile.mkstemp", refuse)
+    monkeypatch.setattr("causal_vqvae.io.tempfile.mkstemp", refuse)
     with pytest.raises(SystemExit) as exit_info:
         edit_main([*args, "--out", str(tmp_path / "out.png")])
     assert exit_info.value.code == 2
