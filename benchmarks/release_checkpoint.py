@@ -37,7 +37,7 @@ def _pct(value: float | None) -> str:
 
 
 def model_card(name: str, run: dict[str, Any], stages: dict[str, dict[str, Any]], bench: dict[str, Any] | None,
-               size_bytes: int) -> str:
+               size_bytes: int, note: str | None = None) -> str:
     """The MODEL_CARD.md text from the run's resolved config, each stage's metadata and a bench result."""
     final = stages[list(stages)[-1]]
     argv = [str(a) for a in run.get("argv") or []]
@@ -67,6 +67,8 @@ def model_card(name: str, run: dict[str, Any], stages: dict[str, dict[str, Any]]
     for stage, meta in stages.items():
         lines.append(f"- Stage `{stage}`: {meta['steps']} steps at batch {run['data']['batch_size']}, "
                      f"{meta['wall_seconds']:.0f} s wall.")
+    if note:
+        lines.append(f"- Note: {note}")
     val = final.get("val_metrics", {})
     lines += [
         "",
@@ -107,7 +109,9 @@ def model_card(name: str, run: dict[str, Any], stages: dict[str, dict[str, Any]]
         exactness = bench.get("exactness")
         if exactness:
             held_out = exactness["classifier"]["held_out"]["all_factors"]
-            lines.append(f"| factor classifier, held-out accuracy (the judge) | {_pct(held_out)} |")
+            verdict = ("" if exactness["classifier"]["meets_bar"]
+                       else " (below the 99.5% bar: the exactness rows do not count)")
+            lines.append(f"| factor classifier, held-out accuracy (the judge){verdict} | {_pct(held_out)} |")
             for k in ("k1", "k2", "k4"):
                 if k in exactness:
                     e = exactness[k]
@@ -136,6 +140,7 @@ def main(argv: list[str] | None = None) -> Path:
     p.add_argument("--stage", default="causal", help="the stage to release (default: causal)")
     p.add_argument("--bench", default=None, help="bench JSON of this model (optional)")
     p.add_argument("--dest", default=str(ROOT / "checkpoints"))
+    p.add_argument("--note", default=None, help="a line added to the card's training section")
     args = p.parse_args(argv)
 
     run_dir = Path(args.run)
@@ -155,7 +160,7 @@ def main(argv: list[str] | None = None) -> Path:
     dest.mkdir(parents=True, exist_ok=True)
     for file in (WEIGHTS_NAME, CONFIG_NAME, METADATA_NAME):
         _copy(source / file, dest / file)
-    card = model_card(args.name, run, stages, bench, size)
+    card = model_card(args.name, run, stages, bench, size, args.note)
     atomic_write(dest / "MODEL_CARD.md", lambda temp: Path(temp).write_text(card))
     print(f"released {source} as {dest} ({size / 1e6:.1f} MB)")
     return dest
