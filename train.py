@@ -84,7 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run only this stage (repeatable); default: vqvae then causal (then joint if it has steps)")
     p.add_argument("--init", default=None, help="start from a saved model directory (save_pretrained format)")
     p.add_argument("--resume", default=None,
-                   help="'last' to continue an interrupted run in --out from its last checkpoint, or a .ckpt path")
+                   help="'last' to continue an interrupted run in --out from its last checkpoint (the same "
+                        "flags as the run), or a .ckpt path to continue the first stage run from")
     p.add_argument("--seed", type=int, default=0, help="seeds weights, pair sampling and training (default 0)")
     p.add_argument("--out", default="runs/latest",
                    help="run directory: checkpoints, config, logs, pictures (default %(default)s)")
@@ -249,7 +250,9 @@ def main(argv: list[str] | None = None) -> int:
             enable_progress_bar=not args.no_progress, default_root_dir=stage_dir,
             num_sanity_val_steps=0, **device_kwargs, **TRAINER_KWARGS,
         )
-        ckpt = _resume_checkpoint(args.resume, checkpoints)
+        # An explicit checkpoint path continues the first stage of this run; later stages start afresh.
+        resume = args.resume if args.resume == "last" or stage == stages[0] else None
+        ckpt = _resume_checkpoint(resume, checkpoints)
         start = time.perf_counter()
         log.info("stage %s: %d steps, batch %d x %d device(s)%s", stage, steps, data_config.batch_size, world,
                  f", resuming from {ckpt}" if ckpt else "")

@@ -119,14 +119,13 @@ def _true_targets(datamodule, factors: torch.Tensor, action: int) -> tuple[torch
     source = getattr(datamodule, "source", None)
     if hasattr(source, "render"):
         return source.render(new), valid
-    if hasattr(source, "fetch") and hasattr(datamodule.space, "ravel"):
-        try:
-            rows = datamodule.space.ravel(new.cpu())
-        except (ValueError, AttributeError):  # CelebA attributes index no image file
-            return None, valid
+    space = datamodule.space
+    if hasattr(source, "fetch") and len(source) == space.num_states:
+        # A real dSprites / 3D Shapes file: one row per state, in ravel order. (CelebA's rows are
+        # photos, not states: its targets are unknown.)
         from datamodules.sources import to_float_images
 
-        return to_float_images(source.fetch(rows)).to(factors.device), valid
+        return to_float_images(source.fetch(space.ravel(new.cpu()))).to(factors.device), valid
     return None, valid
 
 

@@ -256,8 +256,9 @@ class CausalVQVAEModule(pl.LightningModule):
         saved = checkpoint.get("hyper_parameters", {})
         saved_model, saved_stage = saved.get("model"), saved.get("stage")
         if saved_model is None or saved_stage is None:
-            raise CheckpointMismatchError("the checkpoint was not written by causal_vqvae training (no model config or "
-                             "stage in its hyper_parameters); resume from a run directory of train.py")
+            raise CheckpointMismatchError(
+                "the checkpoint was not written by causal_vqvae training (no model config or stage in its "
+                "hyper_parameters); resume from a run directory of train.py")
         mine = self.model.config.to_dict()
         differ = {k: (saved_model.get(k), mine.get(k)) for k in sorted(set(mine) | set(saved_model))
                   if _comparable(saved_model.get(k)) != _comparable(mine.get(k))}
@@ -267,8 +268,9 @@ class CausalVQVAEModule(pl.LightningModule):
                 f"the checkpoint holds a {_describe(saved_model)} model, this run builds a {_describe(mine)} one "
                 f"({listed}); resume with the settings the run was started with, or start a new --out")
         if saved_stage != self.stage:
-            raise CheckpointMismatchError(f"the checkpoint is of stage {saved_stage!r}, this is stage {self.stage!r}; "
-                             f"resume each stage from its own OUT/<stage>/checkpoints/last.ckpt")
+            raise CheckpointMismatchError(
+                f"the checkpoint is of stage {saved_stage!r}, this is stage {self.stage!r}; resume each stage "
+                "from its own OUT/<stage>/checkpoints/last.ckpt")
 
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self):
@@ -323,6 +325,10 @@ class NonFiniteGuard(pl.Callback):
         self.check_every = check_every
         self.last_good_step: int | None = None
         self._first_bad: torch.Tensor | None = None
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # A run resumed from step k starts from the checkpoint of step k, which was good.
+        self.last_good_step = trainer.global_step or None
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx: int

@@ -96,3 +96,27 @@ def test_validation_pictures_are_written_as_png_and_to_tensorboard(tmp_path):
     images = events.Tags()["images"]
     assert {"pictures/edits", "pictures/targets", "pictures/adjacency", "pictures/codebook"} <= set(images)
     assert [e.step for e in events.Images("pictures/edits")] == [2, 4]
+
+
+def test_edit_grid_reads_true_targets_from_a_real_file_by_state_row():
+    from datamodules.dsprites import DSPRITES
+
+    dm = build_datamodule("dsprites", num_workers=0)
+    dm.setup()
+    twin = dm.source
+
+    class StateRows:  # stands in for a real dSprites file: one uint8 row per state, in ravel order
+        def __len__(self) -> int:
+            return DSPRITES.num_states
+
+        def fetch(self, rows: torch.Tensor) -> torch.Tensor:
+            images = twin.render(DSPRITES.unravel(torch.as_tensor(rows)))  # (B, C, H, W) in [0, 1]
+            return (images * 255).round().to(torch.uint8).permute(0, 2, 3, 1)  # rows are (H, W, C) uint8
+
+    factors = torch.tensor([[0, 0, 0, 5, 10, 20]])
+    batch = {"image": twin.render(factors), "factors": factors}
+    dm.source = StateRows()
+    picture = edit_grid(_model(), batch, dm)
+    top, left = 2 + 66, 2 + (2 + 3) * 66  # target row, the column of scale+
+    bigger = twin.render(torch.tensor([[0, 0, 1, 5, 10, 20]]))
+    assert torch.equal(picture[0, top:top + 64, left:left + 64], (bigger[0, 0] * 255).round().to(torch.uint8))
