@@ -56,6 +56,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm.auto import tqdm
 
 from .factor_classifier import (
     ClassifierSettings,
@@ -218,8 +219,10 @@ def _datamodule(name: str, pairs: int, batch: int, seed: int):
     return dm
 
 
-def _batches(dm, split: str, pairs: int, batch: int):
-    for start in range(0, pairs, batch):
+def _batches(dm, split: str, pairs: int, batch: int, desc: str | None = None):
+    """Items 0..pairs-1 of ``split`` in batches; with ``desc``, behind a progress bar."""
+    starts = range(0, pairs, batch)
+    for start in starts if desc is None else tqdm(starts, desc=desc, leave=False, dynamic_ncols=True):
         yield dm._datasets[split].__getitems__(list(range(start, min(start + batch, pairs))))
 
 
@@ -362,7 +365,7 @@ def score_baseline(net: PairCNN, dm, pairs: int, batch: int, device: torch.devic
     net(first["image"], first["image_next"])
     timer = _Timer(device)
     predicted, true = [], []
-    for raw in _batches(dm, "test", pairs, batch):
+    for raw in _batches(dm, "test", pairs, batch, "supervised CNN baseline, scoring"):
         b = dm.prepare_batch({k: v.to(device) for k, v in raw.items()})
         predicted.append(timer(net, b["image"], b["image_next"]).argmax(-1).cpu())
         true.append(b["action"].cpu())
@@ -395,7 +398,7 @@ def evaluate(model, dm, name: str, pairs: int, batch: int, device: torch.device)
     true, oracle = [], []
     sums = {"edit_mse": 0.0, "edit_psnr": 0.0, "recon_mse": 0.0, "recon_psnr": 0.0,
             "identity_mse": 0.0, "identity_psnr": 0.0, "node_acc": 0.0, "all_nodes": 0.0}
-    for raw in _batches(dm, "test", pairs, batch):
+    for raw in _batches(dm, "test", pairs, batch, "retrieval and edit fidelity"):
         b = dm.prepare_batch({k: v.to(device) for k, v in raw.items()})
         x, x_next, a = b["image"], b["image_next"], b["action"]
         true.append(a.cpu())
@@ -515,7 +518,7 @@ def evaluate_exactness(
 
     reads: dict[str, list[torch.Tensor]] = {"edit": [], "true": [], "recon": []}
     truth, acted = [], []
-    for raw in _batches(dm, "test", pairs, batch):
+    for raw in _batches(dm, "test", pairs, batch, "edit exactness, k = 1"):
         b = dm.prepare_batch({k: v.to(device) for k, v in raw.items()})
         read_all(reads, model.edit(b["image"], b["action"]), b["image_next"])
         truth.append(raw["factors_next"])
@@ -537,7 +540,7 @@ def evaluate_exactness(
     for k in SEQUENCE_STEPS:
         ids, final = action_sequences(actions, start, k, generator)
         reads = {"edit": [], "true": [], "recon": []}
-        for i in range(0, pairs, batch):
+        for i in tqdm(range(0, pairs, batch), desc=f"edit exactness, k = {k}", leave=False, dynamic_ncols=True):
             x = render(start[i:i + batch].to(device))
             steps = [ids[i:i + batch, t].to(device) for t in range(k)]
             read_all(reads, model.edit_sequence(x, steps), render(final[i:i + batch].to(device)))
