@@ -11,9 +11,10 @@ watched without TensorBoard too:
     action is not valid at that state or the target is unknown (CelebA). The vqvae stage draws
     only input and reconstruction.
 ``targets`` / ``adjacency``
-    the learned graph at evaluation: action -> node intervention probabilities (rows actions,
-    columns nodes) and node -> node edge probabilities (rows children, columns parents), white 0
-    to dark blue 1.
+    the learned graph: action -> node intervention probabilities (rows actions, columns nodes),
+    averaged over the held-out images of the edit grid, so that a state-dependent target head is
+    included (the global logits alone can say little: see ``graph_image`` in the bench); and
+    node -> node edge probabilities (rows parents, columns children). White is 0, dark blue 1.
 ``codebook``
     codes used during the epoch: one bar per code (per codebook for the tokens layout), height
     proportional to its count, codes never used in red at the baseline.
@@ -32,7 +33,8 @@ import torch
 
 from .io import atomic_write
 
-__all__ = ["ValidationPictures", "codebook_histogram", "edit_grid", "heatmap", "image_rows", "write_png"]
+__all__ = ["ValidationPictures", "codebook_histogram", "edit_grid", "heatmap", "image_rows",
+           "target_probabilities", "write_png"]
 
 _PAD = 2
 _BACKGROUND = 255
@@ -153,6 +155,18 @@ def edit_grid(model, batch: dict[str, torch.Tensor], datamodule=None, with_edits
     return image_rows(rows, size)
 
 
+@torch.no_grad()
+def target_probabilities(model, images: torch.Tensor) -> torch.Tensor:
+    """(A, N): for each action, the probability that it intervenes on each node, averaged over
+    ``images`` (global and state-dependent target logits together)."""
+    codes = model.encode_codes(images)
+    rows = []
+    for action in range(model.config.num_actions):
+        ids = torch.full((codes.shape[0],), action, dtype=torch.long, device=codes.device)
+        rows.append(torch.sigmoid(model.graph.targets(codes, ids)).mean(0))
+    return torch.stack(rows)
+
+
 class ValidationPictures(pl.Callback):
     """Draw the module docstring's pictures after each validation epoch (first rank only).
 
@@ -171,12 +185,14 @@ class ValidationPictures(pl.Callback):
         model = pl_module.model
         stage = getattr(pl_module, "stage", "causal")
         out = {}
+        batch = None
         if datamodule is not None and hasattr(datamodule, "sample_batch"):
             batch = datamodule.sample_batch("val", size=self.images, device=pl_module.device)
             out["edits"] = edit_grid(model, batch, datamodule, with_edits=stage != "vqvae")
         if stage != "vqvae":
             graph = model.graph
-            out["targets"] = heatmap(torch.sigmoid(graph.target_logits.float()))
+            out["targets"] = heatmap(torch.sigmoid(graph.target_logits.float()) if batch is None
+                                     else target_probabilities(model, batch["image"]))
             out["adjacency"] = heatmap(graph.adjacency_probs())
         out["codebook"] = codebook_histogram(model.quantizer.usage_counts)
         return out

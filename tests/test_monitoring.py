@@ -120,3 +120,18 @@ def test_edit_grid_reads_true_targets_from_a_real_file_by_state_row():
     top, left = 2 + 66, 2 + (2 + 3) * 66  # target row, the column of scale+
     bigger = twin.render(torch.tensor([[0, 0, 1, 5, 10, 20]]))
     assert torch.equal(picture[0, top:top + 64, left:left + 64], (bigger[0, 0] * 255).round().to(torch.uint8))
+
+
+def test_target_probabilities_average_the_state_dependent_targets_over_images():
+    from causal_vqvae.monitoring import target_probabilities
+
+    images = torch.rand(3, 1, 64, 64, generator=torch.Generator().manual_seed(0))
+    plain = CausalVQVAE(ModelConfig(in_channels=1, dataset="dsprites", num_actions=10,
+                                    state_dependent_targets=False, **TINY)).eval()
+    expected = torch.sigmoid(plain.graph.target_logits.float())
+    assert torch.allclose(target_probabilities(plain, images), expected)  # no state head: the global logits
+
+    model = _model()
+    codes = model.encode_codes(images)
+    per_image = torch.stack([torch.sigmoid(model.graph.targets(codes, torch.full((3,), a))) for a in range(10)])
+    assert torch.allclose(target_probabilities(model, images), per_image.mean(1))
