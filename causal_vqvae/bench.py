@@ -70,6 +70,7 @@ from .factor_classifier import (
     write_cached,
 )
 from .io import atomic_write
+from .monitoring import target_probabilities
 
 __all__ = [
     "DATASETS",
@@ -663,20 +664,21 @@ def _heatmap(draw, probs: np.ndarray, hard: np.ndarray, left: int, top: int, cel
 
 
 @torch.no_grad()
-def graph_image(model, action_names: Sequence[str]):
+def graph_image(model, action_names: Sequence[str], images: torch.Tensor):
     """The learned graph, three panels: (1) action -> node intervention targets, rows actions and
-    columns nodes, shaded by ``sigmoid(graph.target_logits)`` with a dot where
-    ``graph.intervention_map()`` is 1 (the state-independent part; dSprites models add a
-    state-dependent term); (2) grid layout only: each action's targets as a mini-map of the encoder's
-    ``grid_size`` x ``grid_size`` grid (node n at row n // side, column n % side); (3) the node ->
+    columns nodes, shaded by the probability that the action intervenes on the node, averaged over
+    ``images`` (held-out images: :func:`causal_vqvae.monitoring.target_probabilities`, global and
+    state-dependent target logits together), with a dot where that mean is above 0.5; (2) grid
+    layout only: each action's targets as a mini-map of the encoder's ``grid_size`` x
+    ``grid_size`` grid (node n at row n // side, column n % side); (3) the node ->
     node adjacency, rows parents j and columns children i, shaded by ``graph.adjacency_probs()``
     with a dot on ``graph.hard_adjacency()`` edges."""
     from PIL import Image, ImageDraw
 
     graph, config = model.graph, model.config
     font = _font()
-    targets = torch.sigmoid(graph.target_logits.float()).cpu().numpy()  # (A, N)
-    target_hard = graph.intervention_map().cpu().numpy()
+    targets = target_probabilities(model, images).cpu().numpy()  # (A, N)
+    target_hard = (targets > 0.5).astype(np.float64)
     adjacency = graph.adjacency_probs().cpu().numpy()  # (N, N)
     adjacency_hard = graph.hard_adjacency().cpu().numpy()
     a, n = targets.shape
@@ -712,8 +714,8 @@ def graph_image(model, action_names: Sequence[str]):
             draw.text((left + j * size, top), str(j), fill="black", font=font)
 
     top = where["targets"]
-    draw.text((MARGIN, top), "action -> node targets: sigmoid(target_logits); dot = intervention_map()",
-              fill="black", font=font)
+    draw.text((MARGIN, top), f"action -> node targets: P(intervene), mean over {images.shape[0]} held-out "
+              "images; dot = mean > 0.5", fill="black", font=font)
     ticks(MARGIN + label_w, top + 14, cell)
     for i, name in enumerate(names):
         w, h = _text_size(name, font)
@@ -976,8 +978,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
     rows = min(args.picture_rows, args.pairs)
     states = dm._datasets["test"].__getitems__(list(range(rows)))["factors"]
+    held_out = dm.source.render(states.to(device))
     for name, image in (("actions", actions_image(model, dm, states, device)),
-                        ("graph", graph_image(model, results["action_names"]))):
+                        ("graph", graph_image(model, results["action_names"], held_out))):
         png = out.with_name(f"{out.stem}_{name}.png")
         write_png(png, image)
         pngs[name] = png.name
