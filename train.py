@@ -289,10 +289,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def _write_json(path: Path, data: dict) -> None:
     """Write through a temporary file and rename, so ``path`` is never half-written."""
-    from causal_vqvae.io import atomic_write
+    from causal_vqvae.io import write_json
 
-    text = json.dumps(data, indent=2, default=str)
-    atomic_write(path, lambda temp: Path(temp).write_text(text))
+    write_json(path, data, default=str)
 
 
 def _writable_directory(path: Path) -> Path:

@@ -17,7 +17,6 @@ median of ``--repeats`` timed runs.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import sys
@@ -28,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from causal_vqvae.io import write_json
 from datamodules.dsprites import DSPRITES, dsprites_twin
 from datamodules.pairs import TransitionPairs
 from datamodules.shapes3d import SHAPES3D, shapes3d_twin
@@ -118,7 +118,8 @@ def main(argv: list[str] | None = None) -> dict:
                      "img_per_s": rate})
 
     meta = {
-        "device": torch.cuda.get_device_name(device) if gpu else f"CPU ({torch.get_num_threads()} threads, {platform.processor() or platform.machine()})",
+        "device": (torch.cuda.get_device_name(device) if gpu
+                   else f"CPU ({torch.get_num_threads()} threads, {platform.processor() or platform.machine()})"),
         "torch": torch.__version__,
         "python": sys.version.split()[0],
         "command": "python " + " ".join([Path(sys.argv[0]).as_posix(), *(argv if argv is not None else sys.argv[1:])]),
@@ -129,10 +130,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"{r['path']:<38} {r['stage']:<16} {r['batch']:>6} {r['img_per_s']:>12,.0f}")
     result = {"meta": meta, "results": rows}
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        tmp_out = args.out.with_suffix(".json.tmp")
-        tmp_out.write_text(json.dumps(result, indent=2))
-        tmp_out.replace(args.out)
+        write_json(args.out, result)
         print(f"wrote {args.out}")
     return result
 

@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import train as train_script  # noqa: E402
+from causal_vqvae.io import write_json  # noqa: E402
 
 COLUMNS = [
     ("val/psnr", "PSNR dB"),
@@ -69,10 +70,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"{r['data']:<28} {r['layout']:<7} {cells} {sum(r['stage_seconds'].values()):>8.0f}")
     result = {"preset": args.preset, "argv": sys.argv[1:] if argv is None else argv, "results": rows}
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.out.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(result, indent=2))
-        tmp.replace(args.out)
+        write_json(args.out, result)
         print(f"wrote {args.out}")
     return result
 

@@ -54,13 +54,10 @@ from __future__ import annotations
 import argparse
 import datetime
 import gc
-import json
-import os
 import platform
 import shlex
 import statistics
 import sys
-import tempfile
 import time
 import traceback
 import warnings
@@ -79,6 +76,7 @@ if str(_ROOT) not in sys.path:
     sys.path.insert(0, str(_ROOT))
 
 from causal_vqvae.config import ModelConfig  # noqa: E402
+from causal_vqvae.io import write_json  # noqa: E402
 from causal_vqvae.model import CausalVQVAE  # noqa: E402
 from causal_vqvae.training import AUTOENCODER_PARTS, TrainConfig  # noqa: E402
 from datamodules.factors import ActionSpace  # noqa: E402
@@ -455,22 +453,6 @@ def format_table(rows: Sequence[dict[str, Any]], meta: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
-def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 # ------------------------------------------------------------------------------------------ main
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -596,7 +578,7 @@ def _run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     print()
     print(format_table(rows, meta))
     if args.out:
-        write_json_atomic(Path(args.out), result)
+        write_json(Path(args.out), result)
         print(f"wrote {args.out}")
     return result
 

@@ -69,6 +69,7 @@ from .factor_classifier import (
     read_cached,
     write_cached,
 )
+from . import io
 from .io import atomic_write
 from .monitoring import target_probabilities
 
@@ -743,12 +744,8 @@ def graph_image(model, action_names: Sequence[str], images: torch.Tensor):
 
 # ------------------------------------------------------------------------------------- output
 def write_json(path: Path, data: dict) -> None:
-    def write(temp: str) -> None:
-        with open(temp, "w") as f:
-            json.dump(data, f, indent=2, allow_nan=False)
-            f.write("\n")
-
-    atomic_write(path, write)
+    """The results as JSON, atomically; NaN is refused (every figure must be a number or null)."""
+    io.write_json(path, data, allow_nan=False)
 
 
 def confusion_image(confusion: Sequence[Sequence[float]], names: Sequence[str], title: str = ""):

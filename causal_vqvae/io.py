@@ -20,7 +20,8 @@ from safetensors.torch import load_file, save_file
 from .config import ModelConfig
 from .model import CausalVQVAE
 
-__all__ = ["FORMAT_VERSION", "ARCHITECTURE", "atomic_write", "save_pretrained", "load_pretrained"]
+__all__ = ["FORMAT_VERSION", "ARCHITECTURE", "atomic_write", "save_pretrained", "load_pretrained",
+           "write_json"]
 
 FORMAT_VERSION = 1
 ARCHITECTURE = "CausalVQVAE"
@@ -56,6 +57,13 @@ def _json_text(data: Mapping[str, Any], what: str) -> str:
 
 
 def _write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda temp: Path(temp).write_text(text))
+
+
+def write_json(path: str | os.PathLike, data: Any, **dump_options: Any) -> None:
+    """Write ``data`` as indented JSON through :func:`atomic_write`; ``dump_options`` go to
+    ``json.dumps`` (e.g. ``allow_nan=False``, ``default=str``). Serialised before anything is written."""
+    text = json.dumps(data, indent=2, **dump_options) + "\n"
     atomic_write(path, lambda temp: Path(temp).write_text(text))
 
 

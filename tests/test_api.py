@@ -17,7 +17,6 @@ import pytest
 import torch
 from PIL import Image
 
-import causal_vqvae
 from causal_vqvae import CausalVQVAE, ModelConfig, analogy, edit, load, retrieve_action
 from causal_vqvae import api
 from causal_vqvae.api import ImageConversionWarning, parse_actions, to_batch
@@ -25,27 +24,10 @@ from causal_vqvae.edit import GRID_PAD
 from causal_vqvae.edit import main as edit_main
 from causal_vqvae.retrieval import RetrievalOutput
 from causal_vqvae.retrieve import main as retrieve_main
+import tiny
 
 NAMES = ("scale-", "scale+", "shape-", "shape+")
-TINY = dict(
-    in_channels=3,
-    dataset="shapes3d",
-    num_actions=4,
-    action_names=NAMES,
-    hidden_dims=(16, 32, 32),
-    num_res_blocks=1,
-    norm_groups=8,
-    code_dim=16,
-    codebook_size=16,
-    transition_dim=32,
-    transition_layers=1,
-    transition_heads=4,
-    target_head_dim=16,
-    target_context_layers=0,
-    retrieval_dim=32,
-    retrieval_layers=1,
-    retrieval_heads=4,
-)
+TINY = dict(in_channels=3, dataset="shapes3d", num_actions=4, action_names=NAMES, **tiny.TINY)
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -37,12 +37,10 @@ from datamodules.celeba import CELEBA_ATTRIBUTES
 from datamodules.datamodule import DATA_ROOT_ENV, build_datamodule
 from datamodules.dsprites import DSPRITES
 from datamodules.factors import ActionSpace
+from tiny import TINY, TINY_JSON
 
 DSPRITES_FILE = "dsprites_ndarray_co1sh3sc6or40x32y32_64x64.npz"
 DSPRITES_ACTIONS = ActionSpace(DSPRITES).names  # shape-, shape+, scale-, ..., posY+ (10)
-TINY = {"hidden_dims": (16, 32, 32), "num_res_blocks": 1, "norm_groups": 8, "code_dim": 16, "codebook_size": 16,
-        "transition_dim": 32, "transition_layers": 1, "transition_heads": 4, "target_head_dim": 16,
-        "target_context_layers": 0, "retrieval_dim": 32, "retrieval_layers": 1, "retrieval_heads": 4}
 VALID_ACTIONS = r"valid actions: shape- \(0\), shape\+ \(1\), scale- \(2\), scale\+ \(3\), .*posY\+ \(9\)"
 OLD_BYTES = b"an earlier result"
 
@@ -211,7 +209,7 @@ def train_with_too_many_gpus(c: Ctx) -> Callable[[], int]:
     return lambda: train.main(["--data", "dsprites", "--gpus", str(too_many_gpus()), "--out", str(c.tmp / "run")])
 
 
-TRAIN_CONFIG = {"model": {k: list(v) if isinstance(v, tuple) else v for k, v in TINY.items()},
+TRAIN_CONFIG = {"model": TINY_JSON,
                 "train": {"vqvae_steps": 4, "causal_steps": 2, "warmup_steps": 1, "val_every": 2},
                 "data": {"batch_size": 4, "val_length": 8, "num_workers": 0}}
 

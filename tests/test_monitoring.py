@@ -8,18 +8,16 @@ import pytorch_lightning as pl
 import torch
 from PIL import Image
 
-from causal_vqvae import CausalVQVAE, ModelConfig
+from causal_vqvae import CausalVQVAE
 from causal_vqvae.monitoring import ValidationPictures, codebook_histogram, edit_grid, heatmap, image_rows
 from causal_vqvae.training import CausalVQVAEModule, TrainConfig
 from datamodules.datamodule import TRAINER_KWARGS, build_datamodule
+from tiny import tiny_dsprites_model
 
-TINY = dict(hidden_dims=(16, 32, 32), num_res_blocks=1, norm_groups=8, code_dim=16, codebook_size=16,
-            transition_dim=32, transition_layers=1, transition_heads=4, target_head_dim=16,
-            target_context_layers=0, retrieval_dim=32, retrieval_layers=1, retrieval_heads=4)
 
 
 def _model() -> CausalVQVAE:
-    return CausalVQVAE(ModelConfig(in_channels=1, dataset="dsprites", num_actions=10, **TINY)).eval()
+    return tiny_dsprites_model().eval()
 
 
 def test_heatmap_maps_zero_to_white_and_one_to_blue():
@@ -126,8 +124,7 @@ def test_target_probabilities_average_the_state_dependent_targets_over_images():
     from causal_vqvae.monitoring import target_probabilities
 
     images = torch.rand(3, 1, 64, 64, generator=torch.Generator().manual_seed(0))
-    plain = CausalVQVAE(ModelConfig(in_channels=1, dataset="dsprites", num_actions=10,
-                                    state_dependent_targets=False, **TINY)).eval()
+    plain = tiny_dsprites_model(state_dependent_targets=False).eval()
     expected = torch.sigmoid(plain.graph.target_logits.float())
     assert torch.allclose(target_probabilities(plain, images), expected)  # no state head: the global logits
 

@@ -20,13 +20,11 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from tiny import TINY_JSON
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = {
-    "model": {"hidden_dims": [16, 32, 32], "num_res_blocks": 1, "norm_groups": 8, "code_dim": 16,
-              "codebook_size": 16, "transition_dim": 32, "transition_layers": 1, "transition_heads": 4,
-              "target_head_dim": 16, "target_context_layers": 0, "retrieval_dim": 32, "retrieval_layers": 1,
-              "retrieval_heads": 4},
+    "model": TINY_JSON,
     "train": {"vqvae_steps": 8, "causal_steps": 6, "warmup_steps": 1, "val_every": 2},
     "data": {"batch_size": 8, "val_length": 16, "num_workers": 0},
 }

@@ -4,18 +4,12 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from causal_vqvae import CausalVQVAE, ModelConfig
+from causal_vqvae import CausalVQVAE
 from causal_vqvae.training import CausalVQVAEModule, TrainConfig, _warmup_cosine, psnr
 from datamodules.datamodule import TRAINER_KWARGS, build_datamodule
 import train as train_script
+from tiny import TINY_JSON, tiny_dsprites_model
 
-TINY = dict(hidden_dims=(16, 32, 32), num_res_blocks=1, norm_groups=8, code_dim=16, codebook_size=16,
-            transition_dim=32, transition_layers=1, transition_heads=4, target_head_dim=16,
-            target_context_layers=0, retrieval_dim=32, retrieval_layers=1, retrieval_heads=4)
-
-
-def _model(**kw) -> CausalVQVAE:
-    return CausalVQVAE(ModelConfig(in_channels=1, dataset="dsprites", num_actions=10, **{**TINY, **kw}))
 
 
 def _fit(model, stage, steps=3, mode="pairs"):
@@ -37,7 +31,7 @@ def _changed(before, after) -> set[str]:
 
 
 def test_vqvae_stage_trains_the_autoencoder_and_updates_the_ema_codebook():
-    model = _model()
+    model = tiny_dsprites_model()
     before = _params(model)
     trainer = _fit(model, "vqvae", mode="images")
     changed = _changed(before, _params(model))
@@ -48,7 +42,7 @@ def test_vqvae_stage_trains_the_autoencoder_and_updates_the_ema_codebook():
 
 
 def test_causal_stage_keeps_the_autoencoder_and_codebook_frozen():
-    model = _model()
+    model = tiny_dsprites_model()
     before = _params(model)
     trainer = _fit(model, "causal")
     changed = _changed(before, _params(model))
@@ -65,7 +59,7 @@ def test_causal_stage_keeps_the_autoencoder_and_codebook_frozen():
 
 
 def test_joint_stage_trains_everything():
-    model = _model()
+    model = tiny_dsprites_model()
     before = _params(model)
     _fit(model, "joint")
     changed = _changed(before, _params(model))
@@ -73,7 +67,7 @@ def test_joint_stage_trains_everything():
 
 
 def test_dual_ascent_raises_multipliers_while_over_budget():
-    model = _model(target_budget=1.0, target_budget_start=1.0, target_init_logit=5.0, dual_lr=0.5)
+    model = tiny_dsprites_model(target_budget=1.0, target_budget_start=1.0, target_init_logit=5.0, dual_lr=0.5)
     _fit(model, "causal", steps=2)
     # Every action starts with ~all 64 nodes as targets, far over a budget of 1.
     assert (model.target_dual.multipliers > 0).all()
@@ -93,7 +87,7 @@ def test_schedule_and_psnr_helpers():
 @pytest.fixture
 def small_overrides(tmp_path):
     path = tmp_path / "overrides.json"
-    path.write_text(json.dumps({"model": TINY | {"hidden_dims": [16, 32, 32]}, "data": {"val_length": 16}}))
+    path.write_text(json.dumps({"model": TINY_JSON, "data": {"val_length": 16}}))
     return str(path)
 
 
@@ -149,7 +143,7 @@ def test_train_py_refuses_a_stage_with_no_steps_and_model_overrides_with_init(tm
 
 
 def test_training_psnr_is_measured_on_the_reconstruction_also_with_a_bce_loss():
-    model = _model(reconstruction_loss="bce")
+    model = tiny_dsprites_model(reconstruction_loss="bce")
     trainer = _fit(model, "vqvae", steps=1, mode="images")
     metrics = trainer.callback_metrics
     # Both PSNRs come from the MSE of [0, 1] reconstructions of twin images one step apart; a PSNR
