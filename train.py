@@ -12,7 +12,8 @@ to bf16-mixed on GPU and 32-true on CPU.
 
 Watching: scalars go to TensorBoard (``tensorboard --logdir OUT``; CSV files without TensorBoard);
 after each validation, pictures (edits of held-out images beside their true targets, the learned
-graph, codebook usage) go to TensorBoard and to ``OUT/<stage>/pictures/*.png``.
+graph, codebook usage) go to TensorBoard and to ``OUT/<stage>/pictures/*.png``, and the metrics to
+``OUT/<stage>/curves.json`` (one row per validation, with wall time and samples/s).
 
 Interruptions: a Lightning checkpoint is written every ``--val-every`` steps and at the end of each
 stage (``OUT/<stage>/checkpoints/last.ckpt``, written to a temporary name and renamed).
@@ -23,7 +24,8 @@ seeded per step). A resumed run must have the original settings. If the loss tur
 training stops with the step where it happened, keeping the last good checkpoint.
 
 ``--preset cpu-small`` is a model and schedule small enough to learn something meaningful on two
-CPU cores in a few minutes (see PRESETS); ``--config FILE`` (JSON or YAML) overrides any field:
+CPU cores in a few minutes, ``--preset small`` the released models' recipe for one GPU (see
+PRESETS); ``--config FILE`` (JSON or YAML) overrides any field:
 ``{"model": {...}, "train": {...}, "data": {...}}``.
 """
 
@@ -57,6 +59,19 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "train": {"vqvae_steps": 600, "causal_steps": 900, "warmup_steps": 20, "val_every": 300,
                   "vqvae_lr": 2e-3, "causal_lr": 1e-3},
         "data": {"batch_size": 32, "val_length": 256},
+    },
+    # One GPU, minutes: a model small enough to ship (about 2.2M parameters, under 9 MB of float32
+    # weights), with a larger codebook than the design's 64 (on 3D Shapes the autoencoder kept the
+    # object's scale, shape and orientation more often with 256 or 1024 codes than with 32), and
+    # the cpu-small graph settings for the same reason as there.
+    "small": {
+        "model": {"hidden_dims": [64, 128, 128], "num_res_blocks": 1, "code_dim": 64, "codebook_size": 256,
+                  "transition_dim": 128, "transition_layers": 2, "transition_heads": 4, "target_head_dim": 64,
+                  "retrieval_dim": 96, "retrieval_layers": 2, "retrieval_heads": 4, "adjacency_init_logit": 2.0,
+                  "target_init_logit": 2.0, "dual_lr": 0.05},
+        "train": {"vqvae_steps": 4000, "causal_steps": 4000, "val_every": 500, "vqvae_lr": 2e-3,
+                  "causal_lr": 1e-3},
+        "data": {"batch_size": 128},
     },
 }
 
@@ -147,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from causal_vqvae.config import ModelConfig
     from causal_vqvae.model import CausalVQVAE
-    from causal_vqvae.monitoring import ValidationPictures
+    from causal_vqvae.monitoring import MetricHistory, ValidationPictures
     from causal_vqvae.training import (STAGES, CausalVQVAEModule, CheckpointMismatchError, NonFiniteGuard,
                                        NonFiniteLossError, TrainConfig)
     from datamodules.datamodule import TRAINER_KWARGS, DataConfig, build_datamodule
@@ -241,6 +256,7 @@ def main(argv: list[str] | None = None) -> int:
         callbacks = [
             guard,
             ValidationPictures(stage_dir / "pictures"),
+            MetricHistory(stage_dir / "curves.json", samples_per_step=data_config.batch_size * world),
             pl.callbacks.ModelCheckpoint(dirpath=checkpoints, save_last=True, every_n_train_steps=val_every,
                                          save_top_k=0),
         ]
@@ -249,6 +265,9 @@ def main(argv: list[str] | None = None) -> int:
             gradient_clip_val=train_config.grad_clip or None, log_every_n_steps=min(50, val_every),
             enable_progress_bar=not args.no_progress, default_root_dir=stage_dir,
             num_sanity_val_steps=0, **device_kwargs, **TRAINER_KWARGS,
+            # cuDNN picks the fastest convolution algorithms (1.3x on the H100 autoencoder step with
+            # the fused AdamW: benchmarks/results/model_speed_h100_grid_bf16_fused.json)
+            benchmark=device_kwargs["accelerator"] == "gpu",
         )
         # An explicit checkpoint path continues the first stage of this run; later stages start afresh.
         resume = args.resume if args.resume == "last" or stage == stages[0] else None
@@ -267,13 +286,16 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"--resume {ckpt}: {error}") from None
         # The schedule's last step rarely falls on the checkpoint interval: save it too, so a run
         # killed after this point resumes with this stage finished.
-        trainer.save_checkpoint(checkpoints / "last.ckpt")
+        # weights_only=False: the full state (optimiser, schedule, loops), as resuming needs.
+        trainer.save_checkpoint(checkpoints / "last.ckpt", weights_only=False)
         if not any(k.startswith("val/") for k in trainer.callback_metrics):
             # resumed at the last step: nothing ran, so validate for the metrics
             trainer.validate(module, datamodule=dm, verbose=False, weights_only=True)
         seconds = time.perf_counter() - start
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
-        summary[stage] = {"seconds": seconds, "val": metrics, "resumed_from": ckpt}
+        # Wall-clock samples (images or pairs, every device) per second, validation included.
+        rate = None if ckpt else round(steps * data_config.batch_size * world / seconds, 1)
+        summary[stage] = {"seconds": seconds, "samples_per_s": rate, "val": metrics, "resumed_from": ckpt}
         if trainer.is_global_zero:
             model.save_pretrained(stage_dir, extra_metadata={
                 "stage": stage, "steps": steps, "seed": args.seed, "data": probe.description,

@@ -1,7 +1,7 @@
 """Copy a trained stage into ``checkpoints/<name>/`` with a model card written from its own records.
 
     python benchmarks/release_checkpoint.py --run RUN_DIR --name dsprites_twin \
-        [--stage causal] [--bench benchmarks/results/bench_X.json] [--dest checkpoints]
+        [--stage causal] [--bench benchmarks/results/bench_X.json ...] [--dest checkpoints]
 
 Reads ``RUN_DIR/config.json`` (the resolved configuration and the exact command), the stage's
 ``metadata.json`` (device, wall time, seed, held-out validation metrics) and, when given, a bench
@@ -36,13 +36,20 @@ def _pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f}%"
 
 
-def model_card(name: str, run: dict[str, Any], stages: dict[str, dict[str, Any]], bench: dict[str, Any] | None,
-               size_bytes: int, note: str | None = None) -> str:
-    """The MODEL_CARD.md text from the run's resolved config, each stage's metadata and a bench result."""
+def model_card(name: str, run: dict[str, Any], stages: dict[str, dict[str, Any]],
+               benches: list[dict[str, Any]] | dict[str, Any] | None, size_bytes: int, note: str | None = None) -> str:
+    """The MODEL_CARD.md text from the run's resolved config, each stage's metadata and bench results
+    (one table per bench JSON, in the order given)."""
+    if isinstance(benches, dict):
+        benches = [benches]
     final = stages[list(stages)[-1]]
     argv = [str(a) for a in run.get("argv") or []]
     if argv and argv[0].endswith("train.py"):  # sys.argv: the script first
         argv = argv[1:]
+    resumed = None
+    if "--resume" in argv[:-1]:  # the run's command, not its continuation's
+        at = argv.index("--resume")
+        resumed, argv = argv[at + 1], argv[:at] + argv[at + 2:]
     command = "python train.py " + shlex.join(argv)
     model = run["model"]
     lines = [
@@ -61,7 +68,7 @@ def model_card(name: str, run: dict[str, Any], stages: dict[str, dict[str, Any]]
         "",
         f"- Data: {final['data']} (pairs drawn with seed {run['data']['seed']}, frequency "
         f"{run['data']['frequency']}; states split 70/15/15 with split seed {run['data']['split_seed']}).",
-        f"- Command: `{command}`",
+        f"- Command: `{command}`" + (f" (its last invocation added `--resume {resumed}`)" if resumed else ""),
         f"- Device: {final['device']}, torch {final['torch_version']}; seed {final['seed']}.",
     ]
     for stage, meta in stages.items():
@@ -86,7 +93,7 @@ def model_card(name: str, run: dict[str, Any], stages: dict[str, dict[str, Any]]
                        ("val/code_accuracy", "transition code accuracy")]:
         if key in val:
             lines.append(f"| {label} | {_pct(val[key])} |")
-    if bench is not None:
+    for bench in benches or []:
         meta = bench["meta"]
         methods, baselines = bench["methods"], bench["baselines"]
         fidelity = bench["fidelity"]
@@ -117,7 +124,8 @@ def model_card(name: str, run: dict[str, Any], stages: dict[str, dict[str, Any]]
                     e = exactness[k]
                     lines.append(f"| edit exactness, {k[1:]} edit(s) (decode(encode(true target)): "
                                  f"{_pct(e['reference_reconstruction'])}) | {_pct(e['exact'])} |")
-        lines += ["", f"The bench ran on this model before it was copied here (`--model {meta['model']}`); "
+    if benches:
+        lines += ["", "The bench ran on this model before it was copied here (`--model` above); "
                   f"`--model checkpoints/{name}` gives the same figures for the model, while the "
                   "supervised baseline's budget is read from the run's config.json beside the model, "
                   "so pass `--baseline-steps` and `--baseline-batch` to match it."]
@@ -127,7 +135,8 @@ def model_card(name: str, run: dict[str, Any], stages: dict[str, dict[str, Any]]
         "",
         "Trained on a procedural twin, never on the real dataset: expect it to work on images that look",
         "like the twin's renders (see `benchmarks/results/shapes3d_twin_vs_real.png` for how close they",
-        "are). Trained for minutes on a CPU: the figures above are far from the project's GPU targets.",
+        "are). Where these figures stand against the project's targets, and why, is in the README's",
+        "benchmark section.",
         "",
     ]
     return "\n".join(lines)
@@ -138,7 +147,8 @@ def main(argv: list[str] | None = None) -> Path:
     p.add_argument("--run", required=True, help="run directory written by train.py")
     p.add_argument("--name", required=True, help="folder name under --dest")
     p.add_argument("--stage", default="causal", help="the stage to release (default: causal)")
-    p.add_argument("--bench", default=None, help="bench JSON of this model (optional)")
+    p.add_argument("--bench", action="append", default=[],
+                   help="bench JSON of this model (optional; repeat for several, one table each)")
     p.add_argument("--dest", default=str(ROOT / "checkpoints"))
     p.add_argument("--note", default=None, help="a line added to the card's training section")
     args = p.parse_args(argv)
@@ -154,13 +164,13 @@ def main(argv: list[str] | None = None) -> Path:
     run = json.loads((run_dir / "config.json").read_text())
     stages = {s: json.loads((run_dir / s / METADATA_NAME).read_text())
               for s in run["stages"] if (run_dir / s / METADATA_NAME).is_file()}
-    bench = json.loads(Path(args.bench).read_text()) if args.bench else None
+    benches = [json.loads(Path(path).read_text()) for path in args.bench]
 
     dest = Path(args.dest) / args.name
     dest.mkdir(parents=True, exist_ok=True)
     for file in (WEIGHTS_NAME, CONFIG_NAME, METADATA_NAME):
         _copy(source / file, dest / file)
-    card = model_card(args.name, run, stages, bench, size, args.note)
+    card = model_card(args.name, run, stages, benches, size, args.note)
     atomic_write(dest / "MODEL_CARD.md", lambda temp: Path(temp).write_text(card))
     print(f"released {source} as {dest} ({size / 1e6:.1f} MB)")
     return dest

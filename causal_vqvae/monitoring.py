@@ -20,20 +20,27 @@ watched without TensorBoard too:
     proportional to its count, codes never used in red at the baseline.
 
 The drawing functions return ``(3, H, W)`` uint8 tensors and know nothing of Lightning.
+
+:class:`MetricHistory` keeps the curves as plain JSON beside them (``OUT/<stage>/curves.json``): one
+row per validation with the step, the wall time and every logged metric, so that a run's curves can
+be read, plotted or committed without TensorBoard.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import os
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
 
-from .io import atomic_write
+from .io import atomic_write, write_json
 
-__all__ = ["ValidationPictures", "codebook_histogram", "edit_grid", "heatmap", "image_rows",
+__all__ = ["MetricHistory", "ValidationPictures", "codebook_histogram", "edit_grid", "heatmap", "image_rows",
            "target_probabilities", "write_png"]
 
 _PAD = 2
@@ -208,3 +215,49 @@ class ValidationPictures(pl.Callback):
                 experiment = getattr(logger, "experiment", None)
                 if hasattr(experiment, "add_image"):
                     experiment.add_image(f"pictures/{name}", picture, step)
+
+
+class MetricHistory(pl.Callback):
+    """Append the logged metrics to ``path`` (JSON) after every validation, on the first rank.
+
+    The file is ``{"rows": [{"step", "seconds", "samples_per_s", <metric>: value, ...}, ...]}``:
+    ``seconds`` is the training wall time of this stage up to the row (validation included; the
+    time before an interruption is carried over on resume), ``samples_per_s`` the samples (images or
+    pairs, every device) per second since the previous row. A resumed run keeps the rows up to the
+    step it resumes from and drops the later ones, which the interrupted run may have written past
+    its last checkpoint; a validation that the interruption cut short is not repeated, so its row
+    may be missing. Each write goes through a temporary file and a rename.
+    """
+
+    def __init__(self, path: str | os.PathLike, samples_per_step: int) -> None:
+        if samples_per_step < 1:
+            raise ValueError(f"samples_per_step must be >= 1, got {samples_per_step}")
+        self.path = Path(path)
+        self.samples_per_step = samples_per_step
+        self.rows: list[dict[str, float]] = []
+        self._offset = 0.0
+        self._clock = time.perf_counter()
+        self._last = (0, 0.0)  # (step, seconds) of the previous row
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        start = trainer.global_step
+        rows = json.loads(self.path.read_text())["rows"] if start and self.path.is_file() else []
+        self.rows = [r for r in rows if r["step"] <= start]
+        self._offset = self.rows[-1]["seconds"] if self.rows else 0.0
+        self._clock = time.perf_counter()
+        self._last = (start, self._offset)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        step = trainer.global_step
+        seconds = self._offset + time.perf_counter() - self._clock
+        done, before = step - self._last[0], seconds - self._last[1]
+        row = {"step": step, "seconds": round(seconds, 3),
+               "samples_per_s": round(done * self.samples_per_step / before, 1) if done and before > 0 else None}
+        for name, value in sorted(trainer.callback_metrics.items()):
+            value = float(value)
+            row[name] = value if math.isfinite(value) else None
+        self.rows = [r for r in self.rows if r["step"] < step] + [row]
+        self._last = (step, seconds)
+        write_json(self.path, {"rows": self.rows})

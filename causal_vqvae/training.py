@@ -278,7 +278,9 @@ class CausalVQVAEModule(pl.LightningModule):
         params = [p for p in self.model.parameters() if p.requires_grad]
         if not params:
             raise RuntimeError(f"stage {self.stage!r} has nothing to train")
-        optimizer = torch.optim.AdamW(params, lr=cfg.lr(self.stage), weight_decay=cfg.weight_decay)
+        # One fused kernel per step on CUDA (the module is on its device by now); torch's default elsewhere.
+        optimizer = torch.optim.AdamW(params, lr=cfg.lr(self.stage), weight_decay=cfg.weight_decay,
+                                      fused=True if params[0].is_cuda else None)
         total = cfg.steps(self.stage)
         schedule = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: _warmup_cosine(step, total, cfg.warmup_steps, cfg.min_lr_ratio)

@@ -97,3 +97,78 @@ def test_model_speed_compile_failure_falls_back(model_speed, monkeypatch, capsys
     assert row["compiled"] is False and "simulated compile failure" in row["compile_error"]
     assert row["error"] is None and row["ours_per_s"] > 0
     assert "compile failed, ran eagerly" in capsys.readouterr().out
+
+
+def _bench_record(device_name: str, head: float, exactness: bool) -> dict:
+    """The parts of a bench JSON that a model card reads."""
+    record = {
+        "meta": {"pairs": 100, "data": "dsprites procedural twin", "seed": 0, "device_name": device_name,
+                 "command": f"python -m causal_vqvae.bench --pairs 100 # {device_name}"},
+        "methods": {"transition": {"action_accuracy": 0.25}, "head": {"action_accuracy": head}},
+        "baselines": {"chance": {"action_accuracy": 0.1}},
+        "fidelity": {"edit_psnr_db": 21.0},
+    }
+    if exactness:
+        record["exactness"] = {"classifier": {"held_out": {"all_factors": 0.998}, "meets_bar": True},
+                               "k1": {"exact": 0.086, "reference_reconstruction": 0.384}}
+    return record
+
+
+def test_release_checkpoint_card_names_the_run_command_and_every_bench(tmp_path):
+    from tiny import tiny_dsprites_model
+
+    release = _load("release_checkpoint")
+    run = tmp_path / "run"
+    argv = ["train.py", "--data", "dsprites", "--seed", "0", "--out", "runs/x", "--resume", "last"]
+    (run).mkdir()
+    (run / "config.json").write_text(json.dumps({
+        "argv": argv, "stages": ["vqvae", "causal"], "model": {"latent_layout": "grid", "action_names": ["a"] * 10},
+        "data": {"seed": 0, "frequency": "balanced", "split_seed": 0, "batch_size": 128, "val_length": 5000}}))
+    for stage, steps in (("vqvae", 40), ("causal", 60)):
+        tiny_dsprites_model().save_pretrained(run / stage, extra_metadata={
+            "stage": stage, "steps": steps, "seed": 0, "data": "dSprites procedural twin", "device": "1 x H100",
+            "wall_seconds": 12.0, "val_metrics": {"val/psnr": 35.4, "val/retrieval_head_acc": 0.859}})
+    benches = []
+    for device, head, exact in (("H100", 0.99, False), ("cpu", 0.989, True)):
+        benches.append(tmp_path / f"bench_{device}.json")
+        benches[-1].write_text(json.dumps(_bench_record(device, head, exact)))
+
+    dest = release.main(["--run", str(run), "--name", "tiny_twin", "--dest", str(tmp_path / "out"),
+                         "--bench", str(benches[0]), "--bench", str(benches[1])])
+    card = (dest / "MODEL_CARD.md").read_text()
+    # the run's own command, not the --resume that last invoked it
+    assert ("Command: `python train.py --data dsprites --seed 0 --out runs/x` (its last invocation added "
+            "`--resume last`)") in card
+    assert "Stage `vqvae`: 40 steps at batch 128" in card and "Stage `causal`: 60 steps at batch 128" in card
+    # one table per bench, in order, each naming its device and command
+    assert card.count("Benchmark on 100 test pairs") == 2
+    assert card.index("H100): `python -m causal_vqvae.bench") < card.index("cpu): `python -m causal_vqvae.bench")
+    assert "| action retrieval by the head | 99.0% |" in card and "| action retrieval by the head | 98.9% |" in card
+    assert card.count("edit exactness, 1 edit(s)") == 1 and "| 8.6% |" in card
+    assert (dest / "model.safetensors").read_bytes() == (run / "causal" / "model.safetensors").read_bytes()
+
+
+def test_gpu_twin_runs_script_trains_benches_and_packs_a_run(tmp_path):
+    """The device-call script end to end on the CPU, tiny: a broken script would waste GPU time."""
+    import os
+    import subprocess
+    import tarfile
+
+    from tiny import TINY_JSON
+
+    config = tmp_path / "tiny.json"
+    config.write_text(json.dumps({"model": TINY_JSON, "data": {"val_length": 16}}))
+    env = {**os.environ, "PYTHON": sys.executable, "RUNS": str(tmp_path / "runs"), "OUT": str(tmp_path / "out"),
+           "CAUSAL_VQVAE_CACHE": str(tmp_path / "cache"), "RUN_ONLY": "dsprites_small", "CLASSIFIERS": "0",
+           "PAIRS": "16", "DEADLINE": "300", "BENCH_FLAGS": "--skip-exactness --skip-baseline --device cpu",
+           "EXTRA_ARGS": f"--max-steps 2 --val-every 2 --batch-size 8 --gpus 0 --config {config}"}
+    done = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_twin_runs.sh")], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    status = (tmp_path / "out" / "status.txt").read_text()
+    assert "dsprites_small: trained" in status and "dsprites_small: benched" in status, status
+    with tarfile.open(tmp_path / "out" / "dsprites_small.tar.gz") as archive:
+        names = set(archive.getnames())
+    assert {"config.json", "summary.json", "causal/model.safetensors", "causal/curves.json", "vqvae/curves.json",
+            "bench/bench_dsprites_small_h100.json", "dsprites_small.train.log"} <= names
+    assert "vqvae/model.safetensors" not in names  # the causal stage's weights hold the autoencoder too

@@ -44,9 +44,9 @@ def test_released_model_loads_edits_and_retrieves(name, monkeypatch, tmp_path):
     accuracy = (head == batch["action"]).float().mean().item()
     chance = 1 / model.config.num_actions
     assert accuracy > 3 * chance, f"{name}: held-out retrieval {accuracy:.3f}, chance {chance:.3f}"
-
-    metadata = json.loads((directory / "metadata.json").read_text())
-    assert metadata["val_metrics"]["val/retrieval_head_acc"] > 3 * chance
+    # as good as its card says: the validation accuracy recorded at release, to sampling noise on 256 pairs
+    recorded = json.loads((directory / "metadata.json").read_text())["val_metrics"]["val/retrieval_head_acc"]
+    assert accuracy > recorded - 0.08, f"{name}: held-out retrieval {accuracy:.3f}, recorded {recorded:.3f}"
 
     image = batch["image"][0]  # (C, 64, 64) tensor in, the same kind out
     out = edit(image, model.config.action_names[1], model=model)

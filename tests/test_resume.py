@@ -94,4 +94,10 @@ def test_a_run_killed_twice_and_resumed_ends_like_an_unbroken_one(tmp_path):
     assert {"quantizer.embed_sum", "quantizer.cluster_size", "adjacency_dual.multipliers",
             "target_dual.multipliers"} <= set(_weights(broken, "causal"))
     summary = json.loads((broken / "summary.json").read_text())
+    # the curves of a resumed stage: each validation step at most once, in order, up to the last one
+    # (a validation the kill cut short is not repeated on resume, so its row may be missing)
+    for stage in ("vqvae", "causal"):
+        steps = [r["step"] for r in json.loads((broken / stage / "curves.json").read_text())["rows"]]
+        unbroken = [r["step"] for r in json.loads((straight / stage / "curves.json").read_text())["rows"]]
+        assert steps == sorted(set(steps)) and set(steps) <= set(unbroken) and steps[-1] == unbroken[-1]
     assert summary["causal"]["resumed_from"].endswith("causal/checkpoints/last.ckpt")

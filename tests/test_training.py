@@ -112,6 +112,13 @@ def test_train_py_runs_both_stages_end_to_end_and_saves_loadable_models(tmp_path
     pictures = {p.name for p in (out / "causal" / "pictures").iterdir()}
     assert {f"{n}_step{s:07d}.png" for n in ("edits", "targets", "adjacency", "codebook") for s in (2, 4)} <= pictures
     assert "edits_step0000004.png" in {p.name for p in (out / "vqvae" / "pictures").iterdir()}
+    # the curves: one row per validation, with the summary's final values in the last one
+    for stage in ("vqvae", "causal"):
+        rows = json.loads((out / stage / "curves.json").read_text())["rows"]
+        assert [r["step"] for r in rows] == [2, 4]
+        assert rows[0]["seconds"] < rows[1]["seconds"] and all(r["samples_per_s"] > 0 for r in rows)
+        assert rows[-1]["val/mse"] == summary[stage]["val"]["val/mse"]
+        assert summary[stage]["samples_per_s"] == round(4 * 8 / summary[stage]["seconds"], 1)
 
 
 def test_train_py_refuses_more_gpus_than_present(tmp_path):

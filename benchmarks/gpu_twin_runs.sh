@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# The GPU runs behind benchmarks/results/*_h100*: several trainings side by side on one GPU (small
+# models leave most of an H100 idle, so one run alone would not fill it), each followed by its bench.
+# One device call; waits at most DEADLINE seconds, then packs whatever finished into $OUT.
+#
+#   bash benchmarks/gpu_twin_runs.sh                       # every run below
+#   RUN_ONLY="shapes3d_small" bash benchmarks/gpu_twin_runs.sh
+#   RESUME=1 bash benchmarks/gpu_twin_runs.sh              # a later call: --resume last where a run is cut
+#
+# Environment: RUN_ONLY (names), RESUME, DEADLINE (s), PAIRS (bench pairs), EXTRA_ARGS (more train.py
+# flags), BENCH_FLAGS (more bench flags), CLASSIFIERS=0 (no classifier pre-training), PYTHON (python3).
+# Each run writes runs/gpu/<name>/ (train.py's run directory) and runs/gpu/<name>/bench/; $OUT gets
+# <name>.tar.gz (configs, summary, stage models, curves, last pictures, bench JSON + PNGs, logs).
+# Wall times of runs that shared the GPU are upper bounds for a run alone.
+set -uo pipefail
+OUT=${OUT:-gpu_out}
+RUNS=${RUNS:-runs/gpu}
+DEADLINE=${DEADLINE:-540}
+PAIRS=${PAIRS:-5000}
+PYTHON=${PYTHON:-python3}
+export PYTHONPATH=.${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+export CAUSAL_VQVAE_CACHE=${CAUSAL_VQVAE_CACHE:-$RUNS/cache}
+mkdir -p "$OUT" "$RUNS"
+t0=$(date +%s)
+
+declare -A RUN_ARGS=(
+    [shapes3d_small]="--data shapes3d --preset small"
+    [dsprites_small]="--data dsprites --preset small"
+    [dsprites_small_rare_scale50]="--data dsprites --preset small --frequency rare:scale:50"
+    [shapes3d_default]="--data shapes3d --preset default"
+    [shapes3d_small_causal6000]="--data shapes3d --preset small --max-steps 4000 6000"
+    [dsprites_small_budget48]="--data dsprites --preset small --config benchmarks/configs/target_budget48.json"
+)
+declare -A RUN_DATA=([shapes3d_small]=shapes3d [dsprites_small]=dsprites
+                     [dsprites_small_rare_scale50]=dsprites [shapes3d_default]=shapes3d
+                     [shapes3d_small_causal6000]=shapes3d [dsprites_small_budget48]=dsprites)
+names=${RUN_ONLY:-"shapes3d_small dsprites_small dsprites_small_rare_scale50 shapes3d_default"}
+
+run() {
+    local name=$1 data=${RUN_DATA[$1]} dir=$RUNS/$1
+    local resume=()
+    [ -n "${RESUME:-}" ] && [ -f "$dir/config.json" ] && resume=(--resume last)
+    # shellcheck disable=SC2086
+    "$PYTHON" train.py ${RUN_ARGS[$name]} --seed 0 --out "$dir" --no-progress ${EXTRA_ARGS:-} "${resume[@]}" \
+        >> "$RUNS/$name.train.log" 2>&1 || { echo "$name: train.py failed" >> "$RUNS/status.txt"; return; }
+    echo "$name: trained at $(( $(date +%s) - t0 )) s" >> "$RUNS/status.txt"
+    "$PYTHON" -m causal_vqvae.bench --model "$dir/causal" --data "$data" --pairs "$PAIRS" \
+        --out "$dir/bench/bench_${name}_h100.json" ${BENCH_FLAGS:-} > "$RUNS/$name.bench.log" 2>&1 \
+        && echo "$name: benched at $(( $(date +%s) - t0 )) s" >> "$RUNS/status.txt" \
+        || echo "$name: bench failed" >> "$RUNS/status.txt"
+}
+
+pack() {
+    local name=$1 dir=$RUNS/$1 files=()
+    cp "$RUNS/$name".*.log "$dir/" 2>/dev/null
+    for f in config.json summary.json bench "$name".train.log "$name".bench.log; do
+        [ -e "$dir/$f" ] && files+=("$f")
+    done
+    for stage in vqvae causal joint; do
+        for f in config.json metadata.json curves.json; do
+            [ -e "$dir/$stage/$f" ] && files+=("$stage/$f")
+        done
+        # the last stage's weights, when small enough to come back (the device returns files < 16 MiB)
+        f=$dir/$stage/model.safetensors
+        [ "$stage" != vqvae ] && [ -e "$f" ] && [ "$(stat -c %s "$f")" -lt 12000000 ] && files+=("$stage/model.safetensors")
+        for kind in edits targets adjacency codebook; do
+            last=$(ls "$dir/$stage/pictures/${kind}"_step*.png 2>/dev/null | sort | tail -1)
+            [ -n "$last" ] && files+=("${last#"$dir/"}")
+        done
+    done
+    [ ${#files[@]} -gt 0 ] && tar czf "$OUT/$name.tar.gz" -C "$dir" "${files[@]}"
+}
+
+nvidia-smi --query-gpu=name,memory.total,utilization.gpu,clocks.sm --format=csv,noheader 2>/dev/null
+# The benches' factor classifiers, trained once before the runs need them (cached under $CAUSAL_VQVAE_CACHE).
+[ "${CLASSIFIERS:-1}" = 1 ] && "$PYTHON" - > "$RUNS/classifiers.log" 2>&1 <<'EOF' &
+import torch
+from causal_vqvae.factor_classifier import ClassifierSettings, load_or_train_classifier
+from datamodules.dsprites import dsprites_twin
+from datamodules.shapes3d import shapes3d_twin
+from datamodules.sources import default_cache_root
+device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+for name, twin in (("dsprites", dsprites_twin), ("shapes3d", shapes3d_twin)):
+    _, record = load_or_train_classifier(twin(), ClassifierSettings.for_dataset(name), device,
+                                         default_cache_root(), progress=False)
+    print(name, record["held_out"], record["training"])
+EOF
+sleep 1
+for name in $names; do run "$name" & done
+
+while [ -n "$(jobs -rp)" ] && [ $(( $(date +%s) - t0 )) -lt "$DEADLINE" ]; do sleep 5; done
+echo "stopped waiting at $(( $(date +%s) - t0 )) s; still running: $(jobs -rp | wc -l)" >> "$RUNS/status.txt"
+nvidia-smi --query-gpu=memory.used --format=csv,noheader >> "$RUNS/status.txt" 2>/dev/null
+for name in $names; do pack "$name"; done
+cp "$RUNS/status.txt" "$RUNS/classifiers.log" "$OUT/" 2>/dev/null
+cat "$RUNS/status.txt" "$RUNS/classifiers.log"
+for name in $names; do
+    echo "== $name"; grep -E "stage .* done|Error|error" "$RUNS/$name.train.log" | tail -4
+    tail -n 25 "$RUNS/$name.bench.log" 2>/dev/null
+done
+ls -la "$OUT"
