@@ -110,7 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frequency", default=None,
                    help="pair frequency: balanced, proportional, rare:<factor>:<ratio> (the imbalanced setting)")
     p.add_argument("--num-workers", type=int, default=None, help="DataLoader workers per device (default: auto)")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model (GPU)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the model functions of the training step (GPU; the first steps compile)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
     return p
 
@@ -158,7 +159,6 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     import pytorch_lightning as pl
-    import torch
 
     from causal_vqvae.config import ModelConfig
     from causal_vqvae.model import CausalVQVAE
@@ -249,9 +249,7 @@ def main(argv: list[str] | None = None) -> int:
         stage_data = replace(data_config, mode="images" if stage == "vqvae" else "pairs",
                              train_length=data_config.batch_size * world * val_every)
         dm = build_datamodule(args.data, config=stage_data)
-        module = CausalVQVAEModule(model, stage, train_config)
-        if args.compile:
-            module.model = torch.compile(model)  # type: ignore[assignment]
+        module = CausalVQVAEModule(model, stage, train_config, compile_options={} if args.compile else None)
         guard = NonFiniteGuard(check_every=val_every)
         callbacks = [
             guard,

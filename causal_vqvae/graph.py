@@ -86,6 +86,9 @@ class DualAscent(nn.Module):
         self.scale = scale
         self.register_buffer("multipliers", torch.zeros(num_constraints))
 
+    # Eager even inside a compiled caller: a graph traced by inductor (torch 2.14, CPU) returned the
+    # budget of the progress it was traced at for every later progress, so dual ascent went wrong.
+    @torch.compiler.disable
     def budget_at(self, progress: float) -> float:
         return linear_budget(progress, self.budget_start, self.budget)
 

@@ -118,12 +118,27 @@ def _warmup_cosine(step: int, total: int, warmup: int, floor: float) -> float:
     return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-class CausalVQVAEModule(pl.LightningModule):
-    """Trains one stage of a :class:`CausalVQVAE` (the plain module is ``self.model``)."""
+# The model functions a training step runs; ``compile_options`` compiles these (validation stays eager).
+STEP_FUNCTIONS = ("autoencoder_loss", "encode_codes", "transition_loss", "retrieval_loss")
 
-    def __init__(self, model: CausalVQVAE, stage: str, train_config: TrainConfig | None = None) -> None:
+
+class CausalVQVAEModule(pl.LightningModule):
+    """Trains one stage of a :class:`CausalVQVAE` (the plain module is ``self.model``).
+
+    ``compile_options``: None runs the training step eagerly; a dict (``{}`` for torch's defaults)
+    wraps each of :data:`STEP_FUNCTIONS` in ``torch.compile(fn, **compile_options)``. Compiling the
+    functions rather than the module leaves ``self.model`` and its checkpoint keys untouched, and
+    reaches the losses, which ``torch.compile(model)`` would not (it compiles ``forward`` only).
+    """
+
+    def __init__(self, model: CausalVQVAE, stage: str, train_config: TrainConfig | None = None,
+                 compile_options: dict[str, Any] | None = None) -> None:
         super().__init__()
         self.model = model
+        functions = {name: getattr(model, name) for name in STEP_FUNCTIONS}
+        if compile_options is not None:
+            functions = {name: torch.compile(fn, **compile_options) for name, fn in functions.items()}
+        self._step_functions = functions
         self.stage = _check_stage(stage)
         self.train_config = train_config or TrainConfig()
         self.save_hyperparameters(
@@ -166,7 +181,7 @@ class CausalVQVAEModule(pl.LightningModule):
         cfg = self.train_config
         if self.stage == "vqvae":
             x = batch["image"] if "image_next" not in batch else torch.cat([batch["image"], batch["image_next"]])
-            ae = self.model.autoencoder_loss(x, generator=self._step_generator())
+            ae = self._step_functions["autoencoder_loss"](x, generator=self._step_generator())
             self.log_dict({
                 "train/loss": ae.loss, "train/reconstruction": ae.reconstruction_loss,
                 "train/commitment": ae.commitment_loss, "train/perplexity": ae.perplexity,
@@ -182,16 +197,16 @@ class CausalVQVAEModule(pl.LightningModule):
         loss = x.new_zeros(())
         if self.stage == "causal":
             with torch.no_grad():
-                codes = self.model.encode_codes(x)
-                target_codes = self.model.encode_codes(x_next)
+                codes = self._step_functions["encode_codes"](x)
+                target_codes = self._step_functions["encode_codes"](x_next)
         else:
-            ae = self.model.autoencoder_loss(torch.cat([x, x_next]), generator=generator)
+            ae = self._step_functions["autoencoder_loss"](torch.cat([x, x_next]), generator=generator)
             codes, target_codes = ae.output.quantizer.codes.detach().chunk(2)
             loss = loss + cfg.reconstruction_weight * ae.loss
             self.log("train/reconstruction", ae.reconstruction_loss)
-        tl = self.model.transition_loss(codes, action, target_codes, progress=self._progress(),
+        tl = self._step_functions["transition_loss"](codes, action, target_codes, progress=self._progress(),
                                         generator=generator)
-        rl = self.model.retrieval_loss(codes, target_codes, action)
+        rl = self._step_functions["retrieval_loss"](codes, target_codes, action)
         loss = loss + cfg.transition_weight * tl.loss + cfg.retrieval_weight * rl.loss
         self._pending_multiplier_update = tl
         self.log_dict({

@@ -12,13 +12,13 @@ from tiny import TINY_JSON, tiny_dsprites_model
 
 
 
-def _fit(model, stage, steps=3, mode="pairs"):
+def _fit(model, stage, steps=3, mode="pairs", compile_options=None):
     dm = build_datamodule("dsprites", mode=mode, batch_size=8, train_length=8 * steps, val_length=16, num_workers=0)
     config = TrainConfig(**{f"{stage}_steps": steps}, warmup_steps=1, val_every=steps)
     trainer = pl.Trainer(max_steps=steps, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
                          **TRAINER_KWARGS)
-    trainer.fit(CausalVQVAEModule(model, stage, config), datamodule=dm)
+    trainer.fit(CausalVQVAEModule(model, stage, config, compile_options=compile_options), datamodule=dm)
     return trainer
 
 
@@ -156,3 +156,47 @@ def test_training_psnr_is_measured_on_the_reconstruction_also_with_a_bce_loss():
     # Both PSNRs come from the MSE of [0, 1] reconstructions of twin images one step apart; a PSNR
     # taken from the BCE value (about 0.7 at the start) would read several dB lower.
     assert abs(float(metrics["train/psnr"]) - float(metrics["val/psnr"])) < 1.5
+
+
+@pytest.mark.parametrize("stage, mode", [("vqvae", "images"), ("causal", "pairs")])
+def test_compiled_training_step_runs_every_step_function_and_trains_like_eager(stage, mode, monkeypatch):
+    """--compile: the step's model functions go through torch.compile (here with the eager backend,
+    so the run must match an uncompiled one exactly), and the model's state-dict keys are unchanged."""
+    import causal_vqvae.training as training
+
+    compiled, real_compile = [], torch.compile
+
+    def recording_compile(fn, **options):
+        compiled.append(fn.__name__)
+        return real_compile(fn, **options)
+
+    monkeypatch.setattr(training.torch, "compile", recording_compile)
+    eager, traced = tiny_dsprites_model(), tiny_dsprites_model()
+    _fit(eager, stage, mode=mode)
+    torch._dynamo.reset()
+    _fit(traced, stage, mode=mode, compile_options={"backend": "eager"})
+    assert sorted(compiled) == sorted(training.STEP_FUNCTIONS)
+    expected, got = _params(eager), _params(traced)
+    assert expected.keys() == got.keys() and not _changed(expected, got)
+
+
+def test_compiled_transition_loss_reports_the_budget_of_each_progress():
+    """Inductor once returned the budgets of the progress a graph was traced at, at every later
+    progress (so --compile drove dual ascent toward the wrong budgets). Budgets and the Lagrangian
+    must follow the schedule in a compiled step too."""
+    model = tiny_dsprites_model().train()
+    model.target_dual.multipliers.fill_(0.5)
+    model.adjacency_dual.multipliers.fill_(0.3)
+    g = torch.Generator().manual_seed(0)
+    # batch 8: at batch 4 the bug did not show
+    codes, target = torch.randint(0, 16, (8, 64), generator=g), torch.randint(0, 16, (8, 64), generator=g)
+    action = torch.randint(0, 10, (8,), generator=g)
+    torch._dynamo.reset()
+    compiled = torch.compile(model.transition_loss)
+    for progress in (0.0, 0.4, 1.0):
+        eager, traced = (fn(codes, action, target, progress=progress, generator=torch.Generator().manual_seed(1))
+                         for fn in (model.transition_loss, compiled))
+        assert traced.target_budget == eager.target_budget == model.target_dual.budget_at(progress)
+        assert traced.adjacency_budget == eager.adjacency_budget == model.adjacency_dual.budget_at(progress)
+        assert torch.allclose(traced.sparsity, eager.sparsity, atol=1e-5)
+        assert torch.allclose(traced.loss, eager.loss, atol=1e-4)
