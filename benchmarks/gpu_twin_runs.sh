@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU runs behind benchmarks/results/*_h100*: several trainings side by side on one GPU (small
+# The GPU runs behind benchmarks/results/h100/: several trainings side by side on one GPU (small
 # models leave most of an H100 idle, so one run alone would not fill it), each followed by its bench.
 # One device call; waits at most DEADLINE seconds, then packs whatever finished into $OUT.
 #
@@ -10,7 +10,8 @@
 # Environment: RUN_ONLY (names), RESUME, DEADLINE (s), PAIRS (bench pairs), EXTRA_ARGS (more train.py
 # flags), BENCH_FLAGS (more bench flags), CLASSIFIERS=0 (no classifier pre-training), PYTHON (python3).
 # Each run writes runs/gpu/<name>/ (train.py's run directory) and runs/gpu/<name>/bench/; $OUT gets
-# <name>.tar.gz (configs, summary, stage models, curves, last pictures, bench JSON + PNGs, logs).
+# <name>.tar.gz (configs, summary, the last stage's weights, curves, last pictures, bench JSON + PNGs,
+# logs).
 # Wall times of runs that shared the GPU are upper bounds for a run alone.
 set -uo pipefail
 OUT=${OUT:-gpu_out}
