@@ -48,6 +48,9 @@ __all__ = [
 ]
 
 RETRIEVAL_METHODS = ("transition", "head")
+# The default, as in CausalVQVAE.retrieve: on 5,000 held-out twin pairs the released models retrieve
+# 99.0% (3D Shapes) and 85.8% (dSprites) of actions with the head, 89.9% and 17.4% by transition.
+DEFAULT_RETRIEVAL_METHOD = "head"
 ModelLike = CausalVQVAE | str | os.PathLike
 # ITU-R 601-2 luma, the weights PIL's convert("L") uses, so arrays and PIL images agree.
 _LUMA = (0.299, 0.587, 0.114)
@@ -538,12 +541,12 @@ def _ranked(probs: torch.Tensor, names: Sequence[str], top_k: int) -> list[tuple
 
 
 def retrieve_action(
-    image_a: Any, image_b: Any, model: ModelLike, method: str = "transition", top_k: int | None = None
+    image_a: Any, image_b: Any, model: ModelLike, method: str = DEFAULT_RETRIEVAL_METHOD, top_k: int | None = None
 ) -> list[tuple[str, float]] | list[list[tuple[str, float]]]:
     """Which action turns ``image_a`` into ``image_b``? Ranked ``(name, probability)``, most likely
     first (ties by id), the ``top_k`` best (default all A, whose probabilities sum to 1). For batched
-    inputs, one such list per pair. ``method``: "transition" (score every action by the structural
-    equations) or "head" (the learned retrieval classifier)."""
+    inputs, one such list per pair. ``method``: "head" (the learned retrieval classifier, the
+    default) or "transition" (score every action by the structural equations)."""
     model = _resolve_model(model)
     num_actions = model.config.num_actions
     if top_k is None:
@@ -557,7 +560,7 @@ def retrieve_action(
 
 
 def analogy(
-    image_a: Any, image_b: Any, image_c: Any, model: ModelLike, method: str = "transition"
+    image_a: Any, image_b: Any, image_c: Any, model: ModelLike, method: str = DEFAULT_RETRIEVAL_METHOD
 ) -> tuple[Any, str | list[str]]:
     """A is to B as C is to ...: retrieve the most likely action from ``image_a`` to ``image_b`` and
     apply it to ``image_c``. Returns ``(edited C, action name)``, edited C of the same kind as

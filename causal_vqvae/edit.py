@@ -169,9 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="apply to --image the action that turns image A into image B (retrieved by the model)")
     parser.add_argument("--steps", type=_positive_int, default=3, metavar="S",
                         help="with --traverse: steps each way along every factor (default 3)")
-    parser.add_argument("--method", choices=api.RETRIEVAL_METHODS, default="transition",
+    parser.add_argument("--method", choices=api.RETRIEVAL_METHODS, default=api.DEFAULT_RETRIEVAL_METHOD,
                         help="with --analogy: retrieve the action by the transition model or the learned head "
-                             "(default transition)")
+                             f"(default {api.DEFAULT_RETRIEVAL_METHOD})")
     parser.add_argument("--device", default=None,
                         help="torch device, e.g. cpu or cuda (default: cuda if available, else cpu)")
     return parser

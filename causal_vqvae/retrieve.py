@@ -36,9 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="model directory written by save_pretrained (config.json + model.safetensors)")
     parser.add_argument("image_a", metavar="A", help="the image before the action")
     parser.add_argument("image_b", metavar="B", help="the image after the action")
-    parser.add_argument("--method", choices=api.RETRIEVAL_METHODS, default="transition",
+    parser.add_argument("--method", choices=api.RETRIEVAL_METHODS, default=api.DEFAULT_RETRIEVAL_METHOD,
                         help="score every action with the transition model, or ask the learned retrieval head "
-                             "(default transition)")
+                             f"(default {api.DEFAULT_RETRIEVAL_METHOD})")
     parser.add_argument("--top", type=_positive_int, default=5, metavar="K",
                         help="show the K most likely actions (default 5; more than the model has shows all)")
     parser.add_argument("--device", default=None,
