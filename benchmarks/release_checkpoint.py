@@ -37,11 +37,9 @@ def _pct(value: float | None) -> str:
 
 
 def model_card(name: str, run: dict[str, Any], stages: dict[str, dict[str, Any]],
-               benches: list[dict[str, Any]] | dict[str, Any] | None, size_bytes: int, note: str | None = None) -> str:
+               benches: list[dict[str, Any]], size_bytes: int, note: str | None = None) -> str:
     """The MODEL_CARD.md text from the run's resolved config, each stage's metadata and bench results
     (one table per bench JSON, in the order given)."""
-    if isinstance(benches, dict):
-        benches = [benches]
     final = stages[list(stages)[-1]]
     argv = [str(a) for a in run.get("argv") or []]
     if argv and argv[0].endswith("train.py"):  # sys.argv: the script first
@@ -93,7 +91,7 @@ def model_card(name: str, run: dict[str, Any], stages: dict[str, dict[str, Any]]
                        ("val/code_accuracy", "transition code accuracy")]:
         if key in val:
             lines.append(f"| {label} | {_pct(val[key])} |")
-    for bench in benches or []:
+    for bench in benches:
         meta = bench["meta"]
         methods, baselines = bench["methods"], bench["baselines"]
         fidelity = bench["fidelity"]

@@ -149,6 +149,14 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def add_method_and_device(parser: argparse.ArgumentParser, method_help: str) -> None:
+    """The ``--method`` and ``--device`` arguments that ``edit`` and ``retrieve`` share."""
+    parser.add_argument("--method", choices=api.RETRIEVAL_METHODS, default=api.DEFAULT_RETRIEVAL_METHOD,
+                        help=f"{method_help} (default {api.DEFAULT_RETRIEVAL_METHOD})")
+    parser.add_argument("--device", default=None,
+                        help="torch device, e.g. cpu or cuda (default: cuda if available, else cpu)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m causal_vqvae.edit",
@@ -169,11 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="apply to --image the action that turns image A into image B (retrieved by the model)")
     parser.add_argument("--steps", type=_positive_int, default=3, metavar="S",
                         help="with --traverse: steps each way along every factor (default 3)")
-    parser.add_argument("--method", choices=api.RETRIEVAL_METHODS, default=api.DEFAULT_RETRIEVAL_METHOD,
-                        help="with --analogy: retrieve the action by the transition model or the learned head "
-                             f"(default {api.DEFAULT_RETRIEVAL_METHOD})")
-    parser.add_argument("--device", default=None,
-                        help="torch device, e.g. cpu or cuda (default: cuda if available, else cpu)")
+    add_method_and_device(parser, "with --analogy: retrieve the action by the transition model or the learned head")
     return parser
 
 

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from . import api
-from .edit import _positive_int
+from .edit import _positive_int, add_method_and_device
 
 __all__ = ["format_table", "main"]
 
@@ -36,13 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="model directory written by save_pretrained (config.json + model.safetensors)")
     parser.add_argument("image_a", metavar="A", help="the image before the action")
     parser.add_argument("image_b", metavar="B", help="the image after the action")
-    parser.add_argument("--method", choices=api.RETRIEVAL_METHODS, default=api.DEFAULT_RETRIEVAL_METHOD,
-                        help="score every action with the transition model, or ask the learned retrieval head "
-                             f"(default {api.DEFAULT_RETRIEVAL_METHOD})")
     parser.add_argument("--top", type=_positive_int, default=5, metavar="K",
                         help="show the K most likely actions (default 5; more than the model has shows all)")
-    parser.add_argument("--device", default=None,
-                        help="torch device, e.g. cpu or cuda (default: cuda if available, else cpu)")
+    add_method_and_device(parser, "score every action with the transition model, or ask the learned retrieval head")
     return parser
 
 

@@ -164,11 +164,17 @@ def test_compiled_training_step_runs_every_step_function_and_trains_like_eager(s
     so the run must match an uncompiled one exactly), and the model's state-dict keys are unchanged."""
     import causal_vqvae.training as training
 
-    compiled, real_compile = [], torch.compile
+    compiled, calls, real_compile = [], [], torch.compile
 
     def recording_compile(fn, **options):
         compiled.append(fn.__name__)
-        return real_compile(fn, **options)
+        step = real_compile(fn, **options)
+
+        def counted(*args, **kwargs):
+            calls.append(fn.__name__)
+            return step(*args, **kwargs)
+
+        return counted
 
     monkeypatch.setattr(training.torch, "compile", recording_compile)
     eager, traced = tiny_dsprites_model(), tiny_dsprites_model()
@@ -176,6 +182,10 @@ def test_compiled_training_step_runs_every_step_function_and_trains_like_eager(s
     torch._dynamo.reset()
     _fit(traced, stage, mode=mode, compile_options={"backend": "eager"})
     assert sorted(compiled) == sorted(training.STEP_FUNCTIONS)
+    # every training step ran through the compiled functions of its stage (3 steps)
+    used = {"vqvae": {"autoencoder_loss": 3},
+            "causal": {"encode_codes": 6, "transition_loss": 3, "retrieval_loss": 3}}[stage]
+    assert {name: calls.count(name) for name in set(calls)} == used
     expected, got = _params(eager), _params(traced)
     assert expected.keys() == got.keys() and not _changed(expected, got)
 
