@@ -1,10 +1,12 @@
 """Train a CausalVQVAE: ``python train.py --data shapes3d --gpus 4``.
 
-Runs the stages in order (vqvae -> causal [-> joint]); each hands its weights to the next and is
+Runs the stages in order (vqvae -> causal [-> joint] [-> head]); each hands its weights to the next and is
 saved as ``OUT/<stage>/model.safetensors`` + ``config.json`` (loadable with
 ``CausalVQVAE.from_pretrained``), beside Lightning checkpoints for ``--resume``, the resolved
 configuration (``OUT/config.json``) and logs. ``--stage causal --init OUT/vqvae`` runs one stage
-from a saved model.
+from a saved model. ``--stage head --init DIR`` retrains only the retrieval head of a trained model;
+with a ``--config`` file whose ``model`` section sets ``retrieval_head``/``retrieval_dim``/... it
+first swaps in a new head of that shape.
 
 Devices: ``--gpus N`` (alias ``--devices``) trains on N GPUs, with DDP when N > 1, on each of
 ``--num-nodes`` machines; without a GPU it trains on the CPU and says so. ``--precision`` defaults
@@ -60,15 +62,17 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
                   "vqvae_lr": 2e-3, "causal_lr": 1e-3},
         "data": {"batch_size": 32, "val_length": 256},
     },
-    # One GPU, minutes: a model small enough to ship (about 2.2M parameters, under 9 MB of float32
+    # One GPU, minutes: a model small enough to ship (about 2.25M parameters, about 9 MB of float32
     # weights), with 256 codes rather than the design's 64, and the cpu-small graph settings for the
     # same reason as there. On 3D Shapes it retrieved better than the default preset (96.2% against
     # 89.9% by the head: benchmarks/results/h100/); on dSprites more codes make the codes less local
-    # (benchmarks/results/dsprites_code_locality_cpu.json).
+    # (benchmarks/results/dsprites_code_locality_cpu.json). The convolutional retrieval head is 64
+    # wide: the released models' head (benchmarks/results/retrieval_head_cpu/); 128 would pass the
+    # 10 MB release limit.
     "small": {
         "model": {"hidden_dims": [64, 128, 128], "num_res_blocks": 1, "code_dim": 64, "codebook_size": 256,
                   "transition_dim": 128, "transition_layers": 2, "transition_heads": 4, "target_head_dim": 64,
-                  "retrieval_dim": 96, "retrieval_layers": 2, "retrieval_heads": 4, "adjacency_init_logit": 2.0,
+                  "retrieval_dim": 64, "retrieval_layers": 2, "retrieval_heads": 4, "adjacency_init_logit": 2.0,
                   "target_init_logit": 2.0, "dual_lr": 0.05},
         "train": {"vqvae_steps": 4000, "causal_steps": 4000, "val_every": 500, "vqvae_lr": 2e-3,
                   "causal_lr": 1e-3},
@@ -97,7 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="alternatively, validation intervals ('epochs' of --val-every steps) per stage")
     p.add_argument("--val-every", type=int, default=None, help="steps between validations (an epoch)")
     p.add_argument("--stage", choices=STAGES, action="append", default=None,
-                   help="run only this stage (repeatable); default: vqvae then causal (then joint if it has steps)")
+                   help="run only this stage (repeatable); default: vqvae then causal (then joint and head, "
+                        "if they have steps)")
     p.add_argument("--init", default=None, help="start from a saved model directory (save_pretrained format)")
     p.add_argument("--resume", default=None,
                    help="'last' to continue an interrupted run in --out from its last checkpoint (the same "
@@ -188,12 +193,18 @@ def main(argv: list[str] | None = None) -> int:
     idle = [s for s in stages if train_config.steps(s) == 0]
     if args.stage and idle:
         raise SystemExit(f"--stage {' '.join(idle)} has 0 steps configured: pass --max-steps N")
-    if args.init and (args.layout or overrides.get("model")):
+    model_overrides = overrides.get("model", {})
+    new_head = stages == ["head"] and set(model_overrides) <= set(CausalVQVAE.RETRIEVAL_HEAD_FIELDS)
+    if args.init and (args.layout or (model_overrides and not new_head)):
         raise SystemExit("--init takes the model's settings from its config.json; drop --layout and the "
-                         "config file's 'model' section, or train from scratch without --init")
+                         "config file's 'model' section (with --stage head alone it may change only "
+                         f"{', '.join(CausalVQVAE.RETRIEVAL_HEAD_FIELDS)}), or train from scratch without --init")
     if "causal" in stages and "vqvae" not in stages and args.init is None:
         raise SystemExit("the causal stage trains on a frozen autoencoder: pass --init DIR with a trained one "
                          "(e.g. OUT/vqvae), or run the vqvae stage first")
+    if stages == ["head"] and args.init is None:
+        raise SystemExit("the head stage retrains the retrieval head of a trained model: pass --init DIR "
+                         "(e.g. OUT/causal or a released model)")
 
     data_fields = {**preset["data"], **overrides.get("data", {})}
     for flag, key in [("batch_size", "batch_size"), ("frequency", "frequency"), ("num_workers", "num_workers")]:
@@ -210,6 +221,9 @@ def main(argv: list[str] | None = None) -> int:
         except (OSError, ValueError) as error:
             raise SystemExit(f"--init {args.init}: {error}") from None
         log.info("initialised from %s", args.init)
+        if model_overrides:
+            model = model.with_retrieval_head(**model_overrides)
+            log.info("new retrieval head: %s", model_overrides)
     else:
         model_fields = {**preset["model"], **overrides.get("model", {})}
         if args.layout:

@@ -32,7 +32,8 @@ the start of each measurement (``peak_gib``: warm-up included; ``steady_peak_gib
 
 Besides the table, each JSON row holds the median ms per step, every repeat's rate, the matmul/conv
 FLOPs of one step (``torch.utils.flop_counter``, eager) and the achieved TFLOP/s, and, on CUDA, the
-host synchronisations one step triggers (``torch.cuda.set_sync_debug_mode``), with their source lines.
+host synchronisations one step triggers (``torch.cuda.set_sync_debug_mode``), with the Python stack
+that made each one (``host_syncs.stacks``, outermost first).
 
 ``--precision bf16`` runs the forward and loss under ``torch.autocast(dtype=torch.bfloat16)`` (as
 Lightning's bf16-mixed: backward and optimiser step outside it); ``fp32`` runs without autocast
@@ -300,21 +301,68 @@ def count_flops(step: Callable, inp: dict[str, torch.Tensor]) -> int | None:
         return None
 
 
+def warnings_with_stacks(fn: Callable[[], Any], match: str) -> list[list[str]]:
+    """Run ``fn`` and return, for every warning whose message contains ``match`` (case-insensitive),
+    the Python stack that raised it, outermost first, as ``path:line function`` (the frames of this
+    helper and of the ``warnings`` module left out). A C++ warning surfaces at the Python call that
+    entered C++, so the stack names the line of our code that made the call: ``catch_warnings``'
+    file and line alone name only the innermost frame, often a torch wrapper."""
+    stacks: list[list[str]] = []
+    here = Path(__file__).resolve()
+
+    def hook(message, category, filename, lineno, file=None, line=None) -> None:
+        if match.lower() not in str(message).lower():
+            return
+        frames = traceback.extract_stack()[:-1]
+        # keep what ``fn`` called: drop this helper's frames and everything above them
+        for i, frame in enumerate(frames):
+            if Path(frame.filename).resolve() == here and frame.name == "warnings_with_stacks":
+                frames = frames[i + 1:]
+                break
+        stacks.append([f"{_short_path(f.filename)}:{f.lineno} {f.name}" for f in frames
+                       if not f.filename.endswith(("warnings.py", "<frozen importlib._bootstrap>"))])
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = hook
+        fn()
+    return stacks
+
+
+def _short_path(filename: str) -> str:
+    """Repository files relative to the repository, installed packages from their package folder."""
+    path = Path(filename)
+    try:
+        return str(path.resolve().relative_to(_ROOT))
+    except ValueError:
+        parts = path.parts
+        for anchor in ("site-packages", "dist-packages"):
+            if anchor in parts:
+                return "/".join(parts[parts.index(anchor) + 1:])
+        return filename
+
+
 def host_syncs(step: Callable, inp: dict[str, torch.Tensor], device: torch.device) -> dict | None:
-    """Synchronising CUDA calls made by one step (count and distinct source lines)."""
+    """Synchronising CUDA calls made by one step: the count, the distinct innermost source lines
+    (``where``) and the distinct full Python stacks (``stacks``, outermost first)."""
     if device.type != "cuda":
         return None
     torch.cuda.synchronize(device)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+
+    def one_step() -> None:
         torch.cuda.set_sync_debug_mode("warn")
         try:
             step(inp)
         finally:
             torch.cuda.set_sync_debug_mode(0)
+
+    stacks = warnings_with_stacks(one_step, "synchroniz")
     torch.cuda.synchronize(device)
-    hits = [w for w in caught if "synchroniz" in str(w.message).lower()]
-    return {"count": len(hits), "where": sorted({f"{Path(w.filename).name}:{w.lineno}" for w in hits})[:10]}
+    distinct = []
+    for stack in stacks:
+        if stack not in distinct:
+            distinct.append(stack)
+    return {"count": len(stacks), "where": sorted({s[-1] for s in stacks if s})[:10], "stacks": distinct[:10]}
 
 
 def _gib(nbytes: int) -> float:

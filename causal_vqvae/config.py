@@ -18,6 +18,7 @@ LATENT_LAYOUTS = ("grid", "tokens")
 QUANTIZER_MODES = ("ema", "loss")
 SPARSITY_MODES = ("constraint", "penalty", "none")
 RECONSTRUCTION_LOSSES = ("mse", "bce")
+RETRIEVAL_HEADS = ("conv", "transformer")
 
 
 @dataclass(frozen=True)
@@ -100,7 +101,12 @@ class ModelConfig:
             whose intervention mask is currently closed.
 
     Retrieval
-        retrieval_dim, retrieval_layers, retrieval_heads: the learned retrieval head on code pairs.
+        retrieval_head: the learned head, "conv" (a CNN on the pair's code vectors; grid layout only)
+            or "transformer" (attention over learned code embeddings, any layout). None = by layout:
+            "conv" for the grid, "transformer" for tokens. Models saved before this field existed
+            have a transformer head, and load as such.
+        retrieval_dim, retrieval_layers, retrieval_heads: its width (channels of the CNN), blocks
+            (the CNN's 3x3 blocks at full resolution) and attention heads (transformer only).
         retrieval_temperature: temperature of softmax(-score / T) in retrieval by transition.
     """
 
@@ -156,6 +162,7 @@ class ModelConfig:
     mixture_eps: float = 1e-3
     equation_loss_weight: float = 1.0
     # retrieval
+    retrieval_head: str | None = None
     retrieval_dim: int = 128
     retrieval_layers: int = 2
     retrieval_heads: int = 4
@@ -229,6 +236,11 @@ class ModelConfig:
         need(self.equation_loss_weight >= 0.0, f"equation_loss_weight must be >= 0, got {self.equation_loss_weight}")
         need(0.0 < self.mixture_eps < 1.0, f"mixture_eps must be in (0, 1), got {self.mixture_eps}")
         need(self.retrieval_temperature > 0.0, "retrieval_temperature must be > 0")
+        need(self.retrieval_head in (None, *RETRIEVAL_HEADS),
+             f"retrieval_head must be one of {RETRIEVAL_HEADS} or None (by layout), got {self.retrieval_head!r}")
+        need(self.retrieval_head != "conv" or self.latent_layout == "grid",
+             "retrieval_head 'conv' needs latent_layout 'grid' (tokens have no grid to convolve); "
+             "use 'transformer' or None")
         need(self.num_actions >= 1, f"num_actions must be >= 1, got {self.num_actions}")
         need(
             len(self.action_names) in (0, self.num_actions),
@@ -252,6 +264,13 @@ class ModelConfig:
         if self.target_budget is not None:
             return float(self.target_budget)
         return 3 * self.num_nodes / 8 if self.latent_layout == "grid" else self.num_nodes / 2
+
+    @property
+    def resolved_retrieval_head(self) -> str:
+        """``retrieval_head``, or its layout default when None (see the class docstring)."""
+        if self.retrieval_head is not None:
+            return self.retrieval_head
+        return "conv" if self.latent_layout == "grid" else "transformer"
 
     @property
     def num_codebooks(self) -> int:

@@ -113,6 +113,8 @@ def read_config(directory: str | Path, expect: Mapping[str, Any] | None = None) 
     architecture = raw.pop("architecture", None)
     if architecture != ARCHITECTURE:
         raise ValueError(f"{path}: architecture is {architecture!r}, expected {ARCHITECTURE!r}")
+    # Saved before the retrieval head could be chosen: those models all have the transformer head.
+    raw.setdefault("retrieval_head", "transformer")
     defaults = ModelConfig().to_dict()
     for key, expected in (expect or {}).items():
         if key == "architecture":

@@ -9,7 +9,7 @@ named terms so a Lightning module only has to add them up, step the optimiser, a
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ from .autoencoder import Decoder, Encoder, TokenDecoder, TokenEncoder
 from .config import ModelConfig
 from .graph import CausalGraph, DualAscent
 from .quantizer import QuantizerOutput, VectorQuantizer
-from .retrieval import RetrievalHead, RetrievalOutput, score_actions
+from .retrieval import ConvRetrievalHead, RetrievalHead, RetrievalOutput, score_actions
 from .transition import CausalTransition, TransitionLoss, TransitionOutput, transition_loss
 
 __all__ = ["AutoencoderOutput", "AutoencoderLoss", "RetrievalLoss", "CausalVQVAE"]
@@ -114,10 +114,15 @@ class CausalVQVAE(nn.Module):
             mlp_ratio=c.mlp_ratio,
             seed=c.seed + 1,
         )
-        self.retrieval_head = RetrievalHead(
-            c.num_nodes, c.num_actions, c.num_codebooks, c.codes_per_node,
-            c.retrieval_dim, c.retrieval_layers, c.retrieval_heads, c.mlp_ratio,
-        )
+        if c.resolved_retrieval_head == "conv":
+            self.retrieval_head = ConvRetrievalHead(
+                c.code_dim, c.grid_size, c.num_actions, c.retrieval_dim, c.retrieval_layers
+            )
+        else:
+            self.retrieval_head = RetrievalHead(
+                c.num_nodes, c.num_actions, c.num_codebooks, c.codes_per_node,
+                c.retrieval_dim, c.retrieval_layers, c.retrieval_heads, c.mlp_ratio,
+            )
         n = c.num_nodes
         start_targets = float(n) if c.target_budget_start is None else c.target_budget_start
         start_parents = float(n - 1) if c.adjacency_budget_start is None else c.adjacency_budget_start
@@ -253,6 +258,14 @@ class CausalVQVAE(nn.Module):
         self.adjacency_dual.update(loss.expected_parents, loss.adjacency_budget)
 
     # ------------------------------------------------------------------ retrieval
+    def head_logits(self, codes: torch.Tensor, target_codes: torch.Tensor) -> torch.Tensor:
+        """Float32 logits (B, A) of the retrieval head on a pair of codes (B, N). The convolutional
+        head reads the code vectors, detached: the head never trains the codebook."""
+        if isinstance(self.retrieval_head, ConvRetrievalHead):
+            vectors = self.quantizer.lookup(torch.cat([codes, target_codes])).detach()
+            return self.retrieval_head(*vectors.chunk(2)).float()
+        return self.retrieval_head(codes, target_codes).float()
+
     def retrieve_codes(
         self,
         codes: torch.Tensor,
@@ -267,7 +280,7 @@ class CausalVQVAE(nn.Module):
             logits = -scores / temperature
         elif method == "head":
             scores = None
-            logits = self.retrieval_head(codes, target_codes).float()
+            logits = self.head_logits(codes, target_codes)
             if temperature is not None:
                 logits = logits / temperature
         else:
@@ -283,7 +296,7 @@ class CausalVQVAE(nn.Module):
 
     def retrieval_loss(self, codes: torch.Tensor, target_codes: torch.Tensor, action: torch.Tensor) -> RetrievalLoss:
         """Cross-entropy of the retrieval head on code pairs labelled with their action."""
-        logits = self.retrieval_head(codes, target_codes).float()
+        logits = self.head_logits(codes, target_codes)
         return RetrievalLoss(
             loss=F.cross_entropy(logits, action),
             accuracy=(logits.argmax(-1) == action).float().mean(),
@@ -329,6 +342,23 @@ class CausalVQVAE(nn.Module):
         from .io import save_pretrained
 
         return save_pretrained(self, directory, extra_metadata)
+
+    RETRIEVAL_HEAD_FIELDS = ("retrieval_head", "retrieval_dim", "retrieval_layers", "retrieval_heads")
+
+    def with_retrieval_head(self, **fields: Any) -> CausalVQVAE:
+        """A copy of this model with a new, untrained retrieval head of ``fields`` (any of
+        :attr:`RETRIEVAL_HEAD_FIELDS`); every other weight and buffer is copied. Train the head with
+        the ``head`` stage (``train.py --stage head --init DIR --config FILE``)."""
+        unknown = sorted(set(fields) - set(self.RETRIEVAL_HEAD_FIELDS))
+        if unknown:
+            raise ValueError(f"with_retrieval_head changes only {self.RETRIEVAL_HEAD_FIELDS}, not {unknown}")
+        fresh = type(self)(replace(self.config, **fields))
+        kept = {k: v for k, v in self.state_dict().items() if not k.startswith("retrieval_head.")}
+        missing, unexpected = fresh.load_state_dict(kept, strict=False)
+        if unexpected or not all(k.startswith("retrieval_head.") for k in missing):
+            raise RuntimeError(f"weights outside the retrieval head did not carry over: missing {missing}, "
+                               f"unexpected {unexpected}")
+        return fresh.to(next(self.parameters()).device).train(self.training)
 
     @classmethod
     def from_pretrained(

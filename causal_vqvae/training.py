@@ -39,16 +39,20 @@ from .model import CausalVQVAE
 __all__ = ["STAGES", "TrainConfig", "CausalVQVAEModule", "CheckpointMismatchError", "NonFiniteGuard",
            "NonFiniteLossError", "psnr"]
 
-STAGES = ("vqvae", "causal", "joint")
+STAGES = ("vqvae", "causal", "joint", "head")
 AUTOENCODER_PARTS = ("encoder", "decoder", "quantizer", "token_encoder", "token_decoder")
+# Validation metrics shown on the progress bar (none from training steps: see training_step).
+PROGRESS_BAR_METRICS = ("psnr", "retrieval_head_acc")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """Optimisation and loss weights of every stage (``steps`` of 0 skip a stage).
 
-    vqvae_steps, causal_steps, joint_steps: optimiser steps per stage.
-    vqvae_lr, causal_lr, joint_lr: peak AdamW learning rates.
+    vqvae_steps, causal_steps, joint_steps, head_steps: optimiser steps per stage. ``head`` (0 by
+        default) retrains the retrieval head alone, everything else frozen: e.g. a new head on a
+        trained model (``train.py --stage head --init DIR``).
+    vqvae_lr, causal_lr, joint_lr, head_lr: peak AdamW learning rates.
     weight_decay: AdamW weight decay.
     warmup_steps: linear warm-up at the start of each stage, then cosine decay to
         ``min_lr_ratio`` x the peak at the stage's last step.
@@ -62,9 +66,11 @@ class TrainConfig:
     vqvae_steps: int = 3000
     causal_steps: int = 3000
     joint_steps: int = 0
+    head_steps: int = 0
     vqvae_lr: float = 1e-3
     causal_lr: float = 5e-4
     joint_lr: float = 1e-4
+    head_lr: float = 1e-3
     weight_decay: float = 0.0
     warmup_steps: int = 100
     min_lr_ratio: float = 0.1
@@ -134,7 +140,11 @@ class CausalVQVAEModule(pl.LightningModule):
     def __init__(self, model: CausalVQVAE, stage: str, train_config: TrainConfig | None = None,
                  compile_options: dict[str, Any] | None = None) -> None:
         super().__init__()
-        self.model = model
+        # Training mode whatever the model came in (from_pretrained returns it in eval mode, and
+        # Lightning keeps a module's modes): stages that freeze parts put those back in
+        # on_train_epoch_start. An eval-mode transition would train on thresholded, unsampled masks
+        # and skip dual ascent.
+        self.model = model.train()
         functions = {name: getattr(model, name) for name in STEP_FUNCTIONS}
         if compile_options is not None:
             functions = {name: torch.compile(fn, **compile_options) for name, fn in functions.items()}
@@ -144,11 +154,15 @@ class CausalVQVAEModule(pl.LightningModule):
         self.save_hyperparameters(
             {"stage": stage, "model": model.config.to_dict(), "train": self.train_config.to_dict()}
         )
-        frozen = self.stage == "causal"
-        for name in AUTOENCODER_PARTS:
-            part = getattr(model, name, None)
-            if part is not None:
-                part.requires_grad_(not frozen)
+        if self.stage == "head":
+            model.requires_grad_(False)
+            model.retrieval_head.requires_grad_(True)
+        else:
+            frozen = self.stage == "causal"
+            for name in AUTOENCODER_PARTS:
+                part = getattr(model, name, None)
+                if part is not None:
+                    part.requires_grad_(not frozen)
         self._pending_multiplier_update = None
         self._generator: torch.Generator | None = None
 
@@ -174,6 +188,9 @@ class CausalVQVAEModule(pl.LightningModule):
         if self.stage == "causal":
             for part in self._autoencoder_parts():
                 part.eval()
+        elif self.stage == "head":
+            self.model.eval()
+            self.model.retrieval_head.train()
         self.model.quantizer.reset_usage()
 
     # ------------------------------------------------------------------ training
@@ -189,10 +206,19 @@ class CausalVQVAEModule(pl.LightningModule):
             }, prog_bar=False)
             # From the MSE of the [0, 1] reconstruction: reconstruction_loss is a BCE in "bce" mode.
             mse = (ae.output.reconstruction.detach() - x.float()).pow(2).mean()
-            self.log("train/psnr", psnr(mse), prog_bar=True)
+            # Nothing from a training step goes on the progress bar: Lightning reads progress-bar
+            # values back to the host after every step, a sync on a GPU (validation metrics go there).
+            self.log("train/psnr", psnr(mse))
             return ae.loss
 
         x, x_next, action = batch["image"], batch["image_next"], batch["action"]
+        if self.stage == "head":
+            with torch.no_grad():
+                codes = self._step_functions["encode_codes"](x)
+                target_codes = self._step_functions["encode_codes"](x_next)
+            rl = self._step_functions["retrieval_loss"](codes, target_codes, action)
+            self.log_dict({"train/loss": rl.loss, "train/retrieval_loss": rl.loss, "train/retrieval_acc": rl.accuracy})
+            return rl.loss
         generator = self._step_generator()
         loss = x.new_zeros(())
         if self.stage == "causal":
@@ -214,7 +240,7 @@ class CausalVQVAEModule(pl.LightningModule):
             "train/node_accuracy": tl.node_accuracy, "train/retrieval_loss": rl.loss,
             "train/intervened_nodes": tl.expected_targets.mean(), "train/parents": tl.expected_parents.mean(),
         })
-        self.log("train/retrieval_acc", rl.accuracy, prog_bar=True)
+        self.log("train/retrieval_acc", rl.accuracy)
         return loss
 
     def optimizer_step(self, *args, **kwargs) -> None:
@@ -232,7 +258,14 @@ class CausalVQVAEModule(pl.LightningModule):
         mse = (out.reconstruction - x.float()).pow(2).flatten(1).mean(1)
         metrics = {f"{prefix}/mse": mse.mean(), f"{prefix}/psnr": psnr(mse).mean(),
                    f"{prefix}/perplexity": out.quantizer.perplexity}
-        if self.stage != "vqvae":
+        if self.stage == "head":
+            # The head stage changes only the head: the rest keeps the metrics of its own stage.
+            head = self.model.retrieve_codes(out.quantizer.codes, self.model.encode_codes(x_next), "head").action
+            metrics.update({
+                f"{prefix}/retrieval_head_acc": (head == action).float().mean(),
+                f"{prefix}/retrieval_head_factor_acc": (head // 2 == action // 2).float().mean(),
+            })
+        elif self.stage != "vqvae":
             codes = out.quantizer.codes
             target_codes = self.model.encode_codes(x_next)
             t = self.model.transition(codes, action, sample=False)
@@ -250,7 +283,9 @@ class CausalVQVAEModule(pl.LightningModule):
                 f"{prefix}/intervened_nodes": t.intervened.float().sum(-1).mean(),
                 f"{prefix}/changed_nodes": (codes != target_codes).float().sum(-1).mean(),
             })
-        self.log_dict(metrics, sync_dist=True, prog_bar=False)
+        on_bar = {k: v for k, v in metrics.items() if k.split("/")[-1] in PROGRESS_BAR_METRICS}
+        self.log_dict(on_bar, sync_dist=True, prog_bar=True)
+        self.log_dict({k: v for k, v in metrics.items() if k not in on_bar}, sync_dist=True)
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         self._evaluate(batch, "val")

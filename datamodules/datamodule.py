@@ -222,16 +222,26 @@ class _BaseDataModule(pl.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return self._loader("test")
 
-    def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
-        return self.prepare_batch(batch)
+    def on_before_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
+        # Twins: check the classes here, on the host, so that rendering them on a GPU reads
+        # nothing back (a range check of device tensors is a host sync at every step).
+        if isinstance(self.source, TwinSource):
+            for key in ("factors", "factors_next"):
+                if key in batch:
+                    self.source.space.check(batch[key])
+        return batch
 
-    def prepare_batch(self, batch: dict) -> dict:
-        """Render (twins) or convert (real files) the images of a batch on its device."""
+    def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
+        return self.prepare_batch(batch, checked=True)
+
+    def prepare_batch(self, batch: dict, checked: bool = False) -> dict:
+        """Render (twins) or convert (real files) the images of a batch on its device.
+        ``checked``: the classes were range-checked already (``on_before_batch_transfer``)."""
         batch = dict(batch)
         if isinstance(self.source, TwinSource):
-            batch["image"] = self.source.render(batch["factors"])
+            batch["image"] = self.source.render(batch["factors"], check=not checked)
             if "factors_next" in batch:
-                batch["image_next"] = self.source.render(batch["factors_next"])
+                batch["image_next"] = self.source.render(batch["factors_next"], check=not checked)
         else:
             batch["image"] = to_float_images(batch["image"])
             if "image_next" in batch:

@@ -154,8 +154,41 @@ def _default_chunk(device: torch.device) -> int:
     return 16384 if device.type == "cuda" else 256
 
 
-def _render_chunk(classes: torch.Tensor, out: torch.Tensor, tables: dict) -> None:
-    """Render ``classes (B, 6)`` into ``out (B, 64, 64)`` float32 (all on one device)."""
+# Half axes (u, v) of each shape's local frame, in pixels at scale 1: u and v are divided by them.
+_SHAPE_AXES = {0: (_SQUARE_HALF_SIDE, _SQUARE_HALF_SIDE), 1: _ELLIPSE_AXES, 2: (1.0, 1.0)}
+
+
+def _split_by_shape(device: torch.device) -> bool:
+    """Render each image with its own shape only (CPU), or every shape for every image and select
+    (GPU): splitting a batch by shape reads the shape ids back to the host, a sync on a GPU that
+    costs more there than the extra arithmetic, while on the CPU the split is free."""
+    return device.type == "cpu"
+
+
+def _shape_mask(shape: int, terms: torch.Tensor, tables: dict) -> torch.Tensor:
+    """Inside mask ``(n, 64, 64)`` bool of ``shape`` for the per-image column / row terms ``(n, 4, 64)``."""
+    su, sv = _SHAPE_AXES[shape]
+    # u = (col term 0 + row term 1) / su and v = (col term 2 + row term 3) / sv, as float32 maps
+    t = torch.stack([terms[:, 0] / su, terms[:, 1] / su, terms[:, 2] / sv, terms[:, 3] / sv], 1).float()
+    u, v = t[:, 0, None, :] + t[:, 1, :, None], t[:, 2, None, :] + t[:, 3, :, None]
+    if shape == 0:  # square: |u|, |v| <= 9.6 (both scaled to 1)
+        return torch.maximum(u.abs_(), v.abs_()) <= 1.0
+    if shape == 1:  # ellipse, long axis along u
+        return u.square_().add_(v.square_()) <= 1.0
+    # heart: look up the slice of v, then test u against its crossings
+    row = v.sub_(tables["heart_v0"]).mul_(tables["heart_inv_dv"]).floor_()
+    # Rows above (-1) and below (R) the heart both land on the empty sentinel row R; the
+    # remainder does it without the device sync that boolean-mask indexing would cost.
+    row = row.clamp_(-1, _HEART_ROWS).long().remainder_(_HEART_ROWS + 1)
+    # index_select on flat rows is several times faster on CPU than advanced indexing.
+    crossings = tables["heart"].index_select(0, row.flatten()).view(*row.shape, 4)
+    c0, c1, c2, c3 = crossings.unbind(-1)  # each (n, 64, 64)
+    return ((c0 <= u) & (u < c1)) | ((c2 <= u) & (u < c3))
+
+
+def _render_chunk(classes: torch.Tensor, out: torch.Tensor, tables: dict, split: bool) -> None:
+    """Render ``classes (B, 6)`` into ``out (B, 64, 64)`` float32 (all on one device); ``split``:
+    see :func:`_split_by_shape` (both give the same images)."""
     # Orientation 39 is 2*pi: fold it onto class 0 so the two render bit-identically.
     orientation = classes[:, _ORIENTATION] % DSPRITES.factors[_ORIENTATION].cycle
     inv_scale = 1.0 / tables["scale"][classes[:, _SCALE]]
@@ -169,43 +202,28 @@ def _render_chunk(classes: torch.Tensor, out: torch.Tensor, tables: dict) -> Non
     # per-image trigonometry stays in float64 on (B, 64) and each full (B, 64, 64) map is one add.
     terms = torch.stack([cos[:, None] * dx, -sin[:, None] * dy, sin[:, None] * dx, cos[:, None] * dy], 1)
 
-    def local(sel: torch.Tensor, su: float, sv: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """(u/su, v/sv) of the selected images as float32 ``(n, 64, 64)`` maps (rows, cols)."""
-        divisor = torch.tensor([su, su, sv, sv], dtype=terms.dtype, device=terms.device)[:, None]
-        t = (terms.index_select(0, sel) / divisor).float()  # (n, 4, 64)
-        return t[:, 0, None, :] + t[:, 1, :, None], t[:, 2, None, :] + t[:, 3, :, None]
-
     shape = classes[:, _SHAPE]
+    if not split:
+        inside = _shape_mask(2, terms, tables)
+        for s in (1, 0):
+            inside = torch.where((shape == s)[:, None, None], _shape_mask(s, terms, tables), inside)
+        out.copy_(inside)
+        return
     for s in range(len(SHAPE_NAMES)):
         sel = (shape == s).nonzero().squeeze(1)
-        if sel.numel() == 0:
-            continue
-        if s == 0:  # square: |u|, |v| <= 9.6 (both scaled to 1)
-            u, v = local(sel, _SQUARE_HALF_SIDE, _SQUARE_HALF_SIDE)
-            inside = torch.maximum(u.abs_(), v.abs_()) <= 1.0
-        elif s == 1:  # ellipse, long axis along u
-            u, v = local(sel, *_ELLIPSE_AXES)
-            inside = u.square_().add_(v.square_()) <= 1.0
-        else:  # heart: look up the slice of v, then test u against its crossings
-            u, v = local(sel, 1.0, 1.0)
-            row = v.sub_(tables["heart_v0"]).mul_(tables["heart_inv_dv"]).floor_()
-            # Rows above (-1) and below (R) the heart both land on the empty sentinel row R; the
-            # remainder does it without the device sync that boolean-mask indexing would cost.
-            row = row.clamp_(-1, _HEART_ROWS).long().remainder_(_HEART_ROWS + 1)
-            # index_select on flat rows is several times faster on CPU than advanced indexing.
-            crossings = tables["heart"].index_select(0, row.flatten()).view(*row.shape, 4)
-            c0, c1, c2, c3 = crossings.unbind(-1)  # each (n, 64, 64)
-            inside = ((c0 <= u) & (u < c1)) | ((c2 <= u) & (u < c3))
-        out.index_copy_(0, sel, inside.to(out.dtype))
+        if sel.numel():
+            out.index_copy_(0, sel, _shape_mask(s, terms.index_select(0, sel), tables).to(out.dtype))
 
 
-def render_dsprites(classes: torch.Tensor, *, chunk: int | None = None) -> torch.Tensor:
+def render_dsprites(classes: torch.Tensor, *, chunk: int | None = None, check: bool = True) -> torch.Tensor:
     """Render dSprites states: ``classes (B, 6)`` long -> float32 ``(B, 1, 64, 64)`` in {0, 1}.
 
     Runs on the device of ``classes``, in chunks of ``chunk`` images to bound the temporaries
-    (default: 256 on CPU, 16384 on CUDA). The result does not depend on ``chunk``.
+    (default: 256 on CPU, 16384 on CUDA). The result does not depend on ``chunk``. ``check=False``
+    skips the range check of classes already checked (on a GPU the check is a host sync); the
+    rendering itself makes none.
     """
-    classes = DSPRITES.check(classes)
+    classes = DSPRITES.check(classes, values=check)
     if classes.dim() != 2:
         raise ValueError(f"render_dsprites takes classes of shape (B, 6); got {tuple(classes.shape)}")
     device = classes.device
@@ -213,10 +231,11 @@ def render_dsprites(classes: torch.Tensor, *, chunk: int | None = None) -> torch
     if chunk < 1:
         raise ValueError(f"chunk must be positive, got {chunk}")
     tables = _render_tables(device)
+    split = _split_by_shape(device)
     out = torch.empty(classes.shape[0], 1, IMAGE_SIZE, IMAGE_SIZE, dtype=torch.float32, device=device)
     for start in range(0, classes.shape[0], chunk):
         stop = min(start + chunk, classes.shape[0])
-        _render_chunk(classes[start:stop], out[start:stop, 0], tables)
+        _render_chunk(classes[start:stop], out[start:stop, 0], tables, split)
     return out
 
 

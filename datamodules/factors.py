@@ -122,14 +122,19 @@ class FactorSpace:
             ) from None
 
     # --- index <-> classes -------------------------------------------------------------------
-    def check(self, classes: torch.Tensor) -> torch.Tensor:
-        """Return ``classes`` as a long tensor after checking shape and range; raise otherwise."""
+    def check(self, classes: torch.Tensor, values: bool = True) -> torch.Tensor:
+        """Return ``classes`` as a long tensor after checking shape and range; raise otherwise.
+
+        ``values=False`` checks the shape only: for classes already checked, e.g. on the CPU before
+        they moved to a GPU, where reading the range test's verdict back is a host sync."""
         classes = _as_long_tensor(classes)
         if classes.shape[-1:] != (self.num_factors,):
             raise ValueError(
                 f"{self.name} states have {self.num_factors} factors {list(self.names)}; "
                 f"got a tensor of shape {tuple(classes.shape)}"
             )
+        if not values:
+            return classes
         sizes = torch.tensor(self.sizes, device=classes.device)
         bad = (classes < 0) | (classes >= sizes)
         if bool(bad.any()):

@@ -29,6 +29,7 @@ stored values are checked against them.
 
 from __future__ import annotations
 
+import functools
 import math
 import threading
 from dataclasses import dataclass
@@ -507,24 +508,35 @@ def hue_to_rgb(hue: torch.Tensor) -> torch.Tensor:
     return (torch.tensor([1.0, -1.0, -1.0], **kw) * h6.abs() + torch.tensor([-1.0, 2.0, 2.0], **kw)).clamp(0, 1)
 
 
-def shapes3d_surface_colours(classes: torch.Tensor) -> torch.Tensor:
-    """Colours ``(B, 4, 3)`` in [0, 1] of the floor, wall, object and sky of states ``(B, 6)``."""
-    classes = SHAPES3D.check(classes)
-    palette = hue_to_rgb(torch.tensor(_HUES, dtype=torch.float32, device=classes.device))  # (10, 3)
-    sky = torch.tensor(SKY_RGB, dtype=torch.float32, device=classes.device) / 255
+@functools.lru_cache(maxsize=8)
+def _colour_tables(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The hue palette ``(10, 3)`` and the sky colour ``(3,)`` on ``device``, built once per device
+    (not copied from the host at every batch)."""
+    palette = hue_to_rgb(torch.tensor(_HUES, dtype=torch.float32)).to(device)
+    sky = (torch.tensor(SKY_RGB, dtype=torch.float32) / 255).to(device)
+    return palette, sky
+
+
+def shapes3d_surface_colours(classes: torch.Tensor, check: bool = True) -> torch.Tensor:
+    """Colours ``(B, 4, 3)`` in [0, 1] of the floor, wall, object and sky of states ``(B, 6)``
+    (``check``: as in :func:`render_shapes3d`)."""
+    classes = SHAPES3D.check(classes, values=check)
+    palette, sky = _colour_tables(classes.device)
     return torch.stack([palette[classes[:, _FLOOR_HUE]], palette[classes[:, _WALL_HUE]],
                         palette[classes[:, _OBJECT_HUE]], sky.expand(classes.shape[0], 3)], 1)
 
 
-def render_shapes3d(classes: torch.Tensor, scene: Shapes3DScene | None = None) -> torch.Tensor:
-    """Render states ``(B, 6)`` long -> ``(B, 3, 64, 64)`` float32 in [0, 1], on the classes' device."""
-    classes = SHAPES3D.check(classes)
+def render_shapes3d(classes: torch.Tensor, scene: Shapes3DScene | None = None, *, check: bool = True) -> torch.Tensor:
+    """Render states ``(B, 6)`` long -> ``(B, 3, 64, 64)`` float32 in [0, 1], on the classes' device.
+    ``check=False`` skips the range check of classes already checked (on a GPU the check is a host
+    sync); the rendering itself makes none."""
+    classes = SHAPES3D.check(classes, values=check)
     if classes.dim() != 2:
         raise ValueError(f"render_shapes3d takes a (B, 6) batch of states, got shape {tuple(classes.shape)}")
     table = shapes3d_surface_weights(classes.device, scene).flatten(2)  # (480, 4, HW)
     combo = (classes[:, _SCALE] * _NUM_SHAPES + classes[:, _SHAPE]) * _NUM_ORIENTATIONS + classes[:, _ORIENTATION]
     weights = table.index_select(0, combo)  # (B, 4, HW)
-    colours = shapes3d_surface_colours(classes)  # (B, 4, 3)
+    colours = shapes3d_surface_colours(classes, check=False)  # (B, 4, 3)
     images = torch.bmm(colours.transpose(1, 2), weights)  # (B, 3, HW)
     return images.clamp_(0, 1).view(-1, 3, IMAGE_SIZE, IMAGE_SIZE)
 

@@ -38,7 +38,8 @@ def to_float_images(images: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class TwinSource:
-    """A procedural twin: ``render(classes (B, F) long) -> (B, C, 64, 64) float32 in [0, 1]``.
+    """A procedural twin: ``render(classes (B, F) long, check=True) -> (B, C, 64, 64) float32 in
+    [0, 1]`` (``check=False``: the classes were range-checked already).
 
     Rendering runs on whatever device ``classes`` is on, so a DataModule can ship only the small
     class tensors to the GPU and render there.

@@ -99,6 +99,56 @@ def test_model_speed_compile_failure_falls_back(model_speed, monkeypatch, capsys
     assert "compile failed, ran eagerly" in capsys.readouterr().out
 
 
+def test_sync_warnings_are_reported_with_the_stack_that_raised_them(model_speed):
+    """A host-sync warning names the line of our code that made the call and every caller above it,
+    not only the torch wrapper the warning surfaced in; other warnings are not counted."""
+    import warnings
+
+    def wrapper():  # stands in for a torch function that enters C++
+        warnings.warn("called a synchronizing CUDA operation")
+
+    def model_code():
+        wrapper()
+        warnings.warn("an unrelated warning")
+        wrapper()
+
+    def step():
+        model_code()
+
+    stacks = model_speed.warnings_with_stacks(step, "Synchroniz")
+    assert len(stacks) == 2
+    names = [frame.split()[-1] for frame in stacks[0]]
+    assert names == ["step", "model_code", "wrapper"]
+    assert all(frame.startswith("tests/test_benchmark_scripts.py:") for frame in stacks[0])
+    assert stacks[0] != stacks[1]  # two call sites: different lines in model_code
+    assert stacks[0][:1] == stacks[1][:1] and stacks[0][-1] == stacks[1][-1]
+
+
+def test_retrieval_head_variants_tiny_cpu(tmp_path, capsys):
+    from tiny import tiny_dsprites_model
+
+    tiny_dsprites_model().eval().save_pretrained(tmp_path / "model")
+    variants = _load("retrieval_head_variants")
+    out = tmp_path / "variants.json"
+    record = variants.main(["--model", str(tmp_path / "model"), "--data", "dsprites", "--train-pairs", "64",
+                            "--test-pairs", "40", "--steps", "3", "--batch", "16", "--width", "16",
+                            "--device", "cpu", "--out", str(out)])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(record))
+    results = record["results"]
+    assert list(results) == ["model", *variants.VARIANTS]
+    factors = ["shape", "scale", "orientation", "posX", "posY"]
+    for name, r in results.items():
+        assert 0.0 <= r["action_accuracy"] <= 1.0 and list(r["per_factor"]) == factors
+        if name != "model":
+            assert [row["step"] for row in r["curve"]][-1] == 3 and r["parameters"] > 0
+    # the frozen codebook variants train no table; the learned ones do
+    assert results["conv_learned"]["parameters"] - results["conv"]["parameters"] == 16 * 16
+    assert record["command"].startswith("python benchmarks/retrieval_head_variants.py --model")
+    assert "| conv |" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="--steps must be positive"):
+        variants.main(["--model", str(tmp_path / "model"), "--data", "dsprites", "--steps", "0"])
+
+
 def _bench_record(device_name: str, head: float, exactness: bool) -> dict:
     """The parts of a bench JSON that a model card reads."""
     record = {

@@ -408,3 +408,56 @@ def test_model_package_imports_without_lightning_or_datamodules():
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_the_retrieval_head_follows_the_layout_and_old_configs_keep_the_transformer(tmp_path):
+    from causal_vqvae.retrieval import ConvRetrievalHead, RetrievalHead
+
+    assert isinstance(tiny_model().retrieval_head, ConvRetrievalHead)
+    assert isinstance(tiny_model(latent_layout="tokens").retrieval_head, RetrievalHead)
+    assert isinstance(tiny_model(retrieval_head="transformer").retrieval_head, RetrievalHead)
+    with pytest.raises(ValueError, match="retrieval_head 'conv' needs latent_layout 'grid'"):
+        tiny_config(latent_layout="tokens", retrieval_head="conv")
+    with pytest.raises(ValueError, match="retrieval_head must be one of"):
+        tiny_config(retrieval_head="mlp")
+    # a model saved before the field existed has a transformer head and loads as one
+    old = tiny_model(retrieval_head="transformer").eval()
+    save_pretrained(old, tmp_path / "old")
+    config = json.loads((tmp_path / "old" / "config.json").read_text())
+    del config["retrieval_head"]
+    (tmp_path / "old" / "config.json").write_text(json.dumps(config))
+    loaded = CausalVQVAE.from_pretrained(tmp_path / "old")
+    assert loaded.config.retrieval_head == "transformer"
+    x = squares(4)
+    assert torch.equal(loaded.retrieve(x, x.flip(-1)).logits, old.retrieve(x, x.flip(-1)).logits)
+
+
+def test_the_conv_head_reads_code_vectors_and_never_trains_the_codebook():
+    model = tiny_model(quantizer_mode="loss").train()  # a codebook that is a Parameter
+    codes, target = random_codes(model, 6, seed=1), random_codes(model, 6, seed=2)
+    loss = model.retrieval_loss(codes, target, torch.arange(6) % 4)
+    loss.loss.backward()
+    assert model.quantizer.embedding.grad is None
+    assert all(p.grad is not None for p in model.retrieval_head.parameters())
+    # the head sees the vectors: moving one code's vector changes the logits of pairs that use it
+    model.eval()
+    before = model.head_logits(codes, target)
+    with torch.no_grad():
+        model.quantizer.embedding[0, codes[0, 0]] += 1.0
+    after = model.head_logits(codes, target)
+    assert not torch.allclose(before[0], after[0])
+
+
+def test_with_retrieval_head_swaps_only_the_head():
+    model = tiny_model(retrieval_head="transformer").eval()
+    model.quantizer.embedding.data.mul_(2.0)  # state that a fresh model would not have
+    swapped = model.with_retrieval_head(retrieval_head="conv", retrieval_dim=24)
+    assert swapped.config.resolved_retrieval_head == "conv" and swapped.config.retrieval_dim == 24
+    assert not swapped.training
+    for key, value in model.state_dict().items():
+        if not key.startswith("retrieval_head."):
+            assert torch.equal(swapped.state_dict()[key], value), key
+    x = squares(2)
+    assert torch.equal(swapped.edit(x, 1), model.edit(x, 1))
+    with pytest.raises(ValueError, match="changes only"):
+        model.with_retrieval_head(codebook_size=8)

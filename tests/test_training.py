@@ -58,12 +58,36 @@ def test_causal_stage_keeps_the_autoencoder_and_codebook_frozen():
     assert 0.0 <= float(metrics["val/retrieval_head_acc"]) <= float(metrics["val/retrieval_head_factor_acc"]) <= 1.0
 
 
+def test_a_causal_stage_from_a_loaded_model_trains_in_training_mode():
+    """from_pretrained returns a model in eval mode (as --init loads it); its causal stage must still
+    sample the graph and run dual ascent, as one handed over in training mode does."""
+    handed_over, loaded = tiny_dsprites_model(), tiny_dsprites_model().eval()
+    _fit(handed_over, "causal")
+    _fit(loaded, "causal")
+    assert float(loaded.adjacency_dual.multipliers.abs().sum()) > 0
+    assert torch.equal(loaded.adjacency_dual.multipliers, handed_over.adjacency_dual.multipliers)
+    assert not loaded.encoder.training and loaded.transition_net.training
+
+
 def test_joint_stage_trains_everything():
     model = tiny_dsprites_model()
     before = _params(model)
     _fit(model, "joint")
     changed = _changed(before, _params(model))
     assert any(k.startswith("encoder.") for k in changed) and any(k.startswith("transition_net.") for k in changed)
+
+
+def test_head_stage_trains_the_retrieval_head_alone():
+    model = tiny_dsprites_model()
+    model.target_dual.multipliers.fill_(0.5)
+    before = _params(model)
+    trainer = _fit(model, "head")
+    changed = _changed(before, _params(model))
+    assert changed and all(k.startswith("retrieval_head.") for k in changed)
+    assert len([k for k in before if k.startswith("retrieval_head.")]) == len(changed)
+    metrics = trainer.callback_metrics
+    assert 0.0 <= float(metrics["val/retrieval_head_acc"]) <= float(metrics["val/retrieval_head_factor_acc"]) <= 1
+    assert "val/retrieval_transition_acc" not in metrics  # the transition is not this stage's
 
 
 def test_dual_ascent_raises_multipliers_while_over_budget():
@@ -119,6 +143,33 @@ def test_train_py_runs_both_stages_end_to_end_and_saves_loadable_models(tmp_path
         assert rows[0]["seconds"] < rows[1]["seconds"] and all(r["samples_per_s"] > 0 for r in rows)
         assert rows[-1]["val/mse"] == summary[stage]["val"]["val/mse"]
         assert summary[stage]["samples_per_s"] == round(4 * 8 / summary[stage]["seconds"], 1)
+
+
+def test_train_py_head_stage_puts_a_new_head_on_a_saved_model(tmp_path, small_overrides):
+    base = tiny_dsprites_model(retrieval_head="transformer").eval()
+    base.save_pretrained(tmp_path / "base")
+    head_config = tmp_path / "head.json"
+    head_config.write_text(json.dumps({"model": {"retrieval_head": "conv", "retrieval_dim": 24},
+                                       "data": {"val_length": 16}}))
+    out = tmp_path / "run"
+    rc = train_script.main(["--data", "dsprites", "--stage", "head", "--init", str(tmp_path / "base"),
+                            "--config", str(head_config), "--max-steps", "3", "--val-every", "3",
+                            "--batch-size", "8", "--gpus", "0", "--out", str(out), "--no-progress"])
+    assert rc == 0
+    trained = CausalVQVAE.from_pretrained(out / "head")
+    assert trained.config.retrieval_head == "conv" and trained.config.retrieval_dim == 24
+    for key, value in base.state_dict().items():
+        if not key.startswith("retrieval_head."):
+            assert torch.equal(trained.state_dict()[key], value), key
+    assert "val/retrieval_head_acc" in json.loads((out / "summary.json").read_text())["head"]["val"]
+    # a head stage needs a model, and with --init only the head's fields may change
+    with pytest.raises(SystemExit, match="head stage retrains the retrieval head"):
+        train_script.main(["--data", "dsprites", "--stage", "head", "--max-steps", "3", "--gpus", "0",
+                           "--out", str(tmp_path / "x")])
+    with pytest.raises(SystemExit, match="may change only retrieval_head"):
+        train_script.main(["--data", "dsprites", "--stage", "head", "--init", str(tmp_path / "base"),
+                           "--config", small_overrides, "--max-steps", "3", "--gpus", "0",
+                           "--out", str(tmp_path / "y")])
 
 
 def test_train_py_refuses_more_gpus_than_present(tmp_path):
