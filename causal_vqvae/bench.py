@@ -381,7 +381,8 @@ def score_baseline(net: PairCNN, dm, pairs: int, batch: int, device: torch.devic
 @torch.no_grad()
 def evaluate(model, dm, name: str, pairs: int, batch: int, device: torch.device) -> dict[str, Any]:
     """On test items 0..pairs-1: retrieval by both methods, the chance, constant and oracle
-    baselines, and edit fidelity (see the module docstring); returns the results dict."""
+    baselines, edit fidelity (see the module docstring) and the graph's
+    ``adjacency_summary``; returns the results dict."""
     model.eval()
     actions = dm.actions
     num_actions = len(actions)
@@ -462,6 +463,7 @@ def evaluate(model, dm, name: str, pairs: int, batch: int, device: torch.device)
         "methods": methods,
         "baselines": baselines,
         "fidelity": fidelity,
+        "graph": model.graph.adjacency_summary(),
     }
 
 
@@ -832,6 +834,11 @@ def format_table(results: dict) -> str:
         (f"transition codes: node accuracy {100 * f['code_node_accuracy']:.2f}%"
          f"   all nodes right {100 * f['code_all_nodes_accuracy']:.2f}% of pairs"),
     ]
+    g = results.get("graph")
+    if g:
+        lines.append(f"node -> node graph: {g['thresholded_parents_per_node']:.2f} parents per node at evaluation, "
+                     f"{g['expected_parents_per_node']:.2f} expected in training (edge probability: median "
+                     f"{g['edge_probability_median']:.3f}, max {g['edge_probability_max']:.3f})")
 
     exactness = results.get("exactness")
     if exactness:

@@ -191,6 +191,24 @@ class CausalGraph(nn.Module):
         """(N, N) evaluation adjacency, 0/1."""
         return hard_threshold(self.adjacency_logits) * self.off_diagonal
 
+    @torch.no_grad()
+    def adjacency_summary(self) -> dict[str, float]:
+        """How decided the node -> node graph is: the parents per node that training samples
+        (expected, from the probabilities) against those evaluation keeps (thresholded), and the
+        spread of the edge probabilities. A budget met by shrinking every probability below 1/2,
+        rather than by choosing edges, shows as many expected parents and no kept ones."""
+        probs = self.adjacency_probs()[self.off_diagonal.bool()]
+        quantiles = torch.quantile(probs, torch.tensor([0.5, 0.9, 0.99], device=probs.device)).tolist()
+        num_nodes = self.off_diagonal.shape[0]
+        return {
+            "expected_parents_per_node": probs.sum().item() / num_nodes,
+            "thresholded_parents_per_node": self.hard_adjacency().sum().item() / num_nodes,
+            "edge_probability_median": quantiles[0],
+            "edge_probability_p90": quantiles[1],
+            "edge_probability_p99": quantiles[2],
+            "edge_probability_max": probs.max().item(),
+        }
+
     def adjacency_mask(
         self, batch: int, sample: bool, generator: torch.Generator | None = None
     ) -> torch.Tensor:

@@ -230,6 +230,11 @@ def test_end_to_end_tiny_model(tiny_model, tmp_path, capsys, monkeypatch):
     assert supervised["budget_from"] == {"steps": "--baseline-steps", "batch": "--baseline-batch"}
     assert supervised["cache_path"].startswith(str(tmp_path / "cache"))
 
+    graph = data["graph"]
+    assert graph["expected_parents_per_node"] >= 0 and graph["thresholded_parents_per_node"] >= 0
+    assert graph["edge_probability_median"] <= graph["edge_probability_p99"] <= graph["edge_probability_max"] <= 1
+    assert "parents per node at evaluation" in printed
+
     fidelity = data["fidelity"]
     assert all(math.isfinite(v) for v in fidelity.values())
     assert fidelity["edit_mse"] >= 0 and 0 <= fidelity["code_node_accuracy"] <= 1

@@ -461,3 +461,24 @@ def test_with_retrieval_head_swaps_only_the_head():
     assert torch.equal(swapped.edit(x, 1), model.edit(x, 1))
     with pytest.raises(ValueError, match="changes only"):
         model.with_retrieval_head(codebook_size=8)
+
+
+def test_adjacency_summary_tells_a_diffuse_graph_from_a_decided_one():
+    """The same expected parents per node, spent on every edge at 1/N probability or on one sure
+    edge per node: evaluation keeps no parent in the first case and one in the second."""
+    model = tiny_model()
+    graph = model.graph
+    n = graph.off_diagonal.shape[0]
+    with torch.no_grad():
+        graph.adjacency_logits.fill_(torch.logit(torch.tensor(1.0 / (n - 1))).item())
+    diffuse = graph.adjacency_summary()
+    assert diffuse["expected_parents_per_node"] == pytest.approx(1.0, rel=1e-4)
+    assert diffuse["thresholded_parents_per_node"] == 0.0
+    assert diffuse["edge_probability_max"] == pytest.approx(1.0 / (n - 1), rel=1e-4)
+    with torch.no_grad():
+        graph.adjacency_logits.fill_(-30.0)
+        graph.adjacency_logits[torch.arange(n), (torch.arange(n) + 1) % n] = 30.0  # a ring of sure edges
+    decided = graph.adjacency_summary()
+    assert decided["expected_parents_per_node"] == pytest.approx(1.0, rel=1e-4)
+    assert decided["thresholded_parents_per_node"] == 1.0
+    assert decided["edge_probability_median"] < 1e-6 and decided["edge_probability_max"] == pytest.approx(1.0)
