@@ -149,6 +149,26 @@ def test_retrieval_head_variants_tiny_cpu(tmp_path, capsys):
         variants.main(["--model", str(tmp_path / "model"), "--data", "dsprites", "--steps", "0"])
 
 
+def test_eval_graph_rules_tiny_cpu(tmp_path, capsys):
+    from tiny import tiny_dsprites_model
+
+    model = tiny_dsprites_model().eval()
+    model.save_pretrained(tmp_path / "model")
+    rules = _load("eval_graph_rules")
+    # the top-K graph: K parents per node, the most probable ones, never the node itself
+    probs = model.graph.adjacency_probs()
+    keep = rules.top_k_adjacency(model.graph, 3)
+    assert keep.sum(0).tolist() == [3.0] * probs.shape[0] and keep.diagonal().sum() == 0
+    assert (probs * keep).sum(0).allclose(probs.topk(3, dim=0).values.sum(0))
+    record = rules.main(["--model", str(tmp_path / "model"), "--data", "dsprites", "--pairs", "20", "--batch", "8",
+                         "--top-k", "3", "--device", "cpu", "--out", str(tmp_path / "rules.json")])
+    assert list(record["results"]) == ["threshold", "top-3"]
+    assert record["results"]["top-3"]["parents_per_node"] == 3.0
+    for r in record["results"].values():
+        assert 0 <= r["code_accuracy"] <= 1 and 0 <= r["retrieval_transition_accuracy"] <= 1
+    assert "| top-3 | 3.0 |" in capsys.readouterr().out
+
+
 def _bench_record(device_name: str, head: float, exactness: bool) -> dict:
     """The parts of a bench JSON that a model card reads."""
     record = {
