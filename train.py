@@ -26,8 +26,8 @@ seeded per step). A resumed run must have the original settings. If the loss tur
 training stops with the step where it happened, keeping the last good checkpoint.
 
 ``--preset cpu-small`` is a model and schedule small enough to learn something meaningful on two
-CPU cores in a few minutes, ``--preset small`` the released models' recipe for one GPU (see
-PRESETS); ``--config FILE`` (JSON or YAML) overrides any field:
+CPU cores in a few minutes, ``--preset small`` a model of the released models' size for one GPU
+(see PRESETS); ``--config FILE`` (JSON or YAML) overrides any field:
 ``{"model": {...}, "train": {...}, "data": {...}}``.
 """
 
@@ -225,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
             model = model.with_retrieval_head(**model_overrides)
             log.info("new retrieval head: %s", model_overrides)
     else:
-        model_fields = {**preset["model"], **overrides.get("model", {})}
+        model_fields = {**preset["model"], **model_overrides}
         if args.layout:
             model_fields["latent_layout"] = args.layout
         model = CausalVQVAE(ModelConfig(

@@ -212,26 +212,23 @@ class CausalVQVAEModule(pl.LightningModule):
             return ae.loss
 
         x, x_next, action = batch["image"], batch["image_next"], batch["action"]
-        if self.stage == "head":
+        if self.stage in ("causal", "head"):  # the autoencoder is frozen
             with torch.no_grad():
                 codes = self._step_functions["encode_codes"](x)
                 target_codes = self._step_functions["encode_codes"](x_next)
+        if self.stage == "head":
             rl = self._step_functions["retrieval_loss"](codes, target_codes, action)
-            self.log_dict({"train/loss": rl.loss, "train/retrieval_loss": rl.loss, "train/retrieval_acc": rl.accuracy})
+            self.log_dict({"train/loss": rl.loss, "train/retrieval_acc": rl.accuracy})
             return rl.loss
         generator = self._step_generator()
         loss = x.new_zeros(())
-        if self.stage == "causal":
-            with torch.no_grad():
-                codes = self._step_functions["encode_codes"](x)
-                target_codes = self._step_functions["encode_codes"](x_next)
-        else:
+        if self.stage == "joint":
             ae = self._step_functions["autoencoder_loss"](torch.cat([x, x_next]), generator=generator)
             codes, target_codes = ae.output.quantizer.codes.detach().chunk(2)
             loss = loss + cfg.reconstruction_weight * ae.loss
             self.log("train/reconstruction", ae.reconstruction_loss)
         tl = self._step_functions["transition_loss"](codes, action, target_codes, progress=self._progress(),
-                                        generator=generator)
+                                                     generator=generator)
         rl = self._step_functions["retrieval_loss"](codes, target_codes, action)
         loss = loss + cfg.transition_weight * tl.loss + cfg.retrieval_weight * rl.loss
         self._pending_multiplier_update = tl
@@ -258,27 +255,23 @@ class CausalVQVAEModule(pl.LightningModule):
         mse = (out.reconstruction - x.float()).pow(2).flatten(1).mean(1)
         metrics = {f"{prefix}/mse": mse.mean(), f"{prefix}/psnr": psnr(mse).mean(),
                    f"{prefix}/perplexity": out.quantizer.perplexity}
-        if self.stage == "head":
-            # The head stage changes only the head: the rest keeps the metrics of its own stage.
-            head = self.model.retrieve_codes(out.quantizer.codes, self.model.encode_codes(x_next), "head").action
-            metrics.update({
-                f"{prefix}/retrieval_head_acc": (head == action).float().mean(),
-                f"{prefix}/retrieval_head_factor_acc": (head // 2 == action // 2).float().mean(),
-            })
-        elif self.stage != "vqvae":
+        if self.stage != "vqvae":
             codes = out.quantizer.codes
             target_codes = self.model.encode_codes(x_next)
+            head = self.model.retrieve_codes(codes, target_codes, "head").action
+            metrics.update({
+                f"{prefix}/retrieval_head_acc": (head == action).float().mean(),
+                # Action ids are factor-major (two per factor), so id // 2 is the factor.
+                f"{prefix}/retrieval_head_factor_acc": (head // 2 == action // 2).float().mean(),
+            })
+        if self.stage in ("causal", "joint"):  # the head stage leaves the rest as its own stage left it
             t = self.model.transition(codes, action, sample=False)
             correct = (t.predicted_codes == target_codes).float()
-            head = self.model.retrieve_codes(codes, target_codes, "head").action
             by_transition = self.model.retrieve_codes(codes, target_codes, "transition").action
             metrics.update({
                 f"{prefix}/code_accuracy": correct.mean(),
                 f"{prefix}/code_exact": correct.min(-1).values.mean(),
-                f"{prefix}/retrieval_head_acc": (head == action).float().mean(),
                 f"{prefix}/retrieval_transition_acc": (by_transition == action).float().mean(),
-                # Action ids are factor-major (two per factor), so id // 2 is the factor.
-                f"{prefix}/retrieval_head_factor_acc": (head // 2 == action // 2).float().mean(),
                 f"{prefix}/retrieval_transition_factor_acc": (by_transition // 2 == action // 2).float().mean(),
                 f"{prefix}/intervened_nodes": t.intervened.float().sum(-1).mean(),
                 f"{prefix}/changed_nodes": (codes != target_codes).float().sum(-1).mean(),
