@@ -79,7 +79,7 @@ if str(_ROOT) not in sys.path:
 from causal_vqvae.config import ModelConfig  # noqa: E402
 from causal_vqvae.io import write_json  # noqa: E402
 from causal_vqvae.model import CausalVQVAE  # noqa: E402
-from causal_vqvae.training import AUTOENCODER_PARTS, TrainConfig  # noqa: E402
+from causal_vqvae.training import AUTOENCODER_PARTS, TrainConfig, parameter_groups  # noqa: E402
 from datamodules.factors import ActionSpace  # noqa: E402
 from datamodules.pairs import TransitionPairs  # noqa: E402
 from datamodules.shapes3d import SHAPES3D, Shapes3DScene, render_shapes3d  # noqa: E402
@@ -167,8 +167,13 @@ def _is_autoencoder_param(name: str) -> bool:
     return name.split(".", 1)[0] in AUTOENCODER_PARTS
 
 
-def _adamw(params: list[torch.nn.Parameter], lr: float, tc: TrainConfig, impl: str, device: torch.device):
+def _adamw(params: list[torch.nn.Parameter], lr: float, tc: TrainConfig, impl: str, device: torch.device,
+           graph_groups: CausalVQVAE | None = None):
+    """AdamW as training builds it; ``graph_groups``: the model whose trainable parameters ``params``
+    are, split as the causal stage does (the graph's edge logits in a group of their own)."""
     kwargs: dict[str, Any] = {"lr": lr, "weight_decay": tc.weight_decay}
+    if graph_groups is not None:
+        params = parameter_groups(graph_groups, lr, tc.graph_lr_scale, tc.weight_decay)
     if impl == "fused" and device.type == "cuda":
         kwargs["fused"] = True
     elif impl == "foreach":
@@ -216,7 +221,8 @@ def build_step(
             params = list(model.retrieval_head.parameters())
         else:
             params = [p for n, p in model.named_parameters() if not _is_autoencoder_param(n)]
-        opt = _adamw(params, tc.causal_lr, tc, adamw, device)
+        opt = _adamw(params, tc.causal_lr, tc, adamw, device,
+                     graph_groups=model if measurement == TRANSITION_TRAIN else None)
         generator = torch.Generator(device=device)
         generator.manual_seed(1)
         progress = 0.5

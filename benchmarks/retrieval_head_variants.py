@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -45,10 +44,9 @@ if str(_ROOT) not in sys.path:
     sys.path.insert(0, str(_ROOT))
 
 from causal_vqvae.api import load  # noqa: E402
+from causal_vqvae.bench import encode_pair_pools, script_record  # noqa: E402
 from causal_vqvae.io import write_json  # noqa: E402
 from causal_vqvae.retrieval import ConvRetrievalHead, RetrievalHead  # noqa: E402
-from datamodules import build_datamodule  # noqa: E402
-from datamodules.pairs import TransitionPairs  # noqa: E402
 
 VARIANTS = ("transformer", "transformer_vectors", "conv_learned", "conv")
 
@@ -79,19 +77,6 @@ def build_variant(name: str, model, width: int) -> nn.Module:
                  else nn.Embedding(*codebook.shape))
         return _OnVectors(ConvRetrievalHead(codebook.shape[1], c.grid_size, c.num_actions, width, layers=2), table)
     raise ValueError(f"unknown variant {name!r}; variants: {VARIANTS}")
-
-
-@torch.no_grad()
-def encode_pairs(model, dm, dataset, count: int, batch: int, device: torch.device) -> dict[str, torch.Tensor]:
-    """Codes of items 0..count-1 of ``dataset``: codes, target codes (int16, CPU) and actions."""
-    out: dict[str, list[torch.Tensor]] = {"codes": [], "target": [], "action": []}
-    for start in range(0, count, batch):
-        raw = dataset.__getitems__(list(range(start, min(start + batch, count))))
-        b = dm.prepare_batch({k: v.to(device) for k, v in raw.items()})
-        out["codes"].append(model.encode_codes(b["image"]).short().cpu())
-        out["target"].append(model.encode_codes(b["image_next"]).short().cpu())
-        out["action"].append(b["action"].cpu())
-    return {k: torch.cat(v) for k, v in out.items()}
 
 
 @torch.no_grad()
@@ -164,17 +149,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     model = load(args.model, device=device, expect_dataset=args.data)
     if model.config.latent_layout != "grid":
         raise SystemExit(f"{args.model} has the {model.config.latent_layout} layout; the variants need the grid")
-    dm = build_datamodule(args.data, batch_size=args.batch, num_workers=0)
-    dm.setup()
-    c = dm.config
+    dm, train, test, encode_seconds = encode_pair_pools(model, args.data, args.train_pairs, args.test_pairs, args.seed,
+                                                       device, args.batch, encode_batch=512)
     factor_names = [dm.space.names[f] for f in dm.actions.factors]  # one per factor with actions
-    start = time.perf_counter()
-    train_pairs = TransitionPairs(dm.space, "train", length=args.train_pairs, seed=args.seed,
-                                  split_seed=c.split_seed, fractions=c.fractions)
-    test = encode_pairs(model, dm, dm._datasets["test"], args.test_pairs, 512, device)
-    train = encode_pairs(model, dm, train_pairs, args.train_pairs, 512, device)
-    encode_seconds = time.perf_counter() - start
-    print(f"encoded {args.train_pairs} training and {args.test_pairs} test pairs in {encode_seconds:.0f} s")
 
     results = {"model": score(_ModelHead(model), test, factor_names, device)}
     for name in args.variants:
@@ -187,12 +164,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for name, r in results.items():
         factors = " | ".join(f"{100 * r['per_factor'][f]:.1f}" for f in factor_names)
         print(f"| {name} | {100 * r['action_accuracy']:.2f}% | {factors} | {r.get('seconds', '-')} |")
-    record = {
-        "command": "python benchmarks/retrieval_head_variants.py " + shlex.join(sys.argv[1:] if argv is None else argv),
-        "settings": {k: v for k, v in vars(args).items() if k != "out"},
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "torch": torch.__version__, "encode_seconds": round(encode_seconds, 1), "results": results,
-    }
+    record = script_record("benchmarks/retrieval_head_variants.py", argv, args, device,
+                           encode_seconds=round(encode_seconds, 1), results=results)
     if args.out:
         write_json(Path(args.out), record)
     return record

@@ -82,6 +82,8 @@ __all__ = [
     "accuracy_report",
     "action_sequences",
     "actions_image",
+    "encode_pair_pools",
+    "encode_pairs",
     "evaluate",
     "evaluate_exactness",
     "format_table",
@@ -90,6 +92,7 @@ __all__ = [
     "main",
     "run_budget",
     "score_baseline",
+    "script_record",
 ]
 
 METHODS = ("transition", "head")
@@ -226,6 +229,58 @@ def _batches(dm, split: str, pairs: int, batch: int, desc: str | None = None):
     starts = range(0, pairs, batch)
     for start in starts if desc is None else tqdm(starts, desc=desc, leave=False, dynamic_ncols=True):
         yield dm._datasets[split].__getitems__(list(range(start, min(start + batch, pairs))))
+
+
+@torch.no_grad()
+def encode_pairs(model, dm, dataset, count: int, batch: int, device: torch.device) -> dict[str, torch.Tensor]:
+    """Codes of items 0..count-1 of ``dataset`` (a pair dataset of ``dm``) under ``model``: "codes"
+    and "target" (B, N) int16 on the CPU (compact for the 100k-pair pools of the benchmark
+    scripts that train on a frozen model's codes), "action" (B,) long."""
+    out: dict[str, list[torch.Tensor]] = {"codes": [], "target": [], "action": []}
+    for start in range(0, count, batch):
+        raw = dataset.__getitems__(list(range(start, min(start + batch, count))))
+        b = dm.prepare_batch({k: v.to(device) for k, v in raw.items()})
+        out["codes"].append(model.encode_codes(b["image"]).short().cpu())
+        out["target"].append(model.encode_codes(b["image_next"]).short().cpu())
+        out["action"].append(b["action"].cpu())
+    return {k: torch.cat(v) for k, v in out.items()}
+
+
+def encode_pair_pools(
+    model, data: str, train_pairs: int, test_pairs: int, seed: int, device: torch.device, batch: int,
+    encode_batch: int = 500,
+) -> tuple[Any, dict[str, torch.Tensor], dict[str, torch.Tensor], float]:
+    """``(dm, train, test, seconds)``: the pools of the benchmark scripts that train on a frozen
+    model's codes. ``train``: the codes of ``train_pairs`` training pairs,
+    ``TransitionPairs(space, "train", seed=seed)``; ``test``: those of test items 0..test_pairs-1,
+    the pairs the bench scores first (see :func:`encode_pairs`). ``dm`` is the dataset's DataModule
+    (``batch`` per batch, no workers)."""
+    from datamodules.datamodule import build_datamodule
+    from datamodules.pairs import TransitionPairs
+
+    dm = build_datamodule(data, batch_size=batch, num_workers=0)
+    dm.setup()
+    c = dm.config
+    start = time.perf_counter()
+    pool = TransitionPairs(dm.space, "train", length=train_pairs, seed=seed, split_seed=c.split_seed,
+                           fractions=c.fractions)
+    test = encode_pairs(model, dm, dm._datasets["test"], test_pairs, encode_batch, device)
+    train = encode_pairs(model, dm, pool, train_pairs, encode_batch, device)
+    seconds = time.perf_counter() - start
+    print(f"encoded {train_pairs} training and {test_pairs} test pairs in {seconds:.0f} s", flush=True)
+    return dm, train, test, seconds
+
+
+def script_record(script: str, argv: Sequence[str] | None, args: argparse.Namespace, device: torch.device,
+                  **fields: Any) -> dict[str, Any]:
+    """The head of a benchmark script's JSON: its command line (``argv``, or this process's),
+    settings (every flag but ``out``), device and torch version, then ``fields``."""
+    return {
+        "command": f"python {script} " + shlex.join(sys.argv[1:] if argv is None else argv),
+        "settings": {k: v for k, v in vars(args).items() if k != "out"},
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "torch": torch.__version__, **fields,
+    }
 
 
 def _check_model(model, dm, name: str) -> None:

@@ -178,6 +178,12 @@ class CausalGraph(nn.Module):
             else None
         )
 
+    def edge_logits(self) -> tuple[nn.Parameter, nn.Parameter]:
+        """The per-edge logits (adjacency and global intervention targets), which training gives
+        their own learning rate (``TrainConfig.graph_lr_scale``); the state-dependent head is a
+        network like the others and is not among them."""
+        return self.adjacency_logits, self.target_logits
+
     # ------------------------------------------------------------------ adjacency
     def adjacency_probs(self) -> torch.Tensor:
         """(N, N) sigmoid of the adjacency logits, zero diagonal."""

@@ -36,8 +36,8 @@ import torch
 
 from .model import CausalVQVAE
 
-__all__ = ["STAGES", "TrainConfig", "CausalVQVAEModule", "CheckpointMismatchError", "NonFiniteGuard",
-           "NonFiniteLossError", "psnr"]
+__all__ = ["STAGES", "TrainConfig", "CausalVQVAEModule", "parameter_groups", "CheckpointMismatchError",
+           "NonFiniteGuard", "NonFiniteLossError", "psnr"]
 
 STAGES = ("vqvae", "causal", "joint", "head")
 AUTOENCODER_PARTS = ("encoder", "decoder", "quantizer", "token_encoder", "token_decoder")
@@ -53,7 +53,14 @@ class TrainConfig:
         default) retrains the retrieval head alone, everything else frozen: e.g. a new head on a
         trained model (``train.py --stage head --init DIR``).
     vqvae_lr, causal_lr, joint_lr, head_lr: peak AdamW learning rates.
-    weight_decay: AdamW weight decay.
+    graph_lr_scale: the graph's edge logits (node -> node adjacency and action -> node targets) train
+        at this multiple of the stage's learning rate, with no weight decay. Adam moves a parameter
+        by at most about its learning rate per step, and the budgets ask every logit to travel
+        several units (from their start, +2 in the small presets and +5 by default, to about -3 for
+        a dropped edge). At the stage's rate the logits could only fall in lockstep, pushed by the
+        growing multipliers, and runs ended with no edge decided (every probability under 1/2;
+        ``benchmarks/graph_lr.py``).
+    weight_decay: AdamW weight decay (not on the graph's edge logits: it would pull them to 1/2).
     warmup_steps: linear warm-up at the start of each stage, then cosine decay to
         ``min_lr_ratio`` x the peak at the stage's last step.
     grad_clip: gradient-norm clipping (0 = off).
@@ -71,6 +78,7 @@ class TrainConfig:
     causal_lr: float = 5e-4
     joint_lr: float = 1e-4
     head_lr: float = 1e-3
+    graph_lr_scale: float = 20.0
     weight_decay: float = 0.0
     warmup_steps: int = 100
     min_lr_ratio: float = 0.1
@@ -318,17 +326,33 @@ class CausalVQVAEModule(pl.LightningModule):
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self):
         cfg = self.train_config
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        if not params:
+        groups = parameter_groups(self.model, cfg.lr(self.stage), cfg.graph_lr_scale, cfg.weight_decay)
+        if not groups:
             raise RuntimeError(f"stage {self.stage!r} has nothing to train")
         # One fused kernel per step on CUDA (the module is on its device by now); torch's default elsewhere.
-        optimizer = torch.optim.AdamW(params, lr=cfg.lr(self.stage), weight_decay=cfg.weight_decay,
-                                      fused=True if params[0].is_cuda else None)
+        optimizer = torch.optim.AdamW(groups, fused=True if groups[0]["params"][0].is_cuda else None)
         total = cfg.steps(self.stage)
         schedule = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: _warmup_cosine(step, total, cfg.warmup_steps, cfg.min_lr_ratio)
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+
+def parameter_groups(
+    model: CausalVQVAE, lr: float, graph_lr_scale: float, weight_decay: float
+) -> list[dict[str, Any]]:
+    """AdamW parameter groups of the trainable parameters of ``model``: the graph's edge logits at
+    ``lr * graph_lr_scale`` without weight decay, everything else at ``lr`` with ``weight_decay``
+    (see :class:`TrainConfig`). Empty groups are left out; the schedule scales every group alike."""
+    edge_ids = {id(p) for p in model.graph.edge_logits()}
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    rest = [p for p in trainable if id(p) not in edge_ids]
+    edges = [p for p in trainable if id(p) in edge_ids]
+    groups = [
+        {"params": rest, "lr": lr, "weight_decay": weight_decay, "name": "model"},
+        {"params": edges, "lr": lr * graph_lr_scale, "weight_decay": 0.0, "name": "graph_edge_logits"},
+    ]
+    return [g for g in groups if g["params"]]
 
 
 def _comparable(value: Any) -> Any:

@@ -242,3 +242,31 @@ def test_gpu_twin_runs_script_trains_benches_and_packs_a_run(tmp_path):
     assert {"config.json", "summary.json", "causal/model.safetensors", "causal/curves.json", "vqvae/curves.json",
             "bench/bench_dsprites_small_h100.json", "dsprites_small.train.log"} <= names
     assert "vqvae/model.safetensors" not in names  # the causal stage's weights hold the autoencoder too
+
+
+def test_graph_lr_tiny_cpu(tmp_path, capsys):
+    from tiny import tiny_dsprites_model
+
+    tiny_dsprites_model().eval().save_pretrained(tmp_path / "model")
+    bench = _load("graph_lr")
+    out = tmp_path / "graph_lr.json"
+    record = bench.main(["--model", str(tmp_path / "model"), "--data", "dsprites", "--scales", "1", "50",
+                         "--steps", "8", "--batch", "8", "--lr", "1e-3", "--train-pairs", "32", "--test-pairs", "20",
+                         "--device", "cpu", "--out", str(out)])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(record))
+    results = record["results"]
+    assert list(results) == ["model", "scale 1", "scale 50"]
+    assert results["scale 1"]["edge_logit_lr"] == pytest.approx(1e-3)
+    assert results["scale 50"]["edge_logit_lr"] == pytest.approx(5e-2)
+    for r in results.values():
+        assert 0 <= r["retrieval_transition_accuracy"] <= r["retrieval_transition_factor_accuracy"] <= 1
+        assert 0 <= r["code_exact"] <= r["code_accuracy"] <= 1
+        assert r["graph"]["thresholded_parents_per_node"] >= 0
+    # the same draws, budgets and masks: only the edge logits' rate differs, and at 50x the budget
+    # pulls the expected parents down further in the same steps
+    slow, fast = results["scale 1"]["curve"][-1], results["scale 50"]["curve"][-1]
+    assert slow["step"] == fast["step"] == 8
+    assert fast["expected_parents_per_node"] < slow["expected_parents_per_node"]
+    assert "| scale 50 | 0.05 |" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="--scales must be positive"):
+        bench.main(["--model", str(tmp_path / "model"), "--data", "dsprites", "--scales", "0"])

@@ -1,20 +1,21 @@
 import json
+from pathlib import Path
 
 import pytest
 import pytorch_lightning as pl
 import torch
 
 from causal_vqvae import CausalVQVAE
-from causal_vqvae.training import CausalVQVAEModule, TrainConfig, _warmup_cosine, psnr
+from causal_vqvae.training import CausalVQVAEModule, TrainConfig, _warmup_cosine, parameter_groups, psnr
 from datamodules.datamodule import TRAINER_KWARGS, build_datamodule
 import train as train_script
 from tiny import TINY_JSON, tiny_dsprites_model
 
 
 
-def _fit(model, stage, steps=3, mode="pairs", compile_options=None):
+def _fit(model, stage, steps=3, mode="pairs", compile_options=None, **train_fields):
     dm = build_datamodule("dsprites", mode=mode, batch_size=8, train_length=8 * steps, val_length=16, num_workers=0)
-    config = TrainConfig(**{f"{stage}_steps": steps}, warmup_steps=1, val_every=steps)
+    config = TrainConfig(**{f"{stage}_steps": steps}, warmup_steps=1, val_every=steps, **train_fields)
     trainer = pl.Trainer(max_steps=steps, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
                          **TRAINER_KWARGS)
@@ -95,6 +96,36 @@ def test_dual_ascent_raises_multipliers_while_over_budget():
     _fit(model, "causal", steps=2)
     # Every action starts with ~all 64 nodes as targets, far over a budget of 1.
     assert (model.target_dual.multipliers > 0).all()
+
+
+def test_graph_edge_logits_have_their_own_learning_rate_and_no_weight_decay():
+    model = tiny_dsprites_model()
+    groups = {g["name"]: g for g in parameter_groups(model, lr=1e-3, graph_lr_scale=20.0, weight_decay=0.1)}
+    assert [id(p) for p in groups["graph_edge_logits"]["params"]] == [id(p) for p in model.graph.edge_logits()]
+    assert groups["graph_edge_logits"]["lr"] == pytest.approx(0.02) and groups["graph_edge_logits"]["weight_decay"] == 0
+    assert groups["model"]["lr"] == 1e-3 and groups["model"]["weight_decay"] == 0.1
+    grouped = [id(p) for g in groups.values() for p in g["params"]]
+    assert sorted(grouped) == sorted(id(p) for p in model.parameters())  # each parameter once
+    # the state-dependent target head is a network: it trains at the stage's rate
+    assert id(model.graph.state_head.out.weight) in {id(p) for p in groups["model"]["params"]}
+
+    # Adam's first step moves each parameter by about its learning rate: 20x for the edge logits
+    before = _params(model)
+    _fit(model, "causal", steps=1, causal_lr=1e-3, graph_lr_scale=20.0)
+    after = _params(model)
+    moved = {k: (after[k].float() - before[k].float()).abs().max().item() for k in _changed(before, after)
+             if before[k].is_floating_point() and not k.endswith("multipliers")}
+    edge_keys = {"transition_net.graph.adjacency_logits", "transition_net.graph.target_logits"}
+    assert edge_keys <= set(moved)
+    for key, step in moved.items():
+        if key in edge_keys:
+            assert step == pytest.approx(0.02, rel=1e-3)
+        else:
+            assert step <= 1e-3 * 1.001, key
+
+    # a stage that does not train the graph has no edge group
+    head = CausalVQVAEModule(tiny_dsprites_model(), "head", TrainConfig(head_steps=1))
+    assert [g["name"] for g in head.configure_optimizers()["optimizer"].param_groups] == ["model"]
 
 
 def test_schedule_and_psnr_helpers():
@@ -261,3 +292,22 @@ def test_compiled_transition_loss_reports_the_budget_of_each_progress():
         assert traced.adjacency_budget == eager.adjacency_budget == model.adjacency_dual.budget_at(progress)
         assert torch.allclose(traced.sparsity, eager.sparsity, atol=1e-5)
         assert torch.allclose(traced.loss, eager.loss, atol=1e-4)
+
+
+
+CONFIG_FILES = sorted((Path(__file__).resolve().parents[1] / "benchmarks" / "configs").glob("*.json"))
+
+
+@pytest.mark.parametrize("path", CONFIG_FILES, ids=lambda p: p.name)
+def test_benchmark_config_files_hold_valid_overrides(path):
+    """The --config files that the README and the results cite apply to the small preset."""
+    from causal_vqvae.config import ModelConfig
+
+    overrides = train_script._read_overrides(str(path))
+    assert overrides and set(overrides) <= {"model", "train", "data"}
+    small = train_script.PRESETS["small"]
+    model = ModelConfig(**{**small["model"], **overrides.get("model", {})})
+    train = TrainConfig.from_dict({**small["train"], **overrides.get("train", {})})
+    for section, config in (("model", model), ("train", train)):
+        for key, value in overrides.get(section, {}).items():
+            assert getattr(config, key) == value
