@@ -167,13 +167,9 @@ def _is_autoencoder_param(name: str) -> bool:
     return name.split(".", 1)[0] in AUTOENCODER_PARTS
 
 
-def _adamw(params: list[torch.nn.Parameter], lr: float, tc: TrainConfig, impl: str, device: torch.device,
-           graph_groups: CausalVQVAE | None = None):
-    """AdamW as training builds it; ``graph_groups``: the model whose trainable parameters ``params``
-    are, split as the causal stage does (the graph's edge logits in a group of their own)."""
+def _adamw(params: list, lr: float, tc: TrainConfig, impl: str, device: torch.device):
+    """AdamW over ``params``: parameters, or parameter groups (which keep their own lr and decay)."""
     kwargs: dict[str, Any] = {"lr": lr, "weight_decay": tc.weight_decay}
-    if graph_groups is not None:
-        params = parameter_groups(graph_groups, lr, tc.graph_lr_scale, tc.weight_decay)
     if impl == "fused" and device.type == "cuda":
         kwargs["fused"] = True
     elif impl == "foreach":
@@ -219,10 +215,11 @@ def build_step(
                 part.eval()
         if measurement == RETRIEVAL_TRAIN:
             params = list(model.retrieval_head.parameters())
-        else:
-            params = [p for n, p in model.named_parameters() if not _is_autoencoder_param(n)]
-        opt = _adamw(params, tc.causal_lr, tc, adamw, device,
-                     graph_groups=model if measurement == TRANSITION_TRAIN else None)
+            opt = _adamw(params, tc.causal_lr, tc, adamw, device)
+        else:  # as the causal stage: the graph's edge logits in a group of their own
+            groups = parameter_groups(model, tc.causal_lr, tc.graph_lr_scale, tc.weight_decay)
+            params = [p for g in groups for p in g["params"]]
+            opt = _adamw(groups, tc.causal_lr, tc, adamw, device)
         generator = torch.Generator(device=device)
         generator.manual_seed(1)
         progress = 0.5
