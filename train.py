@@ -6,7 +6,9 @@ saved as ``OUT/<stage>/model.safetensors`` + ``config.json`` (loadable with
 configuration (``OUT/config.json``) and logs. ``--stage causal --init OUT/vqvae`` runs one stage
 from a saved model. ``--stage head --init DIR`` retrains only the retrieval head of a trained model;
 with a ``--config`` file whose ``model`` section sets ``retrieval_head``/``retrieval_dim``/... it
-first swaps in a new head of that shape.
+first swaps in a new head of that shape. ``--stage causal --init DIR --new-transition`` trains a new
+transition and graph on a trained autoencoder (the ``model`` section may then change the graph's
+budgets and the transition's settings, ``CausalVQVAE.TRANSITION_FIELDS``).
 
 Devices: ``--gpus N`` (alias ``--devices``) trains on N GPUs, with DDP when N > 1, on each of
 ``--num-nodes`` machines; without a GPU it trains on the CPU and says so. ``--precision`` defaults
@@ -104,6 +106,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run only this stage (repeatable); default: vqvae then causal (then joint and head, "
                         "if they have steps)")
     p.add_argument("--init", default=None, help="start from a saved model directory (save_pretrained format)")
+    p.add_argument("--new-transition", action="store_true",
+                   help="with --init and the causal stage: train a new transition and graph (untrained, from the "
+                        "model's seed) on the saved autoencoder, e.g. after changing the graph's budgets in the "
+                        "--config file's model section; the retrieval head is kept")
     p.add_argument("--resume", default=None,
                    help="'last' to continue an interrupted run in --out from its last checkpoint (the same "
                         "flags as the run), or a .ckpt path to continue the first stage run from")
@@ -154,7 +160,7 @@ def resolve_devices(gpus: int | None, precision: str | None) -> dict[str, Any]:
                   else f"use --gpus {available} or fewer")
         raise SystemExit(f"--gpus {gpus} asked for {gpus} GPU(s) but this machine has {available}; {advice}")
     if gpus == 0:
-        log.info("no GPU used: training on the CPU (%d threads)", torch.get_num_threads())
+        log.info("no GPU used: training on the %s", _device_name({"accelerator": "cpu"}))
         return {"accelerator": "cpu", "devices": 1, "precision": precision or "32-true", "strategy": "auto"}
     return {"accelerator": "gpu", "devices": gpus, "precision": precision or "bf16-mixed",
             "strategy": "ddp" if gpus > 1 else "auto"}
@@ -194,11 +200,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.stage and idle:
         raise SystemExit(f"--stage {' '.join(idle)} has 0 steps configured: pass --max-steps N")
     model_overrides = overrides.get("model", {})
-    new_head = stages == ["head"] and set(model_overrides) <= set(CausalVQVAE.RETRIEVAL_HEAD_FIELDS)
-    if args.init and (args.layout or (model_overrides and not new_head)):
+    if args.new_transition and (args.init is None or "causal" not in stages):
+        raise SystemExit("--new-transition replaces the transition and graph of a saved model by untrained ones: "
+                         "pass --init DIR and run the causal stage (e.g. --stage causal)")
+    changeable = (CausalVQVAE.TRANSITION_FIELDS if args.new_transition
+                  else CausalVQVAE.RETRIEVAL_HEAD_FIELDS if stages == ["head"] else ())
+    if args.init and (args.layout or not set(model_overrides) <= set(changeable)):
         raise SystemExit("--init takes the model's settings from its config.json; drop --layout and the "
                          "config file's 'model' section (with --stage head alone it may change only "
-                         f"{', '.join(CausalVQVAE.RETRIEVAL_HEAD_FIELDS)}), or train from scratch without --init")
+                         f"{', '.join(CausalVQVAE.RETRIEVAL_HEAD_FIELDS)}; with --new-transition only the graph, "
+                         "sparsity and transition settings, CausalVQVAE.TRANSITION_FIELDS), or train from scratch "
+                         "without --init")
     if "causal" in stages and "vqvae" not in stages and args.init is None:
         raise SystemExit("the causal stage trains on a frozen autoencoder: pass --init DIR with a trained one "
                          "(e.g. OUT/vqvae), or run the vqvae stage first")
@@ -221,7 +233,10 @@ def main(argv: list[str] | None = None) -> int:
         except (OSError, ValueError) as error:
             raise SystemExit(f"--init {args.init}: {error}") from None
         log.info("initialised from %s", args.init)
-        if model_overrides:
+        if args.new_transition:
+            model = model.with_new_transition(**model_overrides)
+            log.info("new, untrained transition and graph%s", f": {model_overrides}" if model_overrides else "")
+        elif model_overrides:
             model = model.with_retrieval_head(**model_overrides)
             log.info("new retrieval head: %s", model_overrides)
     else:
@@ -343,6 +358,11 @@ def _writable_directory(path: Path) -> Path:
     return path
 
 
+# Settings added after runs were written, with the value that reproduces a run written before them
+# (before graph_lr_scale, the graph's edge logits trained at the stage's learning rate).
+ADDED_SETTINGS = {"train": {"graph_lr_scale": 1.0}}
+
+
 def _check_same_run(path: Path, resolved: dict[str, Any]) -> None:
     """A resumed run must be the run that was interrupted: same data, model, schedule and stages."""
     if not path.is_file():
@@ -352,12 +372,21 @@ def _check_same_run(path: Path, resolved: dict[str, Any]) -> None:
     for settings in (before, now):  # settings that do not change what is trained
         for key in ("num_workers", "cache_root"):
             settings.get("data", {}).pop(key, None)
+    older = {}  # settings the interrupted run predates, as it ran, where this run differs
+    for section, added in ADDED_SETTINGS.items():
+        for key, value in added.items():
+            if isinstance(before.get(section), dict) and key not in before[section]:
+                before[section][key] = value
+                if now.get(section, {}).get(key) != value:
+                    older[section] = {**older.get(section, {}), key: value}
     differ = [key for key in ("data", "model", "train", "stages", "num_nodes") if before.get(key) != now.get(key)]
     if differ:
         details = "; ".join(
             f"{key}: {_diff(before.get(key), now.get(key))}" for key in differ)
+        hint = "" if not older else (f" (it predates {', '.join(k for s in older.values() for k in s)}: "
+                                     f"add {json.dumps(older)} to the --config file)")
         raise SystemExit(f"--resume: {path} was written by a run with other settings ({details}); "
-                         "resume with the original flags, or pass a new --out to start a new run")
+                         f"resume with the original flags{hint}, or pass a new --out to start a new run")
 
 
 def _diff(before: Any, now: Any) -> str:
@@ -405,7 +434,8 @@ def _device_name(device_kwargs: dict[str, Any]) -> str:
 
     if device_kwargs["accelerator"] == "gpu":
         return f"{device_kwargs['devices']} x {torch.cuda.get_device_name(0)}"
-    return f"CPU ({torch.get_num_threads()} threads)"
+    threads = torch.get_num_threads()
+    return f"CPU ({threads} thread{'' if threads == 1 else 's'})"
 
 
 if __name__ == "__main__":

@@ -344,20 +344,41 @@ class CausalVQVAE(nn.Module):
         return save_pretrained(self, directory, extra_metadata)
 
     RETRIEVAL_HEAD_FIELDS = ("retrieval_head", "retrieval_dim", "retrieval_layers", "retrieval_heads")
+    # The causal part: its graph, sparsity and transition settings (a change to them needs a new
+    # transition; the autoencoder, the codes and the retrieval head stay valid).
+    TRANSITION_FIELDS = (
+        "gumbel_temperature", "adjacency_init_logit", "target_init_logit", "state_dependent_targets",
+        "target_head_dim", "target_context_layers", "target_state_bound", "sparsity_mode",
+        "target_penalty_weight", "adjacency_penalty_weight", "target_budget", "target_budget_start",
+        "adjacency_budget", "adjacency_budget_start", "dual_lr", "transition_dim", "transition_layers",
+        "transition_heads", "mixture_eps", "equation_loss_weight",
+    )
 
     def with_retrieval_head(self, **fields: Any) -> CausalVQVAE:
         """A copy of this model with a new, untrained retrieval head of ``fields`` (any of
         :attr:`RETRIEVAL_HEAD_FIELDS`); every other weight and buffer is copied. Train the head with
         the ``head`` stage (``train.py --stage head --init DIR --config FILE``)."""
-        unknown = sorted(set(fields) - set(self.RETRIEVAL_HEAD_FIELDS))
+        return self._with_new("with_retrieval_head", ("retrieval_head.",), self.RETRIEVAL_HEAD_FIELDS, fields)
+
+    def with_new_transition(self, **fields: Any) -> CausalVQVAE:
+        """A copy of this model with a new, untrained transition and causal graph (initialised from
+        ``config.seed``; dual multipliers at 0) of ``fields`` (any of :attr:`TRANSITION_FIELDS`, e.g.
+        other budgets); the autoencoder, codebook and retrieval head are copied. Train it with the
+        ``causal`` stage (``train.py --stage causal --init DIR --new-transition``)."""
+        return self._with_new("with_new_transition", ("transition_net.", "target_dual.", "adjacency_dual."),
+                              self.TRANSITION_FIELDS, fields)
+
+    def _with_new(self, name: str, prefixes: tuple[str, ...], allowed: tuple[str, ...],
+                  fields: Mapping[str, Any]) -> CausalVQVAE:
+        unknown = sorted(set(fields) - set(allowed))
         if unknown:
-            raise ValueError(f"with_retrieval_head changes only {self.RETRIEVAL_HEAD_FIELDS}, not {unknown}")
+            raise ValueError(f"{name} changes only {allowed}, not {unknown}")
         fresh = type(self)(replace(self.config, **fields))
-        kept = {k: v for k, v in self.state_dict().items() if not k.startswith("retrieval_head.")}
+        kept = {k: v for k, v in self.state_dict().items() if not k.startswith(prefixes)}
         missing, unexpected = fresh.load_state_dict(kept, strict=False)
-        if unexpected or not all(k.startswith("retrieval_head.") for k in missing):
-            raise RuntimeError(f"weights outside the retrieval head did not carry over: missing {missing}, "
-                               f"unexpected {unexpected}")
+        if unexpected or not all(k.startswith(prefixes) for k in missing):
+            raise RuntimeError(f"weights outside {', '.join(p.rstrip('.') for p in prefixes)} did not carry over: "
+                               f"missing {missing}, unexpected {unexpected}")
         return fresh.to(next(self.parameters()).device).train(self.training)
 
     @classmethod

@@ -322,6 +322,7 @@ class CausalVQVAEModule(pl.LightningModule):
             raise CheckpointMismatchError(
                 f"the checkpoint is of stage {saved_stage!r}, this is stage {self.stage!r}; resume each stage "
                 "from its own OUT/<stage>/checkpoints/last.ckpt")
+        _regroup_optimizer_state(checkpoint, self.model, self.train_config, self.stage)
 
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self):
@@ -353,6 +354,48 @@ def parameter_groups(
         {"params": edges, "lr": lr * graph_lr_scale, "weight_decay": 0.0, "name": "graph_edge_logits"},
     ]
     return [g for g in groups if g["params"]]
+
+
+def _regroup_optimizer_state(checkpoint: dict[str, Any], model: CausalVQVAE, cfg: TrainConfig, stage: str) -> None:
+    """Bring the optimiser state of a checkpoint written before the edge logits had a group of their
+    own (before ``TrainConfig.graph_lr_scale``: one AdamW group of every trainable parameter, in
+    ``model.parameters()`` order) to :func:`parameter_groups`'s groups, in place. Every parameter
+    keeps its Adam moments and step count; the groups' rates, and the schedule's, become this
+    config's (the edge logits at ``graph_lr_scale`` times the rest), so the run goes on as one
+    started with it would. Anything else is left to torch's own checks."""
+    optimizers = checkpoint.get("optimizer_states") or []
+    if len(optimizers) != 1 or len(optimizers[0].get("param_groups", [])) != 1:
+        return
+    groups = parameter_groups(model, cfg.lr(stage), cfg.graph_lr_scale, cfg.weight_decay)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    saved = optimizers[0]
+    (old,) = saved["param_groups"]
+    if len(groups) == 1 or len(old["params"]) != len(trainable):
+        return
+    factors = [cfg.graph_lr_scale if g["name"] == "graph_edge_logits" else 1.0 for g in groups]
+    position = {id(p): i for i, p in enumerate(trainable)}
+    shared = {k: v for k, v in old.items() if k not in ("params", "param_names", "lr", "initial_lr", "weight_decay")}
+    state, param_groups, index = {}, [], 0
+    for group, factor in zip(groups, factors):
+        ids = []
+        for p in group["params"]:
+            old_id = old["params"][position[id(p)]]
+            if old_id in saved["state"]:
+                state[index] = saved["state"][old_id]
+            ids.append(index)
+            index += 1
+        regrouped = {**shared, "params": ids, "name": group["name"], "weight_decay": group["weight_decay"],
+                     "lr": old["lr"] * factor}
+        if "initial_lr" in old:
+            regrouped["initial_lr"] = old["initial_lr"] * factor
+        param_groups.append(regrouped)
+    optimizers[0] = {"state": state, "param_groups": param_groups}
+    for schedule in checkpoint.get("lr_schedulers") or []:
+        for key in ("base_lrs", "_last_lr"):
+            if len(schedule.get(key) or []) == 1:
+                schedule[key] = [schedule[key][0] * factor for factor in factors]
+        if len(schedule.get("lr_lambdas") or []) == 1:
+            schedule["lr_lambdas"] = schedule["lr_lambdas"] * len(groups)
 
 
 def _comparable(value: Any) -> Any:

@@ -463,6 +463,28 @@ def test_with_retrieval_head_swaps_only_the_head():
         model.with_retrieval_head(codebook_size=8)
 
 
+def test_with_new_transition_keeps_the_autoencoder_and_head_and_starts_the_causal_part_afresh():
+    model = tiny_model().eval()
+    with torch.no_grad():  # state that a fresh model would not have
+        model.quantizer.embedding.mul_(2.0)
+        model.graph.adjacency_logits.fill_(-3.0)
+        for p in model.transition_net.parameters():
+            p.add_(0.5)
+    model.adjacency_dual.multipliers.fill_(7.0)
+    renewed = model.with_new_transition(adjacency_budget=2.0, adjacency_init_logit=1.5)
+    assert renewed.config.adjacency_budget == 2.0 and not renewed.training
+    fresh = CausalVQVAE(renewed.config).state_dict()  # what the seed builds
+    for key, value in renewed.state_dict().items():
+        causal = key.startswith(("transition_net.", "target_dual.", "adjacency_dual."))
+        assert torch.equal(value, fresh[key] if causal else model.state_dict()[key]), key
+    assert renewed.graph.adjacency_logits.eq(1.5).all()
+    assert renewed.adjacency_dual.multipliers.eq(0).all()
+    x = squares(2)
+    assert torch.equal(renewed.encode_codes(x), model.encode_codes(x))
+    with pytest.raises(ValueError, match="changes only"):
+        model.with_new_transition(codebook_size=8)
+
+
 def test_adjacency_summary_tells_a_diffuse_graph_from_a_decided_one():
     """The same expected parents per node, spent on every edge at 1/N probability or on one sure
     edge per node: evaluation keeps no parent in the first case and one in the second."""

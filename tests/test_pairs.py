@@ -103,8 +103,8 @@ def test_proportional_and_rare_frequencies():
 
 @pytest.mark.parametrize(
     "bad, message",
-    [("skewed", "must be 'balanced'"), ("rare:size:5", "unknown factor 'size'"), ("rare:shape", "rare:<factor>:<ratio>"),
-     ({"color": 1.0}, "unknown factors"), ({"x": -1.0}, "non-negative")],
+    [("skewed", "must be 'balanced'"), ("rare:size:5", "unknown factor 'size'"),
+     ("rare:shape", "rare:<factor>:<ratio>"), ({"color": 1.0}, "unknown factors"), ({"x": -1.0}, "non-negative")],
 )
 def test_bad_frequencies_are_refused_with_what_to_write(bad, message):
     with pytest.raises(ValueError, match=message):

@@ -101,3 +101,83 @@ def test_a_run_killed_twice_and_resumed_ends_like_an_unbroken_one(tmp_path):
         unbroken = [r["step"] for r in json.loads((straight / stage / "curves.json").read_text())["rows"]]
         assert steps == sorted(set(steps)) and set(steps) <= set(unbroken) and steps[-1] == unbroken[-1]
     assert summary["causal"]["resumed_from"].endswith("causal/checkpoints/last.ckpt")
+
+
+def test_a_checkpoint_from_before_the_edge_logit_group_resumes_with_its_adam_state(tmp_path, monkeypatch):
+    """Checkpoints written before ``graph_lr_scale`` hold one AdamW group of every trainable parameter;
+    resuming one (``--resume PATH.ckpt``) regroups its state: each parameter keeps its moments and step
+    count, and the edge logits go on at ``graph_lr_scale`` times the rest."""
+    import pytorch_lightning as pl
+    from tiny import tiny_dsprites_model
+
+    from causal_vqvae.training import CausalVQVAEModule, TrainConfig, _warmup_cosine
+    from datamodules.datamodule import TRAINER_KWARGS, build_datamodule
+
+    def single_group(self):  # configure_optimizers as it was before graph_lr_scale
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=self.train_config.lr(self.stage), weight_decay=0.0)
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _warmup_cosine(step, 4, 1, 0.1))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    def trainer(steps, callbacks=()):
+        return pl.Trainer(max_steps=steps, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                          enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                          limit_val_batches=0, callbacks=list(callbacks), **TRAINER_KWARGS)
+
+    def data():
+        return build_datamodule("dsprites", mode="pairs", batch_size=8, train_length=32, val_length=8, num_workers=0)
+
+    config = TrainConfig(causal_steps=4, warmup_steps=1, val_every=4, graph_lr_scale=20.0)
+    old_trainer = trainer(2)
+    with monkeypatch.context() as patch:
+        patch.setattr(CausalVQVAEModule, "configure_optimizers", single_group)
+        old = CausalVQVAEModule(tiny_dsprites_model(), "causal", config)
+        old_trainer.fit(old, datamodule=data())
+    old_trainer.save_checkpoint(tmp_path / "old.ckpt", weights_only=False)
+    (saved_group,) = torch.load(tmp_path / "old.ckpt", weights_only=True)["optimizer_states"][0]["param_groups"]
+    old_trainable = [name for name, p in old.model.named_parameters() if p.requires_grad]
+    saved_state = torch.load(tmp_path / "old.ckpt", weights_only=True)["optimizer_states"][0]["state"]
+    saved_moments = {name: saved_state[saved_group["params"][i]]["exp_avg"] for i, name in enumerate(old_trainable)}
+
+    restored = {}
+
+    class Capture(pl.Callback):
+        def on_train_start(self, trainer, module):  # after the checkpoint's state was loaded
+            optimizer = trainer.optimizers[0]
+            names = {id(p): n for n, p in module.model.named_parameters()}
+            restored["moments"] = {names[id(p)]: optimizer.state[p]["exp_avg"].clone()
+                                   for g in optimizer.param_groups for p in g["params"]}
+            restored["lrs"] = {g["name"]: g["lr"] for g in optimizer.param_groups}
+
+    new = CausalVQVAEModule(tiny_dsprites_model(), "causal", config)
+    new_trainer = trainer(4, [Capture()])
+    new_trainer.fit(new, datamodule=data(), ckpt_path=tmp_path / "old.ckpt", weights_only=True)
+
+    assert set(restored["moments"]) == set(saved_moments)
+    for name, moment in saved_moments.items():
+        assert torch.equal(restored["moments"][name], moment), name
+    assert restored["lrs"]["graph_edge_logits"] == pytest.approx(20.0 * restored["lrs"]["model"])
+    optimizer = new_trainer.optimizers[0]
+    assert [g["name"] for g in optimizer.param_groups] == ["model", "graph_edge_logits"]
+    assert {int(optimizer.state[p]["step"]) for g in optimizer.param_groups for p in g["params"]} == {4}
+    # the schedule drives both groups: at the last step both are at the floor of their own peak
+    lrs = [g["lr"] for g in optimizer.param_groups]
+    assert lrs[1] == pytest.approx(20.0 * lrs[0])
+
+
+def test_resuming_a_run_from_before_graph_lr_scale_says_which_setting_reproduces_it(tmp_path):
+    import train as train_script
+
+    written = {"data": {"batch_size": 8}, "model": {"codebook_size": 16}, "train": {"causal_lr": 1e-3},
+               "stages": ["causal"], "num_nodes": 1}
+    (tmp_path / "config.json").write_text(json.dumps(written))
+    now = json.loads(json.dumps(written))
+    now["train"]["graph_lr_scale"] = 20.0
+    with pytest.raises(SystemExit, match=r'graph_lr_scale was 1.0, now 20.0.*add \{"train": \{"graph_lr_scale": 1.0'):
+        train_script._check_same_run(tmp_path / "config.json", now)
+    now["train"]["graph_lr_scale"] = 1.0  # as the run ran: the same run
+    train_script._check_same_run(tmp_path / "config.json", now)
+    now["data"]["batch_size"] = 16  # another difference: no word about the added setting
+    with pytest.raises(SystemExit, match="batch_size was 8, now 16") as error:
+        train_script._check_same_run(tmp_path / "config.json", now)
+    assert "predates" not in str(error.value)

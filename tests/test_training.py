@@ -203,6 +203,37 @@ def test_train_py_head_stage_puts_a_new_head_on_a_saved_model(tmp_path, small_ov
                            "--out", str(tmp_path / "y")])
 
 
+def test_train_py_new_transition_trains_a_fresh_graph_on_a_saved_autoencoder(tmp_path, small_overrides):
+    base = tiny_dsprites_model().eval()
+    with torch.no_grad():
+        base.graph.adjacency_logits.fill_(-4.0)  # a decided, empty graph: what a fresh one is not
+    base.save_pretrained(tmp_path / "base")
+    budgets = tmp_path / "budgets.json"
+    budgets.write_text(json.dumps({"model": {"adjacency_budget": 2.0}, "data": {"val_length": 16}}))
+    out = tmp_path / "run"
+    rc = train_script.main(["--data", "dsprites", "--stage", "causal", "--init", str(tmp_path / "base"),
+                            "--new-transition", "--config", str(budgets), "--max-steps", "2", "--val-every", "2",
+                            "--batch-size", "8", "--gpus", "0", "--out", str(out), "--no-progress"])
+    assert rc == 0
+    trained = CausalVQVAE.from_pretrained(out / "causal")
+    assert trained.config.adjacency_budget == 2.0
+    assert json.loads((out / "config.json").read_text())["model"]["adjacency_budget"] == 2.0
+    for key, value in base.state_dict().items():
+        if key.startswith(("encoder.", "decoder.", "quantizer.")):
+            assert torch.equal(trained.state_dict()[key], value), key
+    # started from the config's init logit, two steps of about 20 x lr away (not from the saved -4)
+    logits = trained.graph.adjacency_logits
+    assert logits.min() > base.config.adjacency_init_logit - 1.0 > -4.0
+    # --new-transition needs a saved model and the causal stage; other model fields stay refused
+    with pytest.raises(SystemExit, match="--new-transition replaces"):
+        train_script.main(["--data", "dsprites", "--stage", "causal", "--new-transition", "--max-steps", "2",
+                           "--gpus", "0", "--out", str(tmp_path / "x")])
+    with pytest.raises(SystemExit, match="with --new-transition only the graph"):
+        train_script.main(["--data", "dsprites", "--stage", "causal", "--init", str(tmp_path / "base"),
+                           "--new-transition", "--config", small_overrides, "--max-steps", "2", "--gpus", "0",
+                           "--out", str(tmp_path / "y")])
+
+
 def test_train_py_refuses_more_gpus_than_present(tmp_path):
     available = torch.cuda.device_count()
     with pytest.raises(SystemExit, match=f"--gpus {available + 1} .* has {available}"):
