@@ -325,7 +325,6 @@ def test_compiled_transition_loss_reports_the_budget_of_each_progress():
         assert torch.allclose(traced.loss, eager.loss, atol=1e-4)
 
 
-
 CONFIG_FILES = sorted((Path(__file__).resolve().parents[1] / "benchmarks" / "configs").glob("*.json"))
 
 
