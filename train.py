@@ -8,7 +8,9 @@ from a saved model. ``--stage head --init DIR`` retrains only the retrieval head
 with a ``--config`` file whose ``model`` section sets ``retrieval_head``/``retrieval_dim``/... it
 first swaps in a new head of that shape. ``--stage causal --init DIR --new-transition`` trains a new
 transition and graph on a trained autoencoder (the ``model`` section may then change the graph's
-budgets and the transition's settings, ``CausalVQVAE.TRANSITION_FIELDS``).
+budgets and the transition's settings, ``CausalVQVAE.TRANSITION_FIELDS``). ``--code-pool N`` trains
+the causal and head stages, whose autoencoder is frozen, on the codes of N training pairs encoded
+once, rather than encoding fresh pairs at every step (``causal_vqvae.code_pool``).
 
 Devices: ``--gpus N`` (alias ``--devices``) trains on N GPUs, with DDP when N > 1, on each of
 ``--num-nodes`` machines; without a GPU it trains on the CPU and says so. ``--precision`` defaults
@@ -122,6 +124,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frequency", default=None,
                    help="pair frequency: balanced, proportional, rare:<factor>:<ratio> (the imbalanced setting)")
     p.add_argument("--num-workers", type=int, default=None, help="DataLoader workers per device (default: auto)")
+    p.add_argument("--code-pool", type=int, default=None, metavar="N",
+                   help="causal and head stages: train on the codes of N training pairs, encoded once by the "
+                        "frozen autoencoder, rather than encoding fresh pairs every step (train.code_pool; "
+                        "default 0, fresh pairs)")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the model functions of the training step (GPU; the first steps compile)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
@@ -172,6 +178,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import pytorch_lightning as pl
 
+    from causal_vqvae.code_pool import POOL_STAGES, CodePoolDataModule
     from causal_vqvae.config import ModelConfig
     from causal_vqvae.model import CausalVQVAE
     from causal_vqvae.monitoring import MetricHistory, ValidationPictures
@@ -187,6 +194,8 @@ def main(argv: list[str] | None = None) -> int:
     train_fields = {**preset["train"], **overrides.get("train", {})}
     if args.val_every:
         train_fields["val_every"] = args.val_every
+    if args.code_pool is not None:
+        train_fields["code_pool"] = args.code_pool
     train_config = TrainConfig.from_dict(train_fields)
     stages = args.stage or [s for s in STAGES if train_config.steps(s) > 0]
     if args.max_steps:
@@ -223,6 +232,15 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, flag) is not None:
             data_fields[key] = getattr(args, flag)
     data_config = DataConfig(dataset=args.data, data_root=args.data_root, seed=args.seed, **data_fields)
+
+    if train_config.code_pool:
+        devices = device_kwargs["devices"] * args.num_nodes
+        if train_config.code_pool < data_config.batch_size * devices:
+            raise SystemExit(f"--code-pool {train_config.code_pool} is smaller than one batch "
+                             f"({data_config.batch_size} pairs x {devices} device(s)): pass a larger pool, e.g. 40000")
+        if not set(stages) & set(POOL_STAGES):
+            log.warning("--code-pool is for the %s stages, and this run has none: it trains on images",
+                        " and ".join(POOL_STAGES))
 
     probe = build_datamodule(args.data, config=data_config)
     probe.prepare_data()
@@ -276,9 +294,13 @@ def main(argv: list[str] | None = None) -> int:
             log.info("stage %s: finished in the interrupted run, its weights reloaded from %s", stage, stage_dir)
             continue
         val_every = min(train_config.val_every, steps)
+        epoch_length = data_config.batch_size * world * val_every
+        pool = train_config.code_pool if stage in POOL_STAGES else 0
         stage_data = replace(data_config, mode="images" if stage == "vqvae" else "pairs",
-                             train_length=data_config.batch_size * world * val_every)
+                             train_length=pool or epoch_length)
         dm = build_datamodule(args.data, config=stage_data)
+        if pool:
+            dm = CodePoolDataModule(dm, model, pool, epoch_length, seed=args.seed)
         module = CausalVQVAEModule(model, stage, train_config, compile_options={} if args.compile else None)
         guard = NonFiniteGuard(check_every=val_every)
         callbacks = [
@@ -359,8 +381,9 @@ def _writable_directory(path: Path) -> Path:
 
 
 # Settings added after runs were written, with the value that reproduces a run written before them
-# (before graph_lr_scale, the graph's edge logits trained at the stage's learning rate).
-ADDED_SETTINGS = {"train": {"graph_lr_scale": 1.0}}
+# (before graph_lr_scale, the graph's edge logits trained at the stage's learning rate; before
+# code_pool, every step encoded fresh pairs).
+ADDED_SETTINGS = {"train": {"graph_lr_scale": 1.0, "code_pool": 0}}
 
 
 def _check_same_run(path: Path, resolved: dict[str, Any]) -> None:

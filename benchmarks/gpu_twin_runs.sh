@@ -31,10 +31,14 @@ declare -A RUN_ARGS=(
     [shapes3d_default]="--data shapes3d --preset default"
     [shapes3d_small_causal6000]="--data shapes3d --preset small --max-steps 4000 6000"
     [dsprites_small_budget48]="--data dsprites --preset small --config benchmarks/configs/target_budget48.json"
+    # the recipe of the current releases' transitions (benchmarks/results/causal_cpu/), as whole runs
+    [shapes3d_small_pool]="--data shapes3d --preset small --max-steps 4000 6000 --code-pool 40000"
+    [dsprites_small_pool]="--data dsprites --preset small --max-steps 4000 4000 --code-pool 40000 --config benchmarks/configs/dsprites_budgets_48_8.json"
 )
 declare -A RUN_DATA=([shapes3d_small]=shapes3d [dsprites_small]=dsprites
                      [dsprites_small_rare_scale50]=dsprites [shapes3d_default]=shapes3d
-                     [shapes3d_small_causal6000]=shapes3d [dsprites_small_budget48]=dsprites)
+                     [shapes3d_small_causal6000]=shapes3d [dsprites_small_budget48]=dsprites
+                     [shapes3d_small_pool]=shapes3d [dsprites_small_pool]=dsprites)
 names=${RUN_ONLY:-"shapes3d_small dsprites_small dsprites_small_rare_scale50 shapes3d_default"}
 
 run() {

@@ -70,6 +70,7 @@ from .factor_classifier import (
     write_cached,
 )
 from . import io
+from .code_pool import encode_pairs
 from .io import atomic_write
 from .monitoring import target_probabilities
 
@@ -229,21 +230,6 @@ def _batches(dm, split: str, pairs: int, batch: int, desc: str | None = None):
     starts = range(0, pairs, batch)
     for start in starts if desc is None else tqdm(starts, desc=desc, leave=False, dynamic_ncols=True):
         yield dm._datasets[split].__getitems__(list(range(start, min(start + batch, pairs))))
-
-
-@torch.no_grad()
-def encode_pairs(model, dm, dataset, count: int, batch: int, device: torch.device) -> dict[str, torch.Tensor]:
-    """Codes of items 0..count-1 of ``dataset`` (a pair dataset of ``dm``) under ``model``: "codes"
-    and "target" (B, N) int16 on the CPU (compact for the 100k-pair pools of the benchmark
-    scripts that train on a frozen model's codes), "action" (B,) long."""
-    out: dict[str, list[torch.Tensor]] = {"codes": [], "target": [], "action": []}
-    for start in range(0, count, batch):
-        raw = dataset.__getitems__(list(range(start, min(start + batch, count))))
-        b = dm.prepare_batch({k: v.to(device) for k, v in raw.items()})
-        out["codes"].append(model.encode_codes(b["image"]).short().cpu())
-        out["target"].append(model.encode_codes(b["image_next"]).short().cpu())
-        out["action"].append(b["action"].cpu())
-    return {k: torch.cat(v) for k, v in out.items()}
 
 
 def encode_pair_pools(

@@ -68,6 +68,10 @@ class TrainConfig:
     retrieval_weight: weight of the retrieval head's cross-entropy.
     reconstruction_weight: weight of the autoencoder loss in the joint stage.
     val_every: optimiser steps between validations (also the length of a training "epoch").
+    code_pool: the causal and head stages train on the codes of this many training pairs, encoded
+        once by the frozen autoencoder when the stage starts (:mod:`causal_vqvae.code_pool`); 0
+        renders (twins) or reads, and encodes, fresh pairs at every step. The vqvae and joint
+        stages, which train the autoencoder, always read images.
     """
 
     vqvae_steps: int = 3000
@@ -87,6 +91,7 @@ class TrainConfig:
     retrieval_weight: float = 1.0
     reconstruction_weight: float = 1.0
     val_every: int = 500
+    code_pool: int = 0
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -219,19 +224,25 @@ class CausalVQVAEModule(pl.LightningModule):
             self.log("train/psnr", psnr(mse))
             return ae.loss
 
-        x, x_next, action = batch["image"], batch["image_next"], batch["action"]
-        if self.stage in ("causal", "head"):  # the autoencoder is frozen
+        action = batch["action"]
+        if "codes" in batch:  # a code pool (causal_vqvae.code_pool), encoded by the frozen autoencoder
+            if self.stage not in ("causal", "head"):
+                raise ValueError(f"the {self.stage} stage trains the autoencoder: it needs image pairs, "
+                                 "not a code pool (code_pool is for the causal and head stages)")
+            codes, target_codes = batch["codes"], batch["codes_next"]
+        elif self.stage in ("causal", "head"):  # the autoencoder is frozen
             with torch.no_grad():
-                codes = self._step_functions["encode_codes"](x)
-                target_codes = self._step_functions["encode_codes"](x_next)
+                codes = self._step_functions["encode_codes"](batch["image"])
+                target_codes = self._step_functions["encode_codes"](batch["image_next"])
         if self.stage == "head":
             rl = self._step_functions["retrieval_loss"](codes, target_codes, action)
             self.log_dict({"train/loss": rl.loss, "train/retrieval_acc": rl.accuracy})
             return rl.loss
         generator = self._step_generator()
-        loss = x.new_zeros(())
+        loss = action.new_zeros((), dtype=torch.float32)
         if self.stage == "joint":
-            ae = self._step_functions["autoencoder_loss"](torch.cat([x, x_next]), generator=generator)
+            ae = self._step_functions["autoencoder_loss"](torch.cat([batch["image"], batch["image_next"]]),
+                                                          generator=generator)
             codes, target_codes = ae.output.quantizer.codes.detach().chunk(2)
             loss = loss + cfg.reconstruction_weight * ae.loss
             self.log("train/reconstruction", ae.reconstruction_loss)

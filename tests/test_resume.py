@@ -67,9 +67,12 @@ def _weights(run: Path, stage: str) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL (POSIX)")
-def test_a_run_killed_twice_and_resumed_ends_like_an_unbroken_one(tmp_path):
+@pytest.mark.parametrize("code_pool", [0, 24], ids=["fresh_pairs", "code_pool"])
+def test_a_run_killed_twice_and_resumed_ends_like_an_unbroken_one(tmp_path, code_pool):
+    """With a code pool of 24 pairs and 16 pairs an epoch, the causal stage's passes over the pool
+    cross its epochs: a resumed run must draw the same stream."""
     config = tmp_path / "tiny.json"
-    config.write_text(json.dumps(CONFIG))
+    config.write_text(json.dumps({**CONFIG, "train": {**CONFIG["train"], "code_pool": code_pool}}))
     env = _env(tmp_path)
 
     straight = tmp_path / "straight"
@@ -172,7 +175,7 @@ def test_resuming_a_run_from_before_graph_lr_scale_says_which_setting_reproduces
                "stages": ["causal"], "num_nodes": 1}
     (tmp_path / "config.json").write_text(json.dumps(written))
     now = json.loads(json.dumps(written))
-    now["train"]["graph_lr_scale"] = 20.0
+    now["train"].update(graph_lr_scale=20.0, code_pool=0)  # as a run writes its settings now
     with pytest.raises(SystemExit, match=r'graph_lr_scale was 1.0, now 20.0.*add \{"train": \{"graph_lr_scale": 1.0'):
         train_script._check_same_run(tmp_path / "config.json", now)
     now["train"]["graph_lr_scale"] = 1.0  # as the run ran: the same run
