@@ -9,7 +9,7 @@ a seeded random order; the next pass draws another order. Validation still encod
 
 A pool trades the variety of fresh pairs for speed: rendering and encoding leave the step. On
 this project's CPU (one thread a run, two runs side by side), a causal step of the released models'
-size took 0.64-0.77 s on a 40,000-pair pool, against 1.10 s on rendered and encoded pairs, after
+size took 0.70-0.76 s on a 40,000-pair pool, against 1.10 s on rendered and encoded pairs, after
 3.5-6 minutes to encode the pool (``benchmarks/results/causal_cpu/README.md``). Pairs outside
 the pool are never trained on, so keep it large next to the training split (3D Shapes: 336,000
 states; the released model's 40,000-pair pool reached 97.2% retrieval by transition on the
@@ -34,11 +34,13 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from datamodules.datamodule import _world
 from datamodules.pairs import batch_passthrough
 
+from .training import FROZEN_AUTOENCODER_STAGES
+
 log = logging.getLogger(__name__)
 
 __all__ = ["POOL_STAGES", "CodePool", "CodePoolDataModule", "PoolSampler", "encode_pairs"]
 
-POOL_STAGES = ("causal", "head")  # the stages whose autoencoder is frozen
+POOL_STAGES = FROZEN_AUTOENCODER_STAGES  # the stages a pool serves: their autoencoder is frozen
 
 
 @torch.no_grad()
@@ -132,9 +134,8 @@ class CodePoolDataModule(pl.LightningDataModule):
             raise ValueError(f"a code pool of {pool_size} pairs is smaller than one batch "
                              f"({images.config.batch_size}): use a larger pool")
         self.images, self.model = images, model
-        self.pool_size, self.epoch_length, self.seed, self.encode_batch = pool_size, epoch_length, seed, encode_batch
+        self.pool_size, self.encode_batch = pool_size, encode_batch
         self.pool: CodePool | None = None
-        self.encode_seconds: float | None = None
         self.sampler = PoolSampler(pool_size, epoch_length, seed)
 
     # What the callbacks read off a DataModule (validation pictures): the image DataModule's.
@@ -183,9 +184,8 @@ class CodePoolDataModule(pl.LightningDataModule):
             finally:
                 for m, training in modes.items():
                     m.train(training)
-            self.encode_seconds = time.perf_counter() - start
             self.pool = CodePool(data["codes"], data["target"], data["action"])
-            log.info("code pool: %d training pairs encoded in %.1f s", self.pool_size, self.encode_seconds)
+            log.info("code pool: %d training pairs encoded in %.1f s", self.pool_size, time.perf_counter() - start)
         return self.pool
 
     def train_dataloader(self) -> DataLoader:

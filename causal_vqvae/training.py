@@ -41,6 +41,7 @@ __all__ = ["STAGES", "TrainConfig", "CausalVQVAEModule", "parameter_groups", "Ch
 
 STAGES = ("vqvae", "causal", "joint", "head")
 AUTOENCODER_PARTS = ("encoder", "decoder", "quantizer", "token_encoder", "token_decoder")
+FROZEN_AUTOENCODER_STAGES = ("causal", "head")  # stages that train on codes of a frozen autoencoder
 # Validation metrics shown on the progress bar (none from training steps: see training_step).
 PROGRESS_BAR_METRICS = ("psnr", "retrieval_head_acc")
 
@@ -226,11 +227,11 @@ class CausalVQVAEModule(pl.LightningModule):
 
         action = batch["action"]
         if "codes" in batch:  # a code pool (causal_vqvae.code_pool), encoded by the frozen autoencoder
-            if self.stage not in ("causal", "head"):
+            if self.stage not in FROZEN_AUTOENCODER_STAGES:
                 raise ValueError(f"the {self.stage} stage trains the autoencoder: it needs image pairs, "
                                  "not a code pool (code_pool is for the causal and head stages)")
             codes, target_codes = batch["codes"], batch["codes_next"]
-        elif self.stage in ("causal", "head"):  # the autoencoder is frozen
+        elif self.stage in FROZEN_AUTOENCODER_STAGES:
             with torch.no_grad():
                 codes = self._step_functions["encode_codes"](batch["image"])
                 target_codes = self._step_functions["encode_codes"](batch["image_next"])

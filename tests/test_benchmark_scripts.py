@@ -270,3 +270,23 @@ def test_graph_lr_tiny_cpu(tmp_path, capsys):
     assert "| scale 50 | 0.05 |" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="--scales must be positive"):
         bench.main(["--model", str(tmp_path / "model"), "--data", "dsprites", "--scales", "0"])
+
+
+def test_step_times_takes_the_median_step_time_between_logged_points(tmp_path):
+    pytest.importorskip("tensorboard")
+    from torch.utils.tensorboard import SummaryWriter
+
+    step_times = _load("step_times")
+    # 0.5 s a step, logged every 50 steps, with a 100 s validation after step 200 and a resumed
+    # part in a second file: the median is the step time, without the validation.
+    for part, steps in enumerate([range(0, 250, 50), range(250, 500, 50)]):
+        writer = SummaryWriter(str(tmp_path / "run" / "causal" / "logs" / f"version_{part}"))
+        for step in steps:
+            writer.add_scalar("train/loss", 1.0, step, walltime=1000.0 + 0.5 * step + (100.0 if step > 200 else 0.0))
+        writer.close()
+    rows = step_times.main([str(tmp_path / "run"), "--out", str(tmp_path / "times.json")])
+    assert rows[0]["points"] == 10 and rows[0]["median_s_per_step"] == pytest.approx(0.5)
+    assert rows[0]["p90"] > 0.5  # the interval with the validation
+    assert json.loads((tmp_path / "times.json").read_text())["rows"][0]["median_s_per_step"] == pytest.approx(0.5)
+    with pytest.raises(SystemExit, match="no TensorBoard log"):
+        step_times.main([str(tmp_path / "missing")])
