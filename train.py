@@ -312,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
         ]
         trainer = pl.Trainer(
             max_steps=steps, num_nodes=args.num_nodes, logger=_logger(stage_dir), callbacks=callbacks,
-            gradient_clip_val=train_config.grad_clip or None, log_every_n_steps=min(50, val_every),
+            log_every_n_steps=min(50, val_every),  # gradient clipping: CausalVQVAEModule.on_before_optimizer_step
             enable_progress_bar=not args.no_progress, default_root_dir=stage_dir,
             num_sanity_val_steps=0, **device_kwargs, **TRAINER_KWARGS,
             # cuDNN picks the fastest convolution algorithms (1.3x on the H100 autoencoder step with

@@ -5,10 +5,12 @@
 #
 #   bash benchmarks/gpu_twin_runs.sh                       # every run below
 #   RUN_ONLY="shapes3d_small" bash benchmarks/gpu_twin_runs.sh
-#   RESUME=1 bash benchmarks/gpu_twin_runs.sh              # a later call: --resume last where a run is cut
+#   RESUME=1 bash benchmarks/gpu_twin_runs.sh              # a later call: --resume last where a run is cut,
+#                                                          # and bench only the runs not benched yet
 #
 # Environment: RUN_ONLY (names), RESUME, DEADLINE (s), PAIRS (bench pairs), EXTRA_ARGS (more train.py
-# flags), BENCH_FLAGS (more bench flags), CLASSIFIERS=0 (no classifier pre-training), PYTHON (python3).
+# flags), BENCH_FLAGS (more bench flags), CLASSIFIERS=0 (no classifier pre-training; CLASSIFIERS=dsprites
+# trains one), CAUSAL_VQVAE_CACHE (where the classifiers are cached), PYTHON (python3).
 # Each run writes runs/gpu/<name>/ (train.py's run directory) and runs/gpu/<name>/bench/; $OUT gets
 # <name>.tar.gz (configs, summary, the last stage's weights, curves, last pictures, bench JSON + PNGs,
 # logs).
@@ -34,11 +36,15 @@ declare -A RUN_ARGS=(
     # the recipe of the current releases' transitions (benchmarks/results/causal_cpu/), as whole runs
     [shapes3d_small_pool]="--data shapes3d --preset small --max-steps 4000 6000 --code-pool 40000"
     [dsprites_small_pool]="--data dsprites --preset small --max-steps 4000 4000 --code-pool 40000 --config benchmarks/configs/dsprites_budgets_48_8.json"
+    # the same recipes in the tokens layout (8 tokens of 16 codes; the layout's default budgets and head)
+    [shapes3d_small_tokens_pool]="--data shapes3d --preset small --max-steps 4000 6000 --code-pool 40000 --config benchmarks/configs/tokens.json"
+    [dsprites_small_tokens_pool]="--data dsprites --preset small --max-steps 4000 4000 --code-pool 40000 --config benchmarks/configs/tokens.json"
 )
 declare -A RUN_DATA=([shapes3d_small]=shapes3d [dsprites_small]=dsprites
                      [dsprites_small_rare_scale50]=dsprites [shapes3d_default]=shapes3d
                      [shapes3d_small_causal6000]=shapes3d [dsprites_small_budget48]=dsprites
-                     [shapes3d_small_pool]=shapes3d [dsprites_small_pool]=dsprites)
+                     [shapes3d_small_pool]=shapes3d [dsprites_small_pool]=dsprites
+                     [shapes3d_small_tokens_pool]=shapes3d [dsprites_small_tokens_pool]=dsprites)
 names=${RUN_ONLY:-"shapes3d_small dsprites_small dsprites_small_rare_scale50 shapes3d_default"}
 
 run() {
@@ -49,8 +55,10 @@ run() {
     "$PYTHON" train.py ${RUN_ARGS[$name]} --seed 0 --out "$dir" --no-progress ${EXTRA_ARGS:-} "${resume[@]}" \
         >> "$RUNS/$name.train.log" 2>&1 || { echo "$name: train.py failed" >> "$RUNS/status.txt"; return; }
     echo "$name: trained at $(( $(date +%s) - t0 )) s" >> "$RUNS/status.txt"
+    local bench_json=$dir/bench/bench_${name}_h100.json
+    [ -n "${RESUME:-}" ] && [ -f "$bench_json" ] && { echo "$name: bench already done" >> "$RUNS/status.txt"; return; }
     "$PYTHON" -m causal_vqvae.bench --model "$dir/causal" --data "$data" --pairs "$PAIRS" \
-        --out "$dir/bench/bench_${name}_h100.json" ${BENCH_FLAGS:-} > "$RUNS/$name.bench.log" 2>&1 \
+        --out "$bench_json" ${BENCH_FLAGS:-} > "$RUNS/$name.bench.log" 2>&1 \
         && echo "$name: benched at $(( $(date +%s) - t0 )) s" >> "$RUNS/status.txt" \
         || echo "$name: bench failed" >> "$RUNS/status.txt"
 }
@@ -78,14 +86,18 @@ pack() {
 
 nvidia-smi --query-gpu=name,memory.total,utilization.gpu,clocks.sm --format=csv,noheader 2>/dev/null
 # The benches' factor classifiers, trained once before the runs need them (cached under $CAUSAL_VQVAE_CACHE).
-[ "${CLASSIFIERS:-1}" = 1 ] && "$PYTHON" - > "$RUNS/classifiers.log" 2>&1 <<'EOF' &
+[ "${CLASSIFIERS:-1}" != 0 ] && CLASSIFIERS=${CLASSIFIERS:-1} "$PYTHON" - > "$RUNS/classifiers.log" 2>&1 <<'EOF' &
+import os
 import torch
 from causal_vqvae.factor_classifier import ClassifierSettings, load_or_train_classifier
 from datamodules.dsprites import dsprites_twin
 from datamodules.shapes3d import shapes3d_twin
 from datamodules.sources import default_cache_root
 device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+only = os.environ["CLASSIFIERS"]
 for name, twin in (("dsprites", dsprites_twin), ("shapes3d", shapes3d_twin)):
+    if only not in ("1", name):
+        continue
     _, record = load_or_train_classifier(twin(), ClassifierSettings.for_dataset(name), device,
                                          default_cache_root(), progress=False)
     print(name, record["held_out"], record["training"])

@@ -1,7 +1,12 @@
 """Speed and peak memory of the CausalVQVAE model (random weights) on 3D Shapes twin batches.
 
     python benchmarks/model_speed.py [--device cuda] [--batch 256] [--layout grid|tokens|both]
-        [--precision bf16|fp32] [--compile] [--out results.json] [--tiny]
+        [--precision bf16|fp32] [--compile] [--preset default|small] [--channels-last]
+        [--out results.json] [--tiny]
+
+The model is ``train.py``'s ``--preset`` (default: the design's model, 14.8M parameters in the grid
+layout; ``small``: the released models' size, 2.26M) with random weights and its layout's retrieval
+head.
 
 Measured per latent layout, at ``--batch`` (images or pairs per step):
 
@@ -133,11 +138,23 @@ TINY_SCENE = Shapes3DScene(supersample=1, shadow_samples=1, shadow_texels_per_un
 
 
 # ------------------------------------------------------------------------------------------ setup
-def model_config(layout: str, tiny: bool) -> ModelConfig:
+def preset_model(preset: str) -> dict[str, Any]:
+    """The model fields of ``train.py --preset NAME`` (lists as tuples, as ModelConfig holds them)."""
+    from train import PRESETS
+
+    if preset not in PRESETS:
+        raise SystemExit(f"unknown --preset {preset!r}; choose from {sorted(PRESETS)}")
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in PRESETS[preset]["model"].items()}
+
+
+def model_config(layout: str, tiny: bool, preset: str = "default") -> ModelConfig:
+    """The measured model: ``train.py``'s preset (``--tiny``: TINY_MODEL) in ``layout``. The
+    retrieval head is the layout's default (the CNN for the grid, the transformer for tokens)."""
     actions = ActionSpace(SHAPES3D)
+    fields = TINY_MODEL if tiny else preset_model(preset)
     return ModelConfig(
         in_channels=3, image_size=64, dataset="shapes3d", num_actions=len(actions),
-        action_names=tuple(actions.names), latent_layout=layout, seed=0, **(TINY_MODEL if tiny else {}),
+        action_names=tuple(actions.names), seed=0, **{**fields, "latent_layout": layout},
     )
 
 
@@ -184,10 +201,12 @@ def _clip(params: list[torch.nn.Parameter], tc: TrainConfig) -> None:
 
 def build_step(
     measurement: str, config: ModelConfig, device: torch.device, precision: str, tc: TrainConfig,
-    adamw: str,
+    adamw: str, channels_last: bool = False,
 ) -> tuple[Callable[[dict[str, torch.Tensor]], Any], CausalVQVAE]:
     """A fresh model and the step function ``step(inputs)`` of ``measurement``."""
     model = CausalVQVAE(config).to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
     amp = lambda: autocast_for(device, precision)  # noqa: E731
 
     if measurement == AE_TRAIN:
@@ -345,11 +364,32 @@ def _short_path(filename: str) -> str:
         return filename
 
 
+_SYNC_DEBUG_USED = False
+
+
+def _first_sync_check(device: torch.device) -> None:
+    """One empty ``set_sync_debug_mode`` round trip, once per process. On the H100 (torch 2.11) the
+    first round trip of a process reported one synchronisation, raised inside
+    ``set_sync_debug_mode`` itself and at no operator. It was charged to the autoencoder step, the
+    first one checked, until 2026-11-23; after this round trip that step counts none
+    (``benchmarks/ae_sync_bisect.py``, ``results/model_speed_h100/README.md``)."""
+    global _SYNC_DEBUG_USED
+    if _SYNC_DEBUG_USED:
+        return
+    torch.cuda.synchronize(device)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.cuda.set_sync_debug_mode("warn")
+        torch.cuda.set_sync_debug_mode(0)
+    _SYNC_DEBUG_USED = True
+
+
 def host_syncs(step: Callable, inp: dict[str, torch.Tensor], device: torch.device) -> dict | None:
     """Synchronising CUDA calls made by one step: the count, the distinct innermost source lines
     (``where``) and the distinct full Python stacks (``stacks``, outermost first)."""
     if device.type != "cuda":
         return None
+    _first_sync_check(device)
     torch.cuda.synchronize(device)
 
     def one_step() -> None:
@@ -383,7 +423,7 @@ def measure(
         torch.cuda.reset_peak_memory_stats(device)
     if args.compile:
         torch._dynamo.reset()
-    step, model = build_step(measurement, config, device, args.precision, tc, args.adamw)
+    step, model = build_step(measurement, config, device, args.precision, tc, args.adamw, args.channels_last)
     flops = count_flops(step, inputs[0]) if args.flops else None
 
     compiled, compile_error = False, None
@@ -520,6 +560,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tf32", action="store_true",
                    help="allow TF32 in fp32 matmuls too (torch's default: convolutions only)")
     p.add_argument("--cudnn-benchmark", action="store_true", help="torch.backends.cudnn.benchmark = True")
+    p.add_argument("--channels-last", action="store_true",
+                   help="convolution weights and input images in the channels-last memory format")
+    p.add_argument("--preset", default="default",
+                   help="train.py's model preset to measure (default, small: the released models' size, ...)")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 10; 1 with --tiny)")
     p.add_argument("--iters", type=int, default=None, help="steps per timed repeat (default 25; 1 with --tiny)")
     p.add_argument("--repeats", type=int, default=None, help="timed repeats, median reported (default 5; 2 --tiny)")
@@ -593,6 +637,8 @@ def _run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
         "tf32_matmul": bool(torch.backends.cuda.matmul.allow_tf32) if cuda else None,
         "tf32_cudnn": bool(torch.backends.cudnn.allow_tf32) if cuda else None,
         "cudnn_benchmark": bool(torch.backends.cudnn.benchmark) if cuda else None,
+        "channels_last": args.channels_last,
+        "preset": None if args.tiny else args.preset,
         "batch": args.batch,
         "tiny": args.tiny,
         "scene": "tiny (1 ray per pixel, 1 shadow sample)" if args.tiny else "default twin scene",
@@ -606,10 +652,13 @@ def _run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     }
 
     sets = render_sets(args.batch, args.input_sets, device, TINY_SCENE if args.tiny else None)  # before any timing
+    if args.channels_last:
+        sets = [{k: v.contiguous(memory_format=torch.channels_last) if v.dim() == 4 else v for k, v in s.items()}
+                for s in sets]
     _sync(device)
     rows = []
     for layout in layouts:
-        config = model_config(layout, args.tiny)
+        config = model_config(layout, args.tiny, args.preset)
         probe = CausalVQVAE(config).to(device).eval()
         meta["models"][layout] = {"parameters": probe.parameter_counts(), "config": config.to_dict()}
         with torch.no_grad(), autocast_for(device, args.precision):

@@ -337,13 +337,31 @@ class CausalVQVAEModule(pl.LightningModule):
         _regroup_optimizer_state(checkpoint, self.model, self.train_config, self.stage)
 
     # ------------------------------------------------------------------ optimisation
+    def _fused_adamw(self, param: torch.Tensor) -> bool | None:
+        """True (one fused AdamW kernel per step) on CUDA, unless a gradient scaler scales the loss
+        (``16-mixed``): the fused step unscales inside ``step()``, after the gradients must have been
+        clipped. None (torch's default) elsewhere. The module is on its device by now."""
+        if not param.is_cuda:
+            return None
+        plugin = getattr(self._trainer, "precision_plugin", None)
+        return None if getattr(plugin, "scaler", None) is not None else True
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Gradient-norm clipping to ``TrainConfig.grad_clip``. Done here, not by the Trainer's
+        ``gradient_clip_val``: Lightning refuses that with an optimizer that unscales internally (the
+        fused AdamW), even under bf16-mixed, which has no scaler. Under ``16-mixed`` the gradients are
+        unscaled by now (Lightning unscales before this hook; the optimizer is not fused there)."""
+        clip = self.train_config.grad_clip
+        if clip:
+            params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+            torch.nn.utils.clip_grad_norm_(params, clip)
+
     def configure_optimizers(self):
         cfg = self.train_config
         groups = parameter_groups(self.model, cfg.lr(self.stage), cfg.graph_lr_scale, cfg.weight_decay)
         if not groups:
             raise RuntimeError(f"stage {self.stage!r} has nothing to train")
-        # One fused kernel per step on CUDA (the module is on its device by now); torch's default elsewhere.
-        optimizer = torch.optim.AdamW(groups, fused=True if groups[0]["params"][0].is_cuda else None)
+        optimizer = torch.optim.AdamW(groups, fused=self._fused_adamw(groups[0]["params"][0]))
         total = cfg.steps(self.stage)
         schedule = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: _warmup_cosine(step, total, cfg.warmup_steps, cfg.min_lr_ratio)

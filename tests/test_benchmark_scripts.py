@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import re
 import sys
 from pathlib import Path
 
@@ -78,6 +79,26 @@ def test_model_speed_tiny_cpu(model_speed, tmp_path, capsys):
     for m in measurements:
         assert m in printed
     assert "5,900 @64" in printed and ">= 30,000" in printed
+
+
+def test_model_speed_measures_a_train_py_preset_and_channels_last(model_speed, capsys):
+    import train
+
+    small = model_speed.model_config("grid", tiny=False, preset="small")
+    for key, value in train.PRESETS["small"]["model"].items():
+        assert getattr(small, key) == (tuple(value) if isinstance(value, list) else value), key
+    assert small.latent_layout == "grid" and small.dataset == "shapes3d" and small.num_actions == 12
+    assert model_speed.model_config("tokens", tiny=False, preset="small").latent_layout == "tokens"
+    assert model_speed.model_config("grid", tiny=False).hidden_dims == (64, 128, 256)  # the design's model
+    with pytest.raises(SystemExit, match="unknown --preset 'huge'"):
+        model_speed.model_config("grid", tiny=False, preset="huge")
+
+    result = model_speed.main(["--device", "cpu", "--tiny", "--layout", "grid", "--channels-last", "--no-flops",
+                               "--measurements", "autoencoder training,retrieval inference (head)"])
+    assert result["meta"]["channels_last"] is True and result["meta"]["preset"] is None  # --tiny: its own model
+    assert [r["error"] for r in result["results"]] == [None, None]
+    assert all(r["ours_per_s"] > 0 for r in result["results"])
+    capsys.readouterr()
 
 
 def test_model_speed_compile_failure_falls_back(model_speed, monkeypatch, capsys):
@@ -242,6 +263,39 @@ def test_gpu_twin_runs_script_trains_benches_and_packs_a_run(tmp_path):
     assert {"config.json", "summary.json", "causal/model.safetensors", "causal/curves.json", "vqvae/curves.json",
             "bench/bench_dsprites_small_h100.json", "dsprites_small.train.log"} <= names
     assert "vqvae/model.safetensors" not in names  # the causal stage's weights hold the autoencoder too
+
+    # A later call with RESUME=1 finds the run finished and benched: nothing is trained or benched again.
+    bench_json = tmp_path / "runs" / "dsprites_small" / "bench" / "bench_dsprites_small_h100.json"
+    benched = bench_json.read_bytes()
+    again = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_twin_runs.sh")], cwd=ROOT,
+                           env={**env, "RESUME": "1"}, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "dsprites_small: bench already done" in (tmp_path / "out" / "status.txt").read_text()
+    assert bench_json.read_bytes() == benched
+
+
+def test_gpu_speed_runs_script_runs_and_packs_each_variant(tmp_path):
+    """The speed device-call script, on the CPU with the tiny model (COMMON replaces the CUDA flags)."""
+    import os
+    import subprocess
+    import tarfile
+
+    env = {**os.environ, "PYTHON": sys.executable, "OUT": str(tmp_path / "out"), "VARIANTS": "small_eager",
+           "COMMON": "--device cpu --tiny --layout grid --no-flops --measurements retrieval_inference_missing"}
+    bad = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_speed_runs.sh")], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=300)
+    # a failing variant is reported, and the script still packs what it has
+    assert bad.returncode == 0 and re.search(r"small_eager: exit [1-9]", bad.stdout), bad.stdout[-2000:]
+    assert (tmp_path / "out" / "speed.tar.gz").is_file()
+    env["COMMON"] = "--device cpu --tiny --layout grid --no-flops"
+    done = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_speed_runs.sh")], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "small_eager: exit 0" in (tmp_path / "out" / "speed.log").read_text()
+    with tarfile.open(tmp_path / "out" / "speed.tar.gz") as archive:
+        record = json.load(archive.extractfile("./model_speed_h100_small_eager.json"))
+    assert "--preset small" in record["meta"]["command"] and len(record["results"]) == 5
+    assert all(r["error"] is None and r["ours_per_s"] > 0 for r in record["results"])
 
 
 def test_graph_lr_tiny_cpu(tmp_path, capsys):

@@ -13,12 +13,12 @@ from tiny import TINY_JSON, tiny_dsprites_model
 
 
 
-def _fit(model, stage, steps=3, mode="pairs", compile_options=None, **train_fields):
+def _fit(model, stage, steps=3, mode="pairs", compile_options=None, precision="32-true", **train_fields):
     dm = build_datamodule("dsprites", mode=mode, batch_size=8, train_length=8 * steps, val_length=16, num_workers=0)
     config = TrainConfig(**{f"{stage}_steps": steps}, warmup_steps=1, val_every=steps, **train_fields)
     trainer = pl.Trainer(max_steps=steps, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-                         **TRAINER_KWARGS)
+                         precision=precision, **TRAINER_KWARGS)
     trainer.fit(CausalVQVAEModule(model, stage, config, compile_options=compile_options), datamodule=dm)
     return trainer
 
@@ -110,8 +110,9 @@ def test_graph_edge_logits_have_their_own_learning_rate_and_no_weight_decay():
     assert id(model.graph.state_head.out.weight) in {id(p) for p in groups["model"]["params"]}
 
     # Adam's first step moves each parameter by about its learning rate: 20x for the edge logits
+    # (unclipped: gradients clipped to a small norm meet Adam's eps and move less)
     before = _params(model)
-    _fit(model, "causal", steps=1, causal_lr=1e-3, graph_lr_scale=20.0)
+    _fit(model, "causal", steps=1, causal_lr=1e-3, graph_lr_scale=20.0, grad_clip=0.0)
     after = _params(model)
     moved = {k: (after[k].float() - before[k].float()).abs().max().item() for k in _changed(before, after)
              if before[k].is_floating_point() and not k.endswith("multipliers")}
@@ -126,6 +127,71 @@ def test_graph_edge_logits_have_their_own_learning_rate_and_no_weight_decay():
     # a stage that does not train the graph has no edge group
     head = CausalVQVAEModule(tiny_dsprites_model(), "head", TrainConfig(head_steps=1))
     assert [g["name"] for g in head.configure_optimizers()["optimizer"].param_groups] == ["model"]
+
+
+def test_gradients_are_clipped_to_the_configured_norm_before_each_optimizer_step():
+    module = CausalVQVAEModule(tiny_dsprites_model(), "causal", TrainConfig(grad_clip=0.5))
+    optimizer = module.configure_optimizers()["optimizer"]
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    for p in params:
+        p.grad = torch.full_like(p, 3.0)
+    module.on_before_optimizer_step(optimizer)
+    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in params]))
+    assert torch.isclose(norm, torch.tensor(0.5), rtol=1e-5)
+    assert all(torch.allclose(p.grad, params[0].grad.flatten()[0].expand_as(p.grad)) for p in params)  # scaled alike
+
+    # Under the norm, or with clipping off, the gradients are left as they are.
+    for clip, value in ((1e6, 3.0), (0.0, 3.0)):
+        module = CausalVQVAEModule(tiny_dsprites_model(), "causal", TrainConfig(grad_clip=clip))
+        optimizer = module.configure_optimizers()["optimizer"]
+        for g in optimizer.param_groups:
+            for p in g["params"]:
+                p.grad = torch.full_like(p, value)
+        module.on_before_optimizer_step(optimizer)
+        assert all(torch.all(p.grad == value) for g in optimizer.param_groups for p in g["params"])
+
+
+def test_train_py_trains_with_the_fused_adamw_under_bf16_mixed(tmp_path, small_overrides, monkeypatch):
+    """On a GPU train.py runs the fused AdamW under bf16-mixed. Lightning refuses its own gradient
+    clipping with a fused optimizer (the first H100 run of the code-pool recipe stopped there), so the
+    module clips; here the fused AdamW is forced on the CPU to run that combination end to end."""
+    fused = []
+
+    def force_fused(self, param):
+        fused.append(self.stage)
+        return True
+
+    monkeypatch.setattr(CausalVQVAEModule, "_fused_adamw", force_fused)
+    out = tmp_path / "run"
+    rc = train_script.main(["--data", "dsprites", "--preset", "cpu-small", "--config", small_overrides,
+                            "--max-steps", "3", "--val-every", "3", "--batch-size", "8", "--gpus", "0",
+                            "--precision", "bf16-mixed", "--out", str(out), "--no-progress"])
+    assert rc == 0 and fused == ["vqvae", "causal"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary) == {"vqvae", "causal"}
+    assert all(torch.isfinite(torch.tensor(v)) for stage in summary.values() for v in stage["val"].values())
+
+
+def test_the_fused_adamw_is_chosen_on_cuda_only_without_a_gradient_scaler():
+    module = CausalVQVAEModule(tiny_dsprites_model(), "vqvae", TrainConfig())
+    cpu = torch.zeros(1)
+    assert module._fused_adamw(cpu) is None
+
+    class CudaParam:
+        is_cuda = True
+
+    class Plugin:
+        def __init__(self, scaler):
+            self.scaler = scaler
+
+    class Trainer:
+        def __init__(self, scaler):
+            self.precision_plugin = Plugin(scaler)
+
+    module._trainer = Trainer(scaler=None)  # bf16-mixed, 32-true: nothing scales the loss
+    assert module._fused_adamw(CudaParam()) is True
+    module._trainer = Trainer(scaler=object())  # 16-mixed: the fused step would unscale after clipping
+    assert module._fused_adamw(CudaParam()) is None
 
 
 def test_schedule_and_psnr_helpers():
