@@ -303,10 +303,11 @@ def main(argv: list[str] | None = None) -> int:
             dm = CodePoolDataModule(dm, model, pool, epoch_length, seed=args.seed)
         module = CausalVQVAEModule(model, stage, train_config, compile_options={} if args.compile else None)
         guard = NonFiniteGuard(check_every=val_every)
+        history = MetricHistory(stage_dir / "curves.json", samples_per_step=data_config.batch_size * world)
         callbacks = [
             guard,
             ValidationPictures(stage_dir / "pictures"),
-            MetricHistory(stage_dir / "curves.json", samples_per_step=data_config.batch_size * world),
+            history,
             pl.callbacks.ModelCheckpoint(dirpath=checkpoints, save_last=True, every_n_train_steps=val_every,
                                          save_top_k=0),
         ]
@@ -345,7 +346,10 @@ def main(argv: list[str] | None = None) -> int:
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
         # Wall-clock samples (images or pairs, every device) per second, validation included.
         rate = None if ckpt else round(steps * data_config.batch_size * world / seconds, 1)
-        summary[stage] = {"seconds": seconds, "samples_per_s": rate, "val": metrics, "resumed_from": ckpt}
+        # seconds: this invocation; training_seconds: the stage's training time with the time before
+        # an interruption carried over (as curves.json counts it), so a resumed stage reports its whole length.
+        summary[stage] = {"seconds": seconds, "training_seconds": round(history.elapsed(), 3), "samples_per_s": rate,
+                          "val": metrics, "resumed_from": ckpt}
         if trainer.is_global_zero:
             model.save_pretrained(stage_dir, extra_metadata={
                 "stage": stage, "steps": steps, "seed": args.seed, "data": probe.description,

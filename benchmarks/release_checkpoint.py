@@ -70,8 +70,13 @@ def model_card(name: str, run: dict[str, Any], stages: dict[str, dict[str, Any]]
         f"- Device: {final['device']}, torch {final['torch_version']}; seed {final['seed']}.",
     ]
     for stage, meta in stages.items():
-        lines.append(f"- Stage `{stage}`: {meta['steps']} steps at batch {run['data']['batch_size']}, "
-                     f"{meta['wall_seconds']:.0f} s wall.")
+        line = (f"- Stage `{stage}`: {meta['steps']} steps at batch {run['data']['batch_size']}, "
+                f"{meta['wall_seconds']:.0f} s wall")
+        summary = meta.get("summary", {})
+        if summary.get("resumed_from") and summary.get("training_seconds") is not None:
+            line += (f" in its last invocation, which resumed it ({summary['training_seconds']:.0f} s of training "
+                     "in all, the part before the interruption included)")
+        lines.append(line + ".")
     if note:
         lines.append(f"- Note: {note}")
     val = final.get("val_metrics", {})

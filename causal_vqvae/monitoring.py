@@ -238,20 +238,32 @@ class MetricHistory(pl.Callback):
         self._offset = 0.0
         self._clock = time.perf_counter()
         self._last = (0, 0.0)  # (step, seconds) of the previous row
+        self._started = False
 
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        start = trainer.global_step
-        rows = json.loads(self.path.read_text())["rows"] if start and self.path.is_file() else []
-        self.rows = [r for r in rows if r["step"] <= start]
+    def _start(self, step: int) -> None:
+        """Continue from ``step``: keep the rows written up to it and carry their time over."""
+        rows = json.loads(self.path.read_text())["rows"] if step and self.path.is_file() else []
+        self.rows = [r for r in rows if r["step"] <= step]
         self._offset = self.rows[-1]["seconds"] if self.rows else 0.0
         self._clock = time.perf_counter()
-        self._last = (start, self._offset)
+        self._last = (step, self._offset)
+        self._started = True
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._start(trainer.global_step)
+
+    def elapsed(self) -> float:
+        """The stage's training wall time so far, as the rows count it: the time before an
+        interruption carried over, plus this run's since training started."""
+        return self._offset + time.perf_counter() - self._clock
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero:
             return
+        if not self._started:  # a validation with no training before it (a run resumed at its last step)
+            self._start(trainer.global_step)
         step = trainer.global_step
-        seconds = self._offset + time.perf_counter() - self._clock
+        seconds = self.elapsed()
         done, before = step - self._last[0], seconds - self._last[1]
         row = {"step": step, "seconds": round(seconds, 3),
                "samples_per_s": round(done * self.samples_per_step / before, 1) if done and before > 0 else None}

@@ -216,9 +216,12 @@ def test_release_checkpoint_card_names_the_run_command_and_every_bench(tmp_path)
         "argv": argv, "stages": ["vqvae", "causal"], "model": {"latent_layout": "grid", "action_names": ["a"] * 10},
         "data": {"seed": 0, "frequency": "balanced", "split_seed": 0, "batch_size": 128, "val_length": 5000}}))
     for stage, steps in (("vqvae", 40), ("causal", 60)):
+        resumed = {"resumed_from": "runs/x/causal/checkpoints/last.ckpt", "training_seconds": 47.4} \
+            if stage == "causal" else {"resumed_from": None, "training_seconds": 11.0}
         tiny_dsprites_model().save_pretrained(run / stage, extra_metadata={
             "stage": stage, "steps": steps, "seed": 0, "data": "dSprites procedural twin", "device": "1 x H100",
-            "wall_seconds": 12.0, "val_metrics": {"val/psnr": 35.4, "val/retrieval_head_acc": 0.859}})
+            "wall_seconds": 12.0, "val_metrics": {"val/psnr": 35.4, "val/retrieval_head_acc": 0.859},
+            "summary": {"seconds": 12.0, **resumed}})
     benches = []
     for device, head, exact in (("H100", 0.99, False), ("cpu", 0.989, True)):
         benches.append(tmp_path / f"bench_{device}.json")
@@ -230,7 +233,10 @@ def test_release_checkpoint_card_names_the_run_command_and_every_bench(tmp_path)
     # the run's own command, not the --resume that last invoked it
     assert ("Command: `python train.py --data dsprites --seed 0 --out runs/x` (its last invocation added "
             "`--resume last`)") in card
-    assert "Stage `vqvae`: 40 steps at batch 128" in card and "Stage `causal`: 60 steps at batch 128" in card
+    assert "Stage `vqvae`: 40 steps at batch 128, 12 s wall.\n" in card
+    # a resumed stage gives its whole training time too
+    assert ("Stage `causal`: 60 steps at batch 128, 12 s wall in its last invocation, which resumed it "
+            "(47 s of training in all, the part before the interruption included).") in card
     # one table per bench, in order, each naming its device and command
     assert card.count("Benchmark on 100 test pairs") == 2
     assert card.index("H100): `python -m causal_vqvae.bench") < card.index("cpu): `python -m causal_vqvae.bench")

@@ -9,7 +9,8 @@ import torch
 from PIL import Image
 
 from causal_vqvae import CausalVQVAE
-from causal_vqvae.monitoring import ValidationPictures, codebook_histogram, edit_grid, heatmap, image_rows
+from causal_vqvae.monitoring import (MetricHistory, ValidationPictures, codebook_histogram, edit_grid, heatmap,
+                                     image_rows)
 from causal_vqvae.training import CausalVQVAEModule, TrainConfig
 from datamodules.datamodule import TRAINER_KWARGS, build_datamodule
 from tiny import tiny_dsprites_model
@@ -132,3 +133,47 @@ def test_target_probabilities_average_the_state_dependent_targets_over_images():
     codes = model.encode_codes(images)
     per_image = torch.stack([torch.sigmoid(model.graph.targets(codes, torch.full((3,), a))) for a in range(10)])
     assert torch.allclose(target_probabilities(model, images), per_image.mean(1))
+
+
+class _Trainer:
+    """What MetricHistory reads of a trainer."""
+
+    sanity_checking = False
+    is_global_zero = True
+
+    def __init__(self, step: int, **metrics: float) -> None:
+        self.global_step = step
+        self.callback_metrics = {k: torch.tensor(v) for k, v in metrics.items()}
+
+
+def test_metric_history_carries_rows_and_time_over_a_resume(tmp_path):
+    import json
+
+    path = tmp_path / "curves.json"
+    rows = [{"step": 2, "seconds": 10.0, "samples_per_s": 1.6}, {"step": 4, "seconds": 20.0, "samples_per_s": 1.6},
+            {"step": 6, "seconds": 30.0, "samples_per_s": 1.6}]  # step 6: written after the last checkpoint
+    path.write_text(json.dumps({"rows": rows}))
+
+    resumed = MetricHistory(path, samples_per_step=8)
+    resumed.on_train_start(_Trainer(4), None)
+    assert 20.0 <= resumed.elapsed() < 25.0  # the 20 s before the interruption, carried over
+    resumed.on_validation_end(_Trainer(6, **{"val/psnr": 30.0}), None)
+    written = json.loads(path.read_text())["rows"]
+    assert [r["step"] for r in written] == [2, 4, 6] and written[:2] == rows[:2]
+    assert 20.0 <= written[2]["seconds"] < 25.0 and written[2]["val/psnr"] == 30.0
+
+
+def test_a_validation_without_training_keeps_the_curves(tmp_path):
+    """A run resumed at its last step trains nothing and validates once: its row replaces the last
+    one, and every earlier row is kept, with the time before carried over."""
+    import json
+
+    path = tmp_path / "curves.json"
+    rows = [{"step": 2, "seconds": 10.0, "samples_per_s": 1.6}, {"step": 4, "seconds": 20.0, "samples_per_s": 1.6}]
+    path.write_text(json.dumps({"rows": rows}))
+    history = MetricHistory(path, samples_per_step=8)
+    history.on_validation_end(_Trainer(4, **{"val/psnr": 31.0}), None)
+    written = json.loads(path.read_text())["rows"]
+    assert [r["step"] for r in written] == [2, 4] and written[0] == rows[0]
+    assert written[1]["val/psnr"] == 31.0 and 20.0 <= written[1]["seconds"] < 25.0
+    assert history.elapsed() >= 20.0

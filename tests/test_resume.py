@@ -104,6 +104,9 @@ def test_a_run_killed_twice_and_resumed_ends_like_an_unbroken_one(tmp_path, code
         unbroken = [r["step"] for r in json.loads((straight / stage / "curves.json").read_text())["rows"]]
         assert steps == sorted(set(steps)) and set(steps) <= set(unbroken) and steps[-1] == unbroken[-1]
     assert summary["causal"]["resumed_from"].endswith("causal/checkpoints/last.ckpt")
+    # a resumed stage's training time adds the part before the kill, as its curves count it
+    causal_rows = json.loads((broken / "causal" / "curves.json").read_text())["rows"]
+    assert summary["causal"]["training_seconds"] >= causal_rows[-1]["seconds"]
 
 
 def test_a_checkpoint_from_before_the_edge_logit_group_resumes_with_its_adam_state(tmp_path, monkeypatch):

@@ -240,6 +240,8 @@ def test_train_py_runs_both_stages_end_to_end_and_saves_loadable_models(tmp_path
         assert rows[0]["seconds"] < rows[1]["seconds"] and all(r["samples_per_s"] > 0 for r in rows)
         assert rows[-1]["val/mse"] == summary[stage]["val"]["val/mse"]
         assert summary[stage]["samples_per_s"] == round(4 * 8 / summary[stage]["seconds"], 1)
+        # an unbroken stage's training time: at least to its last validation, at most the whole invocation
+        assert rows[-1]["seconds"] <= summary[stage]["training_seconds"] <= summary[stage]["seconds"]
 
 
 def test_train_py_head_stage_puts_a_new_head_on_a_saved_model(tmp_path, small_overrides):
