@@ -2,8 +2,8 @@
 
     PYTHONPATH=. python benchmarks/ae_sync_bisect.py [--preset small] [--batch 256] [--out bisect.json]
 
-``model_speed.py`` finds one synchronisation per autoencoder step on an H100 and none in the other
-steps; its warning surfaces at the next Python call into torch, not at an operator. This runs the
+``model_speed.py`` found one synchronisation per autoencoder step on an H100 and none in the other
+steps; its warning surfaced inside ``set_sync_debug_mode``, not at an operator. This runs the
 step's parts one at a time, each under ``torch.cuda.set_sync_debug_mode("warn")`` and followed by a
 device synchronisation outside it, and counts the warnings of each part: the forward and loss
 without and with the codebook update, the backward, the gradient clipping and the fused AdamW step,
@@ -14,7 +14,8 @@ only the first part measured in the process counted one synchronisation; the sam
 second model, every other part and the whole step counted none. Together with the warning's place
 (inside ``set_sync_debug_mode``, at no operator), the autoencoder step does not synchronise: the
 first ``set_sync_debug_mode`` round trip of a process reports one. ``model_speed.py`` now makes an
-empty round trip first, after which it counted no synchronisation in the autoencoder step either.
+empty round trip before each check, after which it counted no synchronisation in the autoencoder
+step either.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import argparse
 import json
 import sys
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -59,8 +61,7 @@ def main() -> None:
     (inp,) = ms.render_sets(args.batch, 1, device)
     results = {}
     for restart in (True, False):
-        config = ms.model_config("grid", False, args.preset)
-        config = type(config).from_dict({**config.to_dict(), "restart_dead_codes": restart})
+        config = replace(ms.model_config("grid", False, args.preset), restart_dead_codes=restart)
         step, model = ms.build_step(ms.AE_TRAIN, config, device, "bf16", tc, "fused")
         for _ in range(3):
             step(inp)

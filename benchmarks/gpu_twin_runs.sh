@@ -95,6 +95,8 @@ from datamodules.shapes3d import shapes3d_twin
 from datamodules.sources import default_cache_root
 device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 only = os.environ["CLASSIFIERS"]
+if only not in ("1", "dsprites", "shapes3d"):
+    raise SystemExit(f"CLASSIFIERS={only!r}: use 0 (none), 1 (both), dsprites or shapes3d")
 for name, twin in (("dsprites", dsprites_twin), ("shapes3d", shapes3d_twin)):
     if only not in ("1", name):
         continue

@@ -36,7 +36,9 @@ smoke tests only). Peak memory is ``torch.cuda.max_memory_allocated`` with the s
 the start of each measurement (``peak_gib``: warm-up included; ``steady_peak_gib``: timed steps only).
 
 Besides the table, each JSON row holds the median ms per step, every repeat's rate, the matmul/conv
-FLOPs of one step (``torch.utils.flop_counter``, eager) and the achieved TFLOP/s, and, on CUDA, the
+FLOPs of one step (``torch.utils.flop_counter``, eager) and the achieved TFLOP/s, the aten operators
+one eager step dispatches (``aten_ops_per_step``: total and views; on a GPU most non-view ones
+launch a kernel, unless compiled), and, on CUDA, the
 host synchronisations one step triggers (``torch.cuda.set_sync_debug_mode``), with the Python stack
 that made each one (``host_syncs.stacks``, outermost first).
 
@@ -75,6 +77,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 # ``python benchmarks/model_speed.py`` puts benchmarks/ on the path, not the repository root.
 _ROOT = Path(__file__).resolve().parents[1]
@@ -312,15 +315,30 @@ def time_steps(
     return out
 
 
-def count_flops(step: Callable, inp: dict[str, torch.Tensor]) -> int | None:
+class OperatorCount(TorchDispatchMode):
+    """Counts the aten operators a region dispatches (``views``: those that only make a view)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.total = self.views = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.total += 1
+        self.views += bool(func.is_view)
+        return func(*args, **(kwargs or {}))
+
+
+def count_flops(step: Callable, inp: dict[str, torch.Tensor]) -> tuple[int | None, dict[str, int] | None]:
+    """Matmul/conv FLOPs of one step and the aten operators it dispatches (``{"total", "views"}``),
+    from one eager step; ``(None, None)`` if counting fails."""
     try:
         from torch.utils.flop_counter import FlopCounterMode
 
-        with FlopCounterMode(display=False) as counter:
+        with FlopCounterMode(display=False) as counter, OperatorCount() as ops:
             step(inp)
-        return int(counter.get_total_flops())
+        return int(counter.get_total_flops()), {"total": ops.total, "views": ops.views}
     except Exception:  # noqa: BLE001 - a diagnostic only
-        return None
+        return None, None
 
 
 def warnings_with_stacks(fn: Callable[[], Any], match: str) -> list[list[str]]:
@@ -364,32 +382,20 @@ def _short_path(filename: str) -> str:
         return filename
 
 
-_SYNC_DEBUG_USED = False
-
-
-def _first_sync_check(device: torch.device) -> None:
-    """One empty ``set_sync_debug_mode`` round trip, once per process. On the H100 (torch 2.11) the
-    first round trip of a process reported one synchronisation, raised inside
-    ``set_sync_debug_mode`` itself and at no operator. It was charged to the autoencoder step, the
-    first one checked, until 2026-11-23; after this round trip that step counts none
-    (``benchmarks/ae_sync_bisect.py``, ``results/model_speed_h100/README.md``)."""
-    global _SYNC_DEBUG_USED
-    if _SYNC_DEBUG_USED:
-        return
-    torch.cuda.synchronize(device)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.cuda.set_sync_debug_mode("warn")
-        torch.cuda.set_sync_debug_mode(0)
-    _SYNC_DEBUG_USED = True
-
-
 def host_syncs(step: Callable, inp: dict[str, torch.Tensor], device: torch.device) -> dict | None:
     """Synchronising CUDA calls made by one step: the count, the distinct innermost source lines
     (``where``) and the distinct full Python stacks (``stacks``, outermost first)."""
     if device.type != "cuda":
         return None
-    _first_sync_check(device)
+    # On the H100 (torch 2.11) the first set_sync_debug_mode round trip of a process reported one
+    # synchronisation, raised inside that call and at no operator; it was charged to the autoencoder
+    # step, the first one checked, until 2026-11-23 (benchmarks/ae_sync_bisect.py). An empty round
+    # trip first absorbs it.
+    torch.cuda.synchronize(device)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.cuda.set_sync_debug_mode("warn")
+        torch.cuda.set_sync_debug_mode(0)
     torch.cuda.synchronize(device)
 
     def one_step() -> None:
@@ -424,7 +430,6 @@ def measure(
     if args.compile:
         torch._dynamo.reset()
     step, model = build_step(measurement, config, device, args.precision, tc, args.adamw, args.channels_last)
-    flops = count_flops(step, inputs[0]) if args.flops else None
 
     compiled, compile_error = False, None
     run = step
@@ -443,6 +448,9 @@ def measure(
         for i in range(args.warmup):
             run(inputs[i % len(inputs)])
     _sync(device)
+    # Counted on an eager step after the warm-up, as the timed steps run (the optimiser's state exists).
+    flops, operators = count_flops(step, inputs[0]) if args.flops else (None, None)
+    _sync(device)
     peak_warmup = _gib(torch.cuda.max_memory_allocated(device)) if cuda else None
     syncs = host_syncs(run, inputs[0], device) if args.sync_check else None
 
@@ -460,6 +468,7 @@ def measure(
         "peak_gib": None if peak_warmup is None else max(peak_warmup, steady),
         "steady_peak_gib": steady,
         "flops_per_step": flops,
+        "aten_ops_per_step": operators,
         "tflops_per_s": None if flops is None else flops / median_s / 1e12,
         "host_syncs": syncs,
         "compiled": compiled,

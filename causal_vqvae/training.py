@@ -351,10 +351,9 @@ class CausalVQVAEModule(pl.LightningModule):
         ``gradient_clip_val``: Lightning refuses that with an optimizer that unscales internally (the
         fused AdamW), even under bf16-mixed, which has no scaler. Under ``16-mixed`` the gradients are
         unscaled by now (Lightning unscales before this hook; the optimizer is not fused there)."""
-        clip = self.train_config.grad_clip
-        if clip:
-            params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-            torch.nn.utils.clip_grad_norm_(params, clip)
+        if self.train_config.grad_clip:  # parameters without a gradient are skipped by clip_grad_norm_
+            params = [p for group in optimizer.param_groups for p in group["params"]]
+            torch.nn.utils.clip_grad_norm_(params, self.train_config.grad_clip)
 
     def configure_optimizers(self):
         cfg = self.train_config

@@ -66,6 +66,7 @@ def test_model_speed_tiny_cpu(model_speed, tmp_path, capsys):
         if target is not None:
             assert r["throughput_met"] is (ours >= target)
         assert r["peak_gib"] is None  # no GPU memory on the CPU
+        assert 0 < r["aten_ops_per_step"]["views"] < r["aten_ops_per_step"]["total"], r
         assert r["memory_target_gib"] is None  # the memory target is for batch 256
 
     # The four measurements of the issue all carry a reference and a target.
@@ -79,6 +80,16 @@ def test_model_speed_tiny_cpu(model_speed, tmp_path, capsys):
     for m in measurements:
         assert m in printed
     assert "5,900 @64" in printed and ">= 30,000" in printed
+
+
+def test_operator_count_counts_every_aten_operator_and_the_views_among_them(model_speed):
+    import torch
+
+    a, b = torch.ones(2, 3), torch.ones(2, 3)
+    with model_speed.OperatorCount() as ops:
+        c = (a + b).t()  # add, then a view
+        c.sum()
+    assert (ops.total, ops.views) == (3, 1)
 
 
 def test_model_speed_measures_a_train_py_preset_and_channels_last(model_speed, capsys):

@@ -3,6 +3,8 @@ edit grid's true targets on a twin, and PNG + TensorBoard output after each vali
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import pytorch_lightning as pl
 import torch
@@ -147,8 +149,6 @@ class _Trainer:
 
 
 def test_metric_history_carries_rows_and_time_over_a_resume(tmp_path):
-    import json
-
     path = tmp_path / "curves.json"
     rows = [{"step": 2, "seconds": 10.0, "samples_per_s": 1.6}, {"step": 4, "seconds": 20.0, "samples_per_s": 1.6},
             {"step": 6, "seconds": 30.0, "samples_per_s": 1.6}]  # step 6: written after the last checkpoint
@@ -166,8 +166,6 @@ def test_metric_history_carries_rows_and_time_over_a_resume(tmp_path):
 def test_a_validation_without_training_keeps_the_curves(tmp_path):
     """A run resumed at its last step trains nothing and validates once: its row replaces the last
     one, and every earlier row is kept, with the time before carried over."""
-    import json
-
     path = tmp_path / "curves.json"
     rows = [{"step": 2, "seconds": 10.0, "samples_per_s": 1.6}, {"step": 4, "seconds": 20.0, "samples_per_s": 1.6}]
     path.write_text(json.dumps({"rows": rows}))
