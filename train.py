@@ -8,7 +8,10 @@ from a saved model. ``--stage head --init DIR`` retrains only the retrieval head
 with a ``--config`` file whose ``model`` section sets ``retrieval_head``/``retrieval_dim``/... it
 first swaps in a new head of that shape. ``--stage causal --init DIR --new-transition`` trains a new
 transition and graph on a trained autoencoder (the ``model`` section may then change the graph's
-budgets and the transition's settings, ``CausalVQVAE.TRANSITION_FIELDS``). ``--code-pool N`` trains
+budgets and the transition's settings, ``CausalVQVAE.TRANSITION_FIELDS``). With ``--init``, the
+``model`` section may always change the settings no weight depends on (``CausalVQVAE.SETTINGS_FIELDS``:
+budgets and their schedule, losses, the retrieval score), e.g. to fine-tune a transition with its
+budgets held from the first step. ``--code-pool N`` trains
 the causal and head stages, whose autoencoder is frozen, on the codes of N training pairs encoded
 once, rather than encoding fresh pairs at every step (``causal_vqvae.code_pool``).
 
@@ -212,14 +215,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.new_transition and (args.init is None or "causal" not in stages):
         raise SystemExit("--new-transition replaces the transition and graph of a saved model by untrained ones: "
                          "pass --init DIR and run the causal stage (e.g. --stage causal)")
-    changeable = (CausalVQVAE.TRANSITION_FIELDS if args.new_transition
-                  else CausalVQVAE.RETRIEVAL_HEAD_FIELDS if stages == ["head"] else ())
-    if args.init and (args.layout or not set(model_overrides) <= set(changeable)):
-        raise SystemExit("--init takes the model's settings from its config.json; drop --layout and the "
-                         "config file's 'model' section (with --stage head alone it may change only "
-                         f"{', '.join(CausalVQVAE.RETRIEVAL_HEAD_FIELDS)}; with --new-transition only the graph, "
-                         "sparsity and transition settings, CausalVQVAE.TRANSITION_FIELDS), or train from scratch "
-                         "without --init")
+    changeable = set(CausalVQVAE.SETTINGS_FIELDS) | set(
+        CausalVQVAE.TRANSITION_FIELDS if args.new_transition
+        else CausalVQVAE.RETRIEVAL_HEAD_FIELDS if stages == ["head"] else ())
+    if args.init and (args.layout or not set(model_overrides) <= changeable):
+        raise SystemExit("--init takes the model's architecture from its config.json; drop --layout and the "
+                         f"config file's 'model' fields {sorted(set(model_overrides) - changeable)} (it may change "
+                         "the training and scoring settings, CausalVQVAE.SETTINGS_FIELDS; with --stage head alone "
+                         f"also {', '.join(CausalVQVAE.RETRIEVAL_HEAD_FIELDS)}; with --new-transition also the "
+                         "graph and transition, CausalVQVAE.TRANSITION_FIELDS), or train from scratch without --init")
     if "causal" in stages and "vqvae" not in stages and args.init is None:
         raise SystemExit("the causal stage trains on a frozen autoencoder: pass --init DIR with a trained one "
                          "(e.g. OUT/vqvae), or run the vqvae stage first")
@@ -252,11 +256,17 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"--init {args.init}: {error}") from None
         log.info("initialised from %s", args.init)
         if args.new_transition:
-            model = model.with_new_transition(**model_overrides)
-            log.info("new, untrained transition and graph%s", f": {model_overrides}" if model_overrides else "")
-        elif model_overrides:
-            model = model.with_retrieval_head(**model_overrides)
-            log.info("new retrieval head: %s", model_overrides)
+            fields = {k: v for k, v in model_overrides.items() if k in CausalVQVAE.TRANSITION_FIELDS}
+            model = model.with_new_transition(**fields)
+            log.info("new, untrained transition and graph%s", f": {fields}" if fields else "")
+        elif fields := {k: v for k, v in model_overrides.items() if k in CausalVQVAE.RETRIEVAL_HEAD_FIELDS}:
+            model = model.with_retrieval_head(**fields)
+            log.info("new retrieval head: %s", fields)
+        settings = {k: v for k, v in model_overrides.items()
+                    if k in CausalVQVAE.SETTINGS_FIELDS and getattr(model.config, k) != v}
+        if settings:
+            model = model.with_settings(**settings)
+            log.info("settings changed, every weight kept: %s", settings)
     else:
         model_fields = {**preset["model"], **model_overrides}
         if args.layout:

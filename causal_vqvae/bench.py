@@ -1004,6 +1004,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "test_frequency": "balanced",
         "train_frequency": budget.frequency,  # the model's (from its run config); the baseline trains on it
         "run_config": budget.config,
+        "retrieval_score": model.config.retrieval_score,  # how retrieval by transition scored
         "command": "python -m causal_vqvae.bench " + shlex.join(argv),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }

@@ -276,7 +276,8 @@ class CausalVQVAE(nn.Module):
         """Which action turned ``codes`` into ``target_codes`` (both (B, N))? Deterministic."""
         if method == "transition":
             temperature = self.config.retrieval_temperature if temperature is None else temperature
-            scores = score_actions(self.transition_net, codes, target_codes, self.config.mixture_eps)
+            scores = score_actions(self.transition_net, codes, target_codes, self.config.mixture_eps,
+                                   self.config.retrieval_score, self.quantizer.embedding)
             logits = -scores / temperature
         elif method == "head":
             scores = None
@@ -353,6 +354,21 @@ class CausalVQVAE(nn.Module):
         "adjacency_budget", "adjacency_budget_start", "dual_lr", "transition_dim", "transition_layers",
         "transition_heads", "mixture_eps", "equation_loss_weight",
     )
+
+    # Settings that no weight depends on: how the causal stage is trained (budgets and their
+    # schedule, the multipliers' step, the losses) and how retrieval by transition scores. A model
+    # can change them and keep every weight, the dual multipliers included.
+    SETTINGS_FIELDS = (
+        "gumbel_temperature", "sparsity_mode", "target_penalty_weight", "adjacency_penalty_weight",
+        "target_budget", "target_budget_start", "adjacency_budget", "adjacency_budget_start", "dual_lr",
+        "mixture_eps", "equation_loss_weight", "retrieval_temperature", "retrieval_score",
+    )
+
+    def with_settings(self, **fields: Any) -> CausalVQVAE:
+        """A copy of this model with other :attr:`SETTINGS_FIELDS` (e.g. the budgets held from the
+        start of a fine-tuning stage: ``target_budget_start=48``) and every weight and buffer kept,
+        the dual multipliers included."""
+        return self._with_new("with_settings", (), self.SETTINGS_FIELDS, fields)
 
     def with_retrieval_head(self, **fields: Any) -> CausalVQVAE:
         """A copy of this model with a new, untrained retrieval head of ``fields`` (any of

@@ -1,8 +1,10 @@
 """Action retrieval: which action turned codes into target codes?
 
-(a) By transition: run every action's transition in one batched pass (B -> B * A) and score each by
-    the mean NLL of the target codes under the intervention mixture; probabilities are
-    softmax(-score / T). Deterministic: the graph masks are thresholded, never sampled.
+(a) By transition: run every action's transition in one batched pass (B -> B * A) and score each,
+    averaged over nodes, by the distance from the mixture's expected code vector to the target's
+    (``ModelConfig.retrieval_score`` "code_distance") or by the mixture NLL of the target codes
+    ("nll"); probabilities are softmax(-score / T). Deterministic: the graph masks are thresholded,
+    never sampled.
 (b) By a learned head -> logits over actions: in the grid layout a small CNN over the pair of code
     grids, read as the quantizer's code vectors (:class:`ConvRetrievalHead`); in the tokens layout,
     which has no grid, a transformer over learned code embeddings (:class:`RetrievalHead`).
@@ -14,14 +16,15 @@ import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from einops import rearrange, repeat
 from torch import nn
 
 from .autoencoder import TransformerBlock
 from .graph import node_code_offsets
-from .transition import CausalTransition, mixture_nll
+from .transition import CausalTransition, TransitionOutput, mixture_nll
 
-__all__ = ["RetrievalOutput", "score_actions", "scores_to_probs", "RetrievalHead", "ConvRetrievalHead"]
+__all__ = ["RetrievalOutput", "score_actions", "code_distance", "scores_to_probs", "RetrievalHead", "ConvRetrievalHead"]
 
 
 @dataclass(frozen=True)
@@ -33,18 +36,63 @@ class RetrievalOutput:
 
 
 def score_actions(
-    transition: CausalTransition, codes: torch.Tensor, target_codes: torch.Tensor, eps: float = 1e-3
+    transition: CausalTransition,
+    codes: torch.Tensor,
+    target_codes: torch.Tensor,
+    eps: float = 1e-3,
+    score: str = "nll",
+    codebooks: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """(B, A) mean-over-nodes NLL of ``target_codes`` (B, N) after each action applied to ``codes``
-    (B, N): lower is better. All A actions run in one batched, deterministic pass."""
+    """(B, A) score of each action applied to ``codes`` (B, N) against ``target_codes`` (B, N),
+    lower is better; all A actions run in one batched, deterministic pass. ``score``:
+
+    - "nll": the mean over nodes of the mixture NLL of the target codes (:func:`mixture_nll`);
+    - "code_distance": the sum over nodes of :func:`code_distance`, the distance from the mixture's
+      expected code vector to the target's in units of a typical wrong code, with ``codebooks``
+      (G, K, D) the code vectors (the quantizer's ``embedding``)."""
     num_actions = transition.num_actions
     batch = codes.shape[0]
     codes_all = repeat(codes, "b n -> (b a) n", a=num_actions)
     targets_all = repeat(target_codes, "b n -> (b a) n", a=num_actions)
     actions = repeat(torch.arange(num_actions, device=codes.device), "a -> (b a)", b=batch)
     output = transition(codes_all, actions, sample=False)
-    nll = mixture_nll(output, codes_all, targets_all, eps).mean(-1)  # (B * A,)
-    return rearrange(nll, "(b a) -> b a", a=num_actions)
+    if score == "nll":
+        scores = mixture_nll(output, codes_all, targets_all, eps).mean(-1)
+    elif score == "code_distance":
+        if codebooks is None:
+            raise ValueError("score 'code_distance' needs the codebooks (G, K, D), e.g. model.quantizer.embedding")
+        scores = code_distance(output, codes_all, targets_all, codebooks, transition.offsets).sum(-1)
+    else:
+        raise ValueError(f"unknown retrieval score {score!r}; use 'code_distance' or 'nll'")
+    return rearrange(scores, "(b a) -> b a", a=num_actions)
+
+
+def code_distance(
+    output: TransitionOutput, codes: torch.Tensor, target_codes: torch.Tensor, codebooks: torch.Tensor,
+    offsets: torch.Tensor,
+) -> torch.Tensor:
+    """(B, N) squared distance between the intervention mixture's expected code vector and the
+    target code's vector, divided by the mean squared distance between two distinct codes of the
+    node's codebook: 0 for a sure right code, about 1 for a sure wrong one. The expected vector is
+    ``sum_k softmax(logits)_k e_k`` where the node is intervened and its current code's vector where
+    it is kept. ``codebooks`` (G, K, D) with K >= 2; ``offsets`` (N,): node n's first row in the
+    flattened (G * K, D) table (``CausalTransition.offsets``)."""
+    num_codebooks, codes_per_node, _ = codebooks.shape
+    vectors = codebooks.detach().float()
+    # mean over i != j of |e_i - e_j|^2 = 2 K / (K - 1) * (total variance of the codes)
+    spread = 2.0 * codes_per_node / (codes_per_node - 1) * vectors.var(dim=1, unbiased=False).sum(-1)  # (G,)
+    table = rearrange(vectors, "g k d -> (g k) d")
+    group = offsets // codes_per_node  # (N,)
+    probs = torch.softmax(output.logits.float(), dim=-1)  # (B, N, K)
+    if num_codebooks == 1:
+        predicted = probs @ vectors[0]
+    else:
+        predicted = torch.einsum("bnk,nkd->bnd", probs, vectors[group])
+    kept = F.embedding(codes + offsets, table)
+    m = output.intervened.float().unsqueeze(-1)
+    expected = m * predicted + (1.0 - m) * kept
+    distance = (expected - F.embedding(target_codes + offsets, table)).pow(2).sum(-1)
+    return distance / spread[group].clamp_min(1e-12)
 
 
 def scores_to_probs(scores: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:

@@ -181,6 +181,36 @@ def test_retrieval_head_variants_tiny_cpu(tmp_path, capsys):
         variants.main(["--model", str(tmp_path / "model"), "--data", "dsprites", "--steps", "0"])
 
 
+def test_transition_scores_agree_with_the_models_retrieval_tiny_cpu(tmp_path, capsys):
+    from tiny import tiny_dsprites_model
+
+    from causal_vqvae.bench import _batches, _datamodule
+
+    model = tiny_dsprites_model().eval()
+    model.save_pretrained(tmp_path / "model")
+    scores = _load("transition_scores")
+    out = tmp_path / "scores.json"
+    record = scores.main(["--model", str(tmp_path / "model"), "--data", "dsprites", "--pairs", "24", "--batch", "8",
+                          "--device", "cpu", "--out", str(out)])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(record))
+    assert list(record["results"]) == ["val", "test"] and record["model_config_score"] == "code_distance"
+    # each score's test accuracy is what the model's own retrieval by transition gives with that score
+    dm = _datamodule("dsprites", 24, 8, seed=0)
+    batch = dm.prepare_batch(next(_batches(dm, "test", 24, 24)))
+    codes, target = model.encode_codes(batch["image"]), model.encode_codes(batch["image_next"])
+    for name in ("code_distance", "nll"):
+        out = model.with_settings(retrieval_score=name).retrieve_codes(codes, target, "transition")
+        r = record["results"]["test"][name]
+        assert r["action_accuracy"] == pytest.approx((out.action == batch["action"]).float().mean().item())
+        assert r["mean_top_probability"] == pytest.approx(out.probs.max(-1).values.mean().item(), rel=1e-5)
+        true_nll = -out.probs.gather(-1, batch["action"].unsqueeze(-1)).log().mean().item()
+        assert r["true_action_nll"] == pytest.approx(true_nll, rel=1e-4)
+    assert "| test | nll |" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="the val split holds"):
+        scores.main(["--model", str(tmp_path / "model"), "--data", "dsprites", "--pairs", "10000000",
+                     "--splits", "val"])
+
+
 def test_eval_graph_rules_tiny_cpu(tmp_path, capsys):
     from tiny import tiny_dsprites_model
 

@@ -14,8 +14,8 @@ from causal_vqvae.config import ModelConfig
 from causal_vqvae.graph import DualAscent, linear_budget
 from causal_vqvae.io import load_pretrained, save_pretrained
 from causal_vqvae.model import CausalVQVAE
-from causal_vqvae.retrieval import score_actions
-from causal_vqvae.transition import mixture_nll
+from causal_vqvae.retrieval import code_distance, score_actions
+from causal_vqvae.transition import TransitionOutput, mixture_nll
 
 TINY = dict(
     in_channels=1,
@@ -165,8 +165,9 @@ def handset_writer(model: CausalVQVAE) -> None:
         t.head_weight[0, torch.arange(num_actions), torch.arange(num_actions)] = 1.0
 
 
-def test_retrieval_by_transition_finds_the_action_on_a_constructed_case():
-    model = tiny_model(state_dependent_targets=False).eval()
+@pytest.mark.parametrize("score", ["code_distance", "nll"])
+def test_retrieval_by_transition_finds_the_action_on_a_constructed_case(score):
+    model = tiny_model(state_dependent_targets=False, retrieval_score=score).eval()
     handset_writer(model)
     codes = 4 + random_codes(model, 8) % 12  # codes 4..15: no node starts at its action's code
     action = torch.tensor([0, 1, 2, 3, 3, 2, 1, 0])
@@ -176,7 +177,7 @@ def test_retrieval_by_transition_finds_the_action_on_a_constructed_case():
     out = model.retrieve_codes(codes, target, method="transition")
     assert torch.equal(out.action, action)
     assert torch.allclose(out.probs.sum(-1), torch.ones(8))
-    assert out.probs[torch.arange(8), action].min() > 1.0 / 4  # scores are means over 64 nodes
+    assert out.probs[torch.arange(8), action].min() > 1.0 / 4  # 4 actions
     sharp = model.retrieve_codes(codes, target, method="transition", temperature=0.05)
     assert sharp.probs[torch.arange(8), action].min() > 0.9
 
@@ -185,12 +186,50 @@ def test_batched_action_scores_equal_a_loop_over_actions():
     model = tiny_model().eval()
     codes, target = random_codes(model, 5, seed=0), random_codes(model, 5, seed=1)
     target[:, :40] = codes[:, :40]
-    batched = score_actions(model.transition_net, codes, target, eps=1e-3)
+    t, codebooks = model.transition_net, model.quantizer.embedding
+    batched = score_actions(t, codes, target, eps=1e-3)
     loop = torch.stack(
         [mixture_nll(model.transition(codes, a), codes, target, 1e-3).mean(-1) for a in range(4)], dim=-1
     )
     assert batched.shape == (5, 4)
     assert torch.allclose(batched, loop, atol=1e-6)
+    batched = score_actions(t, codes, target, score="code_distance", codebooks=codebooks)
+    loop = torch.stack(
+        [code_distance(model.transition(codes, a), codes, target, codebooks, t.offsets).sum(-1) for a in range(4)],
+        dim=-1,
+    )
+    assert torch.allclose(batched, loop, atol=1e-5)
+    assert torch.equal(model.retrieve_codes(codes, target, "transition").scores, batched)  # the default score
+    with pytest.raises(ValueError, match="needs the codebooks"):
+        score_actions(t, codes, target, score="code_distance")
+    with pytest.raises(ValueError, match="unknown retrieval score 'l1'"):
+        score_actions(t, codes, target, score="l1")
+
+
+def _output(logits: torch.Tensor, intervened: torch.Tensor) -> TransitionOutput:
+    batch, nodes, _ = logits.shape
+    return TransitionOutput(logits=logits, intervened=intervened, predicted_codes=logits.argmax(-1),
+                            target_logits=torch.zeros(batch, nodes), adjacency=torch.zeros(batch, nodes, nodes))
+
+
+def test_code_distance_matches_a_hand_computation():
+    # one codebook of two 1-d codes, 0 and 2: two distinct codes are 4 apart in squared distance
+    codebooks = torch.tensor([[[0.0], [2.0]]])
+    third = torch.log(torch.tensor(3.0)).item()
+    logits = torch.tensor([[[0.0, third], [5.0, -5.0], [0.0, 0.0]]])  # p(code 1) = 3/4, -, 1/2
+    codes, target = torch.tensor([[0, 0, 1]]), torch.tensor([[1, 0, 1]])
+    out = _output(logits, torch.tensor([[1.0, 0.0, 1.0]]))  # node 1 is kept: its own code counts
+    distance = code_distance(out, codes, target, codebooks, torch.zeros(3, dtype=torch.long))
+    # node 0: E[e] = 3/4 * 2 = 1.5, (2 - 1.5)^2 / 4; node 1 kept and right: 0; node 2: E[e] = 1, (2 - 1)^2 / 4
+    assert torch.allclose(distance, torch.tensor([[0.0625, 0.0, 0.25]]))
+
+    # two codebooks of three codes (mean squared distances 8 and 14): node n reads codebook n
+    codebooks = torch.tensor([[[0.0], [2.0], [4.0]], [[0.0], [1.0], [5.0]]])
+    logits = torch.tensor([[[0.0, 0.0, 0.0], [0.0, 0.0, -1e4]]])
+    out = _output(logits, torch.tensor([[0.0, 1.0]]))
+    distance = code_distance(out, torch.tensor([[0, 0]]), torch.tensor([[1, 2]]), codebooks, torch.tensor([0, 3]))
+    # node 0 kept at code 0 against code 1: (0 - 2)^2 / 8; node 1: E[e] = 0.5 against 5: 4.5^2 / 14
+    assert torch.allclose(distance, torch.tensor([[0.5, 20.25 / 14]]))
 
 
 def test_evaluation_is_deterministic_and_training_sampling_follows_the_generator():
@@ -392,6 +431,16 @@ def test_lists_passed_to_the_config_are_not_mutated():
     assert config.hidden_dims == (8, 16, 16) and isinstance(config.action_names, tuple)
 
 
+def test_integers_given_to_float_fields_are_stored_as_floats():
+    config = tiny_config(adjacency_budget=8, target_budget=48, dual_lr=1)
+    assert (config.adjacency_budget, config.target_budget, config.dual_lr) == (8.0, 48.0, 1.0)
+    assert all(isinstance(v, float) for v in (config.adjacency_budget, config.target_budget, config.dual_lr))
+    assert tiny_config().target_budget is None and isinstance(tiny_config().codebook_size, int)
+    renewed = tiny_model().with_new_transition(adjacency_budget=2)
+    assert json.loads(renewed.config.to_json())["adjacency_budget"] == 2.0
+    assert isinstance(json.loads(renewed.config.to_json())["adjacency_budget"], float)
+
+
 def test_construction_is_seeded_and_leaves_global_rng_alone():
     state = torch.random.get_rng_state()
     one, two = tiny_model(seed=3), tiny_model(seed=3)
@@ -461,6 +510,34 @@ def test_with_retrieval_head_swaps_only_the_head():
     assert torch.equal(swapped.edit(x, 1), model.edit(x, 1))
     with pytest.raises(ValueError, match="changes only"):
         model.with_retrieval_head(codebook_size=8)
+
+
+def test_with_settings_keeps_every_weight_and_the_multipliers():
+    model = tiny_model().eval()
+    with torch.no_grad():  # state that a fresh model would not have
+        model.graph.adjacency_logits.fill_(-3.0)
+    model.adjacency_dual.multipliers.fill_(7.0)
+    changed = model.with_settings(adjacency_budget_start=4.0, adjacency_budget=4.0, retrieval_score="nll")
+    assert changed.config.adjacency_budget_start == 4.0 and changed.config.retrieval_score == "nll"
+    assert changed.adjacency_dual.budget_at(0.0) == 4.0 and model.adjacency_dual.budget_at(0.0) > 4.0
+    for key, value in model.state_dict().items():
+        assert torch.equal(changed.state_dict()[key], value), key
+    codes, target = random_codes(model, 3, seed=0), random_codes(model, 3, seed=1)
+    assert torch.equal(changed.retrieve_codes(codes, target, "transition").scores,
+                       score_actions(model.transition_net, codes, target, eps=model.config.mixture_eps))
+    with pytest.raises(ValueError, match="changes only"):
+        model.with_settings(transition_dim=32)
+
+
+def test_retrieval_score_is_validated_and_old_configs_load_with_the_default(tmp_path):
+    with pytest.raises(ValueError, match="retrieval_score must be one of"):
+        tiny_config(retrieval_score="l1")
+    old = tiny_model().eval()
+    save_pretrained(old, tmp_path / "old")
+    config = json.loads((tmp_path / "old" / "config.json").read_text())
+    assert config.pop("retrieval_score") == "code_distance"
+    (tmp_path / "old" / "config.json").write_text(json.dumps(config))
+    assert CausalVQVAE.from_pretrained(tmp_path / "old").config.retrieval_score == "code_distance"
 
 
 def test_with_new_transition_keeps_the_autoencoder_and_head_and_starts_the_causal_part_afresh():

@@ -265,7 +265,7 @@ def test_train_py_head_stage_puts_a_new_head_on_a_saved_model(tmp_path, small_ov
     with pytest.raises(SystemExit, match="head stage retrains the retrieval head"):
         train_script.main(["--data", "dsprites", "--stage", "head", "--max-steps", "3", "--gpus", "0",
                            "--out", str(tmp_path / "x")])
-    with pytest.raises(SystemExit, match="may change only retrieval_head"):
+    with pytest.raises(SystemExit, match="with --stage head alone also retrieval_head"):
         train_script.main(["--data", "dsprites", "--stage", "head", "--init", str(tmp_path / "base"),
                            "--config", small_overrides, "--max-steps", "3", "--gpus", "0",
                            "--out", str(tmp_path / "y")])
@@ -296,10 +296,42 @@ def test_train_py_new_transition_trains_a_fresh_graph_on_a_saved_autoencoder(tmp
     with pytest.raises(SystemExit, match="--new-transition replaces"):
         train_script.main(["--data", "dsprites", "--stage", "causal", "--new-transition", "--max-steps", "2",
                            "--gpus", "0", "--out", str(tmp_path / "x")])
-    with pytest.raises(SystemExit, match="with --new-transition only the graph"):
+    with pytest.raises(SystemExit, match="with --new-transition also the graph"):
         train_script.main(["--data", "dsprites", "--stage", "causal", "--init", str(tmp_path / "base"),
                            "--new-transition", "--config", small_overrides, "--max-steps", "2", "--gpus", "0",
                            "--out", str(tmp_path / "y")])
+
+
+def test_train_py_fine_tunes_a_saved_transition_with_other_settings(tmp_path, small_overrides):
+    """Without --new-transition, --init keeps every weight (multipliers included) and the config file
+    may change only the settings no weight depends on: here budgets held from the first step."""
+    base = tiny_dsprites_model().eval()
+    base.adjacency_dual.multipliers.fill_(0.5)
+    base.save_pretrained(tmp_path / "base")
+    settings = tmp_path / "settings.json"
+    held = {"adjacency_budget": 3.0, "adjacency_budget_start": 3.0, "retrieval_score": "nll"}
+    settings.write_text(json.dumps({"model": held, "data": {"val_length": 16}}))
+    out = tmp_path / "run"
+    rc = train_script.main(["--data", "dsprites", "--stage", "causal", "--init", str(tmp_path / "base"),
+                            "--config", str(settings), "--max-steps", "1", "--val-every", "1",
+                            "--batch-size", "8", "--gpus", "0", "--out", str(out), "--no-progress"])
+    assert rc == 0
+    trained = CausalVQVAE.from_pretrained(out / "causal")
+    assert {k: getattr(trained.config, k) for k in held} == held
+    # one dual step from the saved multipliers (0.5, not 0) against the held budget of 3 parents
+    violation = base.graph.expected_parents().detach() - 3.0
+    assert violation.min() > 0
+    assert torch.allclose(trained.adjacency_dual.multipliers, 0.5 + trained.config.dual_lr * violation, atol=1e-3)
+    for key, value in base.state_dict().items():
+        if key.startswith(("encoder.", "decoder.", "quantizer.embedding")):
+            assert torch.equal(trained.state_dict()[key], value), key
+    # a saved transition, not a fresh one: the weights are one step away from the saved ones
+    moved = trained.transition_net.code_embed.weight - base.transition_net.code_embed.weight
+    assert 0 < moved.abs().max() < 0.01
+    with pytest.raises(SystemExit, match=r"'model' fields \['transition_dim'\]"):
+        settings.write_text(json.dumps({"model": {**held, "transition_dim": 32}}))
+        train_script.main(["--data", "dsprites", "--stage", "causal", "--init", str(tmp_path / "base"),
+                           "--config", str(settings), "--max-steps", "1", "--gpus", "0", "--out", str(tmp_path / "y")])
 
 
 def test_train_py_refuses_more_gpus_than_present(tmp_path):
@@ -325,7 +357,7 @@ def test_train_py_refuses_a_stage_with_no_steps_and_model_overrides_with_init(tm
     with pytest.raises(SystemExit, match="0 steps configured"):
         train_script.main(["--data", "dsprites", "--stage", "joint", "--init", str(tmp_path), "--gpus", "0",
                            "--out", str(tmp_path)])
-    with pytest.raises(SystemExit, match="--init takes the model's settings"):
+    with pytest.raises(SystemExit, match="--init takes the model's architecture"):
         train_script.main(["--data", "dsprites", "--init", str(tmp_path), "--layout", "tokens", "--gpus", "0",
                            "--out", str(tmp_path)])
 
