@@ -26,11 +26,15 @@ declare -A ARGS=(
     [small_compiled]="--preset small --compile --no-flops"
     [default_compiled]="--preset default --compile --no-flops"
     [default_compiled_channels_last]="--preset default --compile --no-flops --channels-last"
+    # CUDA graphs: the transition step is launch-bound (about 1,550 aten operators per eager step)
+    [small_cudagraphs]="--preset small --compile --compile-mode reduce-overhead --no-flops"
+    [default_cudagraphs]="--preset default --compile --compile-mode reduce-overhead --no-flops"
 )
 # Seconds a variant may take (an eager one renders its inputs and times 5 steps; a compiled one
 # compiles 5 step functions first).
 declare -A BUDGET=([default_eager]=100 [default_eager_channels_last]=100 [small_eager]=80
-                   [small_compiled]=240 [default_compiled]=300 [default_compiled_channels_last]=300)
+                   [small_compiled]=240 [default_compiled]=300 [default_compiled_channels_last]=300
+                   [small_cudagraphs]=300 [default_cudagraphs]=360)
 names=${VARIANTS:-"default_eager default_eager_channels_last small_eager small_compiled default_compiled"}
 
 nvidia-smi --query-gpu=name,memory.total,utilization.gpu,clocks.sm --format=csv,noheader 2>/dev/null | tee "$work/speed.log"

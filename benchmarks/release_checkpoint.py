@@ -91,7 +91,8 @@ def model_card(name: str, run: dict[str, Any], stages: dict[str, dict[str, Any]]
         "|---|---|",
         f"| reconstruction PSNR | {val.get('val/psnr', float('nan')):.1f} dB |",
     ]
-    for key, label in [("val/retrieval_transition_acc", "action retrieval by transition"),
+    score = run["model"].get("retrieval_score", "nll")  # runs before the field scored by the NLL
+    for key, label in [("val/retrieval_transition_acc", f"action retrieval by transition ({score})"),
                        ("val/retrieval_head_acc", "action retrieval by the head"),
                        ("val/code_accuracy", "transition code accuracy")]:
         if key in val:
@@ -107,7 +108,8 @@ def model_card(name: str, run: dict[str, Any], stages: dict[str, dict[str, Any]]
             "",
             "| metric | value |",
             "|---|---|",
-            f"| action retrieval by transition | {_pct(methods['transition']['action_accuracy'])} |",
+            f"| action retrieval by transition ({meta.get('retrieval_score', 'nll')}) | "
+            f"{_pct(methods['transition']['action_accuracy'])} |",
             f"| action retrieval by the head | {_pct(methods['head']['action_accuracy'])} |",
             f"| chance | {_pct(baselines['chance']['action_accuracy'])} |",
         ]

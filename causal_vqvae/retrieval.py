@@ -1,10 +1,10 @@
 """Action retrieval: which action turned codes into target codes?
 
-(a) By transition: run every action's transition in one batched pass (B -> B * A) and score each,
-    averaged over nodes, by the distance from the mixture's expected code vector to the target's
-    (``ModelConfig.retrieval_score`` "code_distance") or by the mixture NLL of the target codes
-    ("nll"); probabilities are softmax(-score / T). Deterministic: the graph masks are thresholded,
-    never sampled.
+(a) By transition: run every action's transition in one batched pass (B -> B * A) and score each
+    by the distance from the mixture's expected code vectors to the target's, summed over nodes
+    (``ModelConfig.retrieval_score`` "code_distance"), or by the mixture NLL of the target codes,
+    averaged over nodes ("nll"); probabilities are softmax(-score / T). Deterministic: the graph
+    masks are thresholded, never sampled.
 (b) By a learned head -> logits over actions: in the grid layout a small CNN over the pair of code
     grids, read as the quantizer's code vectors (:class:`ConvRetrievalHead`); in the tokens layout,
     which has no grid, a transformer over learned code embeddings (:class:`RetrievalHead`).

@@ -261,12 +261,16 @@ def test_release_checkpoint_card_names_the_run_command_and_every_bench(tmp_path)
             if stage == "causal" else {"resumed_from": None, "training_seconds": 11.0}
         tiny_dsprites_model().save_pretrained(run / stage, extra_metadata={
             "stage": stage, "steps": steps, "seed": 0, "data": "dSprites procedural twin", "device": "1 x H100",
-            "wall_seconds": 12.0, "val_metrics": {"val/psnr": 35.4, "val/retrieval_head_acc": 0.859},
+            "wall_seconds": 12.0, "val_metrics": {"val/psnr": 35.4, "val/retrieval_head_acc": 0.859,
+                                                  "val/retrieval_transition_acc": 0.3},
             "summary": {"seconds": 12.0, **resumed}})
     benches = []
     for device, head, exact in (("H100", 0.99, False), ("cpu", 0.989, True)):
         benches.append(tmp_path / f"bench_{device}.json")
-        benches[-1].write_text(json.dumps(_bench_record(device, head, exact)))
+        record = _bench_record(device, head, exact)
+        if device == "cpu":  # a bench from after the retrieval score was named
+            record["meta"]["retrieval_score"] = "code_distance"
+        benches[-1].write_text(json.dumps(record))
 
     dest = release.main(["--run", str(run), "--name", "tiny_twin", "--dest", str(tmp_path / "out"),
                          "--bench", str(benches[0]), "--bench", str(benches[1])])
@@ -283,6 +287,10 @@ def test_release_checkpoint_card_names_the_run_command_and_every_bench(tmp_path)
     assert card.index("H100): `python -m causal_vqvae.bench") < card.index("cpu): `python -m causal_vqvae.bench")
     assert "| action retrieval by the head | 99.0% |" in card and "| action retrieval by the head | 98.9% |" in card
     assert card.count("edit exactness, 1 edit(s)") == 1 and "| 8.6% |" in card
+    # which score retrieval by transition used: named by the bench, the NLL before the field existed
+    assert card.count("| action retrieval by transition (nll) | 25.0% |") == 1
+    assert card.count("| action retrieval by transition (code_distance) | 25.0% |") == 1
+    assert "| action retrieval by transition (nll) | 30.0% |" in card  # validation, a run from before the field
     assert (dest / "model.safetensors").read_bytes() == (run / "causal" / "model.safetensors").read_bytes()
 
 
