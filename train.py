@@ -396,8 +396,9 @@ def _writable_directory(path: Path) -> Path:
 
 # Settings added after runs were written, with the value that reproduces a run written before them
 # (before graph_lr_scale, the graph's edge logits trained at the stage's learning rate; before
-# code_pool, every step encoded fresh pairs).
-ADDED_SETTINGS = {"train": {"graph_lr_scale": 1.0, "code_pool": 0}}
+# code_pool, every step encoded fresh pairs; before retrieval_score, validation scored retrieval by
+# transition with the NLL).
+ADDED_SETTINGS = {"train": {"graph_lr_scale": 1.0, "code_pool": 0}, "model": {"retrieval_score": "nll"}}
 
 
 def _check_same_run(path: Path, resolved: dict[str, Any]) -> None:

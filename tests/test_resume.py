@@ -179,10 +179,17 @@ def test_resuming_a_run_from_before_graph_lr_scale_says_which_setting_reproduces
     (tmp_path / "config.json").write_text(json.dumps(written))
     now = json.loads(json.dumps(written))
     now["train"].update(graph_lr_scale=20.0, code_pool=0)  # as a run writes its settings now
+    now["model"]["retrieval_score"] = "nll"
     with pytest.raises(SystemExit, match=r'graph_lr_scale was 1.0, now 20.0.*add \{"train": \{"graph_lr_scale": 1.0'):
         train_script._check_same_run(tmp_path / "config.json", now)
     now["train"]["graph_lr_scale"] = 1.0  # as the run ran: the same run
     train_script._check_same_run(tmp_path / "config.json", now)
+    # validation then scored retrieval by transition with the NLL; the default now is the code distance
+    now["model"]["retrieval_score"] = "code_distance"
+    with pytest.raises(SystemExit, match=r'retrieval_score was .nll., now .code_distance.*add \{"model": '
+                                         r'\{"retrieval_score": "nll"\}\}'):
+        train_script._check_same_run(tmp_path / "config.json", now)
+    now["model"]["retrieval_score"] = "nll"
     now["data"]["batch_size"] = 16  # another difference: no word about the added setting
     with pytest.raises(SystemExit, match="batch_size was 8, now 16") as error:
         train_script._check_same_run(tmp_path / "config.json", now)
