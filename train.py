@@ -53,6 +53,8 @@ from typing import Any
 
 log = logging.getLogger("train")
 
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     # The design's model: grid 8x8 nodes, 64 codes of dim 128 in one codebook.
     "default": {"model": {}, "train": {}, "data": {}},
@@ -133,8 +135,19 @@ def build_parser() -> argparse.ArgumentParser:
                         "default 0, fresh pairs)")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the model functions of the training step (GPU; the first steps compile)")
+    p.add_argument("--compile-mode", choices=COMPILE_MODES, default=None,
+                   help="torch.compile's mode (implies --compile): 'reduce-overhead' replays each step's graphs "
+                        "as CUDA graphs (fewer kernel launches for small models), 'max-autotune' tunes kernels "
+                        "longer (default: torch's default mode)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
     return p
+
+
+def _compile_options(args: argparse.Namespace) -> dict[str, Any] | None:
+    """torch.compile's options for the training step functions; None: run them eagerly."""
+    if not (args.compile or args.compile_mode):
+        return None
+    return {} if args.compile_mode in (None, "default") else {"mode": args.compile_mode}
 
 
 def _read_overrides(path: str | None) -> dict[str, dict[str, Any]]:
@@ -311,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
         dm = build_datamodule(args.data, config=stage_data)
         if pool:
             dm = CodePoolDataModule(dm, model, pool, epoch_length, seed=args.seed)
-        module = CausalVQVAEModule(model, stage, train_config, compile_options={} if args.compile else None)
+        module = CausalVQVAEModule(model, stage, train_config, compile_options=_compile_options(args))
         guard = NonFiniteGuard(check_every=val_every)
         history = MetricHistory(stage_dir / "curves.json", samples_per_step=data_config.batch_size * world)
         callbacks = [

@@ -36,6 +36,8 @@ declare -A RUN_ARGS=(
     # the recipe of the current releases' transitions (benchmarks/results/causal_cpu/), as whole runs
     [shapes3d_small_pool]="--data shapes3d --preset small --max-steps 4000 6000 --code-pool 40000"
     [dsprites_small_pool]="--data dsprites --preset small --max-steps 4000 4000 --code-pool 40000 --config benchmarks/configs/dsprites_budgets_48_8.json"
+    # the 3D Shapes recipe with the training step compiled into CUDA graphs (step rates: step_times.py)
+    [shapes3d_small_pool_cudagraphs]="--data shapes3d --preset small --max-steps 4000 6000 --code-pool 40000 --compile-mode reduce-overhead"
     # the same recipes in the tokens layout (8 tokens of 16 codes; the layout's default budgets and head)
     [shapes3d_small_tokens_pool]="--data shapes3d --preset small --max-steps 4000 6000 --code-pool 40000 --config benchmarks/configs/tokens.json"
     [dsprites_small_tokens_pool]="--data dsprites --preset small --max-steps 4000 4000 --code-pool 40000 --config benchmarks/configs/tokens.json"
@@ -44,6 +46,7 @@ declare -A RUN_DATA=([shapes3d_small]=shapes3d [dsprites_small]=dsprites
                      [dsprites_small_rare_scale50]=dsprites [shapes3d_default]=shapes3d
                      [shapes3d_small_causal6000]=shapes3d [dsprites_small_budget48]=dsprites
                      [shapes3d_small_pool]=shapes3d [dsprites_small_pool]=dsprites
+                     [shapes3d_small_pool_cudagraphs]=shapes3d
                      [shapes3d_small_tokens_pool]=shapes3d [dsprites_small_tokens_pool]=dsprites)
 names=${RUN_ONLY:-"shapes3d_small dsprites_small dsprites_small_rare_scale50 shapes3d_default"}
 

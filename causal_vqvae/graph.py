@@ -13,6 +13,8 @@ Conventions:
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from einops import rearrange, repeat
 from torch import nn
@@ -20,6 +22,7 @@ from torch import nn
 from .autoencoder import TransformerBlock
 
 __all__ = [
+    "GraphNoise",
     "gumbel_sigmoid",
     "hard_threshold",
     "linear_budget",
@@ -31,16 +34,36 @@ __all__ = [
 
 
 def gumbel_sigmoid(
-    logits: torch.Tensor, temperature: float, generator: torch.Generator | None, hard: bool = True
+    logits: torch.Tensor,
+    temperature: float,
+    generator: torch.Generator | None,
+    hard: bool = True,
+    uniform: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Relaxed Bernoulli sample of ``logits`` (float32). ``hard``: the value is the 0/1 sample,
-    the gradient that of the relaxed sample (straight-through)."""
-    uniform = torch.rand(logits.shape, generator=generator, device=logits.device).clamp(1e-6, 1.0 - 1e-6)
+    the gradient that of the relaxed sample (straight-through). ``uniform`` (the shape of
+    ``logits``, in [0, 1)): the draw to use, already made; default: drawn here with ``generator``."""
+    if uniform is None:
+        uniform = torch.rand(logits.shape, generator=generator, device=logits.device)
+    elif uniform.shape != logits.shape:
+        raise ValueError(f"uniform noise of shape {tuple(uniform.shape)} for logits of shape {tuple(logits.shape)}")
+    uniform = uniform.clamp(1e-6, 1.0 - 1e-6)
     noise = uniform.log() - torch.log1p(-uniform)  # logistic noise
     soft = torch.sigmoid((logits.float() + noise) / temperature)
     if not hard:
         return soft
     return (soft > 0.5).float() + (soft - soft.detach())  # exactly 0/1 in value
+
+
+class GraphNoise(NamedTuple):
+    """The uniform draws behind one straight-through sample of both graph masks.
+
+    Drawing them first, eagerly, lets a compiled step take them as inputs: dynamo cannot trace a
+    ``torch.Generator`` argument, and each draw inside a compiled function would split its graph.
+    ``CausalGraph.draw_noise`` makes them in the order that sampling without them would."""
+
+    adjacency: torch.Tensor  # (B, N, N) for adjacency_mask
+    targets: torch.Tensor  # (B, N) for target_mask
 
 
 def hard_threshold(logits: torch.Tensor) -> torch.Tensor:
@@ -215,15 +238,28 @@ class CausalGraph(nn.Module):
             "edge_probability_max": probs.max().item(),
         }
 
+    def draw_noise(self, batch: int, generator: torch.Generator | None, device: torch.device) -> GraphNoise:
+        """The uniform draws of one sampled adjacency mask and target mask for ``batch`` examples,
+        in the order in which :meth:`adjacency_mask` and :meth:`target_mask` would draw them."""
+        n = self.num_nodes
+        return GraphNoise(
+            adjacency=torch.rand((batch, n, n), generator=generator, device=device),
+            targets=torch.rand((batch, n), generator=generator, device=device),
+        )
+
     def adjacency_mask(
-        self, batch: int, sample: bool, generator: torch.Generator | None = None
+        self,
+        batch: int,
+        sample: bool,
+        generator: torch.Generator | None = None,
+        uniform: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """(B, N, N) mask, one straight-through sample per example when ``sample``, else the
-        thresholded adjacency broadcast over the batch."""
+        """(B, N, N) mask, one straight-through sample per example when ``sample`` (from ``uniform``,
+        ``GraphNoise.adjacency``, when given), else the thresholded adjacency broadcast over the batch."""
         if not sample:
             return repeat(self.hard_adjacency(), "j i -> b j i", b=batch)
         logits = repeat(self.adjacency_logits, "j i -> b j i", b=batch)
-        return gumbel_sigmoid(logits, self.temperature, generator) * self.off_diagonal
+        return gumbel_sigmoid(logits, self.temperature, generator, uniform=uniform) * self.off_diagonal
 
     # ------------------------------------------------------------------ intervention targets
     def targets(self, codes: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
@@ -234,11 +270,16 @@ class CausalGraph(nn.Module):
         return logits.float()
 
     def target_mask(
-        self, target_logits: torch.Tensor, sample: bool, generator: torch.Generator | None = None
+        self,
+        target_logits: torch.Tensor,
+        sample: bool,
+        generator: torch.Generator | None = None,
+        uniform: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """(B, N) intervention mask: straight-through sample or deterministic threshold."""
+        """(B, N) intervention mask: straight-through sample (from ``uniform``, ``GraphNoise.targets``,
+        when given) or deterministic threshold."""
         if sample:
-            return gumbel_sigmoid(target_logits, self.temperature, generator)
+            return gumbel_sigmoid(target_logits, self.temperature, generator, uniform=uniform)
         return hard_threshold(target_logits)
 
     def expected_targets(self, target_logits: torch.Tensor, action: torch.Tensor) -> torch.Tensor:

@@ -20,10 +20,10 @@ from torch import nn
 
 from .autoencoder import Decoder, Encoder, TokenDecoder, TokenEncoder
 from .config import ModelConfig
-from .graph import CausalGraph, DualAscent
+from .graph import CausalGraph, DualAscent, GraphNoise
 from .quantizer import QuantizerOutput, VectorQuantizer
 from .retrieval import ConvRetrievalHead, RetrievalHead, RetrievalOutput, score_actions
-from .transition import CausalTransition, TransitionLoss, TransitionOutput, transition_loss
+from .transition import CausalTransition, TransitionLoss, TransitionOutput, sparsity_budgets, transition_loss
 
 __all__ = ["AutoencoderOutput", "AutoencoderLoss", "RetrievalLoss", "CausalVQVAE"]
 
@@ -182,6 +182,9 @@ class CausalVQVAE(nn.Module):
         """Reconstruction + VQ losses on images x; with ``update_codebook`` the quantizer's EMA /
         restart step runs too (only in training mode with grad enabled; ``generator`` picks the
         restart encodings, default the quantizer's own)."""
+        restart_scores = None
+        if update_codebook and self.quantizer.updates():  # drawn first: see draw_restart_scores
+            restart_scores = self.quantizer.draw_restart_scores(x.shape[0] * self.config.num_nodes, x.device, generator)
         out = self(x)
         if self.config.reconstruction_loss == "bce":
             rec = F.binary_cross_entropy_with_logits(out.reconstruction_logits.float(), x.float())
@@ -189,7 +192,7 @@ class CausalVQVAE(nn.Module):
             rec = F.mse_loss(out.reconstruction, x.float())
         q = out.quantizer
         if update_codebook:
-            self.quantizer.update(out.z, q.codes, generator)
+            self.quantizer.update(out.z, q.codes, restart_scores=restart_scores)
         return AutoencoderLoss(
             loss=rec + q.commitment_loss + q.codebook_loss,
             reconstruction_loss=rec,
@@ -233,11 +236,13 @@ class CausalVQVAE(nn.Module):
         generator: torch.Generator | None = None,
     ) -> TransitionLoss:
         """Mixture NLL of ``target_codes`` after ``action`` on ``x_codes`` plus graph sparsity
-        (budgets at training ``progress`` in [0, 1]). Call :meth:`update_multipliers` after the step."""
+        (budgets at training ``progress`` in [0, 1]). Call :meth:`update_multipliers` after the step.
+        In training mode the graph masks are sampled with ``generator`` (default: the transition's own)."""
         c = self.config
+        noise, budgets = self._transition_loss_inputs(x_codes.shape[0], x_codes.device, progress, generator)
         self._check_action_id(action)
         actions = self._actions(action, x_codes.shape[0], x_codes.device)
-        output = self.transition_net(x_codes, actions, generator=generator)
+        output = self.transition_net(x_codes, actions, noise=noise)
         return transition_loss(
             output, x_codes, target_codes, actions, self.graph,
             eps=c.mixture_eps,
@@ -248,7 +253,20 @@ class CausalVQVAE(nn.Module):
             target_penalty_weight=c.target_penalty_weight,
             adjacency_penalty_weight=c.adjacency_penalty_weight,
             progress=progress,
+            budgets=budgets,
         )
+
+    # Eager inside a compiled caller, and first: dynamo cannot trace a torch.Generator, and inductor
+    # once returned the budgets of the progress a graph was traced at for every later progress.
+    # Made here, the draws and the budgets enter the rest of a compiled loss as inputs (one graph).
+    @torch.compiler.disable
+    def _transition_loss_inputs(
+        self, batch: int, device: torch.device, progress: float, generator: torch.Generator | None
+    ) -> tuple[GraphNoise | None, tuple[float, float]]:
+        """The graph-mask noise of a training-mode loss (None in eval mode: masks are thresholds)
+        and the sparsity budgets at ``progress``."""
+        noise = self.transition_net.draw_noise(batch, device, generator) if self.transition_net.training else None
+        return noise, sparsity_budgets(self.target_dual, self.adjacency_dual, progress)
 
     def update_multipliers(self, loss: TransitionLoss) -> None:
         """Dual-ascent step of the sparsity constraints (constraint mode, training mode only)."""

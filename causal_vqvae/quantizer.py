@@ -187,18 +187,49 @@ class VectorQuantizer(nn.Module):
         return out
 
     # ------------------------------------------------------------------ codebook updates
-    def update(self, z: torch.Tensor, codes: torch.Tensor, generator: torch.Generator | None = None) -> None:
+    def updates(self) -> bool:
+        """Whether :meth:`update` would change anything now: training mode with grad enabled."""
+        return self.training and torch.is_grad_enabled()
+
+    # Eager inside a compiled caller: dynamo cannot trace a torch.Generator, so a draw inside a
+    # compiled loss would split its graph; drawn first, the scores enter it as a tensor.
+    @torch.compiler.disable
+    def draw_restart_scores(
+        self, num_encodings: int, device: torch.device, generator: torch.Generator | None = None
+    ) -> torch.Tensor | None:
+        """The random scores by which :meth:`update` picks restart encodings among ``num_encodings``
+        (B * N) encodings, drawn with ``generator`` (default: the module's own on ``device``): what
+        ``update`` draws when given none. None when restarts are off."""
+        if not self.restart_dead_codes:
+            return None
+        generator = generator or self.generator(device)
+        return torch.rand(self.num_groups, num_encodings // self.num_groups, generator=generator, device=device)
+
+    def update(
+        self,
+        z: torch.Tensor,
+        codes: torch.Tensor,
+        generator: torch.Generator | None = None,
+        restart_scores: torch.Tensor | None = None,
+    ) -> None:
         """One EMA step on the encodings ``z`` (B, N, D) assigned to ``codes`` (B, N), then dead-code
         restarts. A no-op unless training with grad enabled (call it from the training step, outside
         ``no_grad``). In "loss" mode only the cluster-size EMA and the restarts run.
-        ``generator`` (on z's device) picks restart encodings; default: the module's own."""
+        ``generator`` (on z's device) picks restart encodings; default: the module's own.
+        ``restart_scores``: that pick's draw, already made (:meth:`draw_restart_scores`)."""
         # Checked before entering no_grad: a no_grad decorator would hide the caller's grad mode.
-        if not (self.training and torch.is_grad_enabled()):
+        if not self.updates():
             return
         with torch.no_grad():
-            self._update(z, codes, generator)
+            self._update(z, codes, generator, restart_scores)
 
-    def _update(self, z: torch.Tensor, codes: torch.Tensor, generator: torch.Generator | None) -> None:
+    def _update(
+        self,
+        z: torch.Tensor,
+        codes: torch.Tensor,
+        generator: torch.Generator | None,
+        restart_scores: torch.Tensor | None = None,
+    ) -> None:
         self._check_nodes(z.shape[1])
         with torch.autocast(device_type=z.device.type, enabled=False):
             zg = self._grouped(z.detach().float())  # (G, M, D)
@@ -219,13 +250,18 @@ class VectorQuantizer(nn.Module):
                 smoothed = (self.cluster_size + self.eps) / (total + self.codebook_size * self.eps) * total
                 self.embedding.copy_(self.embed_sum / smoothed.unsqueeze(-1))
             if self.restart_dead_codes:
-                self._restart_dead_codes(zg, generator or self.generator(z.device))
+                if restart_scores is None:
+                    restart_scores = self.draw_restart_scores(codes.numel(), z.device, generator)
+                self._restart_dead_codes(zg, restart_scores)
 
-    def _restart_dead_codes(self, zg: torch.Tensor, generator: torch.Generator) -> None:
+    def _restart_dead_codes(self, zg: torch.Tensor, scores: torch.Tensor) -> None:
         """Replace codes with EMA cluster size < threshold by distinct random encodings of this batch
-        (rank 0's choice, broadcast). Branch-free: no host sync even when nothing is dead."""
+        (rank 0's choice, broadcast), the encodings of the lowest ``scores`` (G, M). Branch-free: no
+        host sync even when nothing is dead."""
         num_groups, num_encodings, dim = zg.shape
-        scores = torch.rand(num_groups, num_encodings, generator=generator, device=zg.device)
+        if scores.shape != (num_groups, num_encodings):
+            raise ValueError(f"restart scores of shape {tuple(scores.shape)} for {num_groups} codebooks of "
+                             f"{num_encodings} encodings each; draw them with draw_restart_scores(B * N)")
         order = scores.argsort(-1)  # a random permutation per codebook
         picks = order[:, torch.arange(self.codebook_size, device=zg.device) % num_encodings]  # (G, K)
         candidates = torch.gather(zg, 1, picks.unsqueeze(-1).expand(-1, -1, dim))  # (G, K, D)

@@ -163,6 +163,7 @@ class CausalVQVAEModule(pl.LightningModule):
         if compile_options is not None:
             functions = {name: torch.compile(fn, **compile_options) for name, fn in functions.items()}
         self._step_functions = functions
+        self._compiled = compile_options is not None
         self.stage = _check_stage(stage)
         self.train_config = train_config or TrainConfig()
         self.save_hyperparameters(
@@ -210,6 +211,10 @@ class CausalVQVAEModule(pl.LightningModule):
     # ------------------------------------------------------------------ training
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         cfg = self.train_config
+        if self._compiled:
+            # A new iteration for CUDA graphs (compile mode "reduce-overhead"): the outputs of the
+            # last step's graphs may be overwritten from here on. A no-op in the other modes.
+            torch.compiler.cudagraph_mark_step_begin()
         if self.stage == "vqvae":
             x = batch["image"] if "image_next" not in batch else torch.cat([batch["image"], batch["image_next"]])
             ae = self._step_functions["autoencoder_loss"](x, generator=self._step_generator())

@@ -27,7 +27,7 @@ from einops import rearrange
 from torch import nn
 
 from .autoencoder import FeedForward
-from .graph import CausalGraph, DualAscent, node_code_offsets
+from .graph import CausalGraph, DualAscent, GraphNoise, node_code_offsets
 from .seeding import DeviceGenerators
 
 __all__ = [
@@ -36,6 +36,7 @@ __all__ = [
     "ParentAttentionBlock",
     "CausalTransition",
     "mixture_nll",
+    "sparsity_budgets",
     "transition_loss",
 ]
 
@@ -171,34 +172,47 @@ class CausalTransition(nn.Module):
         weight = self.head_weight[self.node_group]  # (N, K, D)
         return torch.einsum("bnd,nkd->bnk", h, weight) + self.head_bias[self.node_group]
 
+    # Eager inside a compiled caller: dynamo cannot trace a torch.Generator (each draw would split
+    # the caller's graph); drawn here, first, the noise enters the rest of the step as tensors.
+    @torch.compiler.disable
+    def draw_noise(self, batch: int, device: torch.device, generator: torch.Generator | None = None) -> GraphNoise:
+        """The uniform draws of one sampled pair of graph masks for ``batch`` examples, made with
+        ``generator`` (default: this module's own on ``device``): what :meth:`forward` draws when it
+        samples and is given no ``noise``."""
+        return self.graph.draw_noise(batch, generator or self.generator(device), torch.device(device))
+
     def forward(
         self,
         codes: torch.Tensor,
         action: torch.Tensor,
         sample: bool | None = None,
         generator: torch.Generator | None = None,
+        noise: GraphNoise | None = None,
     ) -> TransitionOutput:
         """codes (B, N) long, action (B,) long. ``sample`` (default: ``self.training``) draws the
         graph masks with ``generator`` (on the codes' device; default: this module's own, seeded
-        identically on every rank, so under DDP pass a per-rank generator); otherwise the masks are
-        the deterministic thresholds."""
+        identically on every rank, so under DDP pass a per-rank generator), or takes them from
+        ``noise`` (:meth:`draw_noise`) when given; otherwise the masks are the deterministic
+        thresholds and ``noise`` is not used."""
         batch = codes.shape[0]
         sample = self.training if sample is None else sample
-        if sample and generator is None:
-            generator = self.generator(codes.device)
+        if sample and noise is None:
+            noise = self.draw_noise(batch, codes.device, generator)
 
         parents = self.code_embed(codes + self.offsets) + self.position  # (B, N, D)
         action_vec = self.action_embed(action)  # (B, D)
         h = parents + rearrange(action_vec, "b d -> b 1 d")
         action_token = rearrange(action_vec + self.action_type, "b d -> b 1 d")
-        adjacency = self.graph.adjacency_mask(batch, sample, generator)  # (B, N_parent, N_child)
+        adjacency = self.graph.adjacency_mask(  # (B, N_parent, N_child)
+            batch, sample, uniform=noise.adjacency if sample else None
+        )
         mask = rearrange(adjacency, "b j i -> b 1 i j")
         for block in self.blocks:
             h = block(h, parents, action_token, self.constant, mask)
         logits = self._head(self.norm(h))
 
         target_logits = self.graph.targets(codes, action)
-        intervened = self.graph.target_mask(target_logits, sample, generator)
+        intervened = self.graph.target_mask(target_logits, sample, uniform=noise.targets if sample else None)
         predicted = torch.where(intervened > 0.5, logits.argmax(-1), codes)
         return TransitionOutput(
             logits=logits,
@@ -223,6 +237,16 @@ def mixture_nll(output: TransitionOutput, codes: torch.Tensor, target_codes: tor
     return -torch.log(eps + (1.0 - eps) * p)
 
 
+def sparsity_budgets(
+    target_dual: DualAscent | None, adjacency_dual: DualAscent | None, progress: float
+) -> tuple[float, float]:
+    """(target, adjacency) budgets at training ``progress``; NaN for a missing dual."""
+    return (
+        target_dual.budget_at(progress) if target_dual is not None else float("nan"),
+        adjacency_dual.budget_at(progress) if adjacency_dual is not None else float("nan"),
+    )
+
+
 def transition_loss(
     output: TransitionOutput,
     codes: torch.Tensor,
@@ -238,6 +262,7 @@ def transition_loss(
     target_penalty_weight: float = 0.0,
     adjacency_penalty_weight: float = 0.0,
     progress: float = 1.0,
+    budgets: tuple[float, float] | None = None,
 ) -> TransitionLoss:
     """Mixture NLL, equation cross-entropy and the sparsity term of both graphs.
 
@@ -248,30 +273,28 @@ def transition_loss(
     "constraint": mean(lambda * (expected - budget(progress))) / N for targets per action and for
     parents per node (update the multipliers afterwards with ``DualAscent.update``); "penalty":
     weights times the mean expected counts; "none": no sparsity term (the expected counts are still
-    reported)."""
+    reported). ``budgets``: the (target, adjacency) budgets at ``progress``, when the caller has
+    them already (``CausalVQVAE.transition_loss`` computes them before its compiled part); default:
+    the duals' ``budget_at(progress)``."""
     nll = mixture_nll(output, codes, target_codes, eps).mean()
     equation_nll = F.cross_entropy(rearrange(output.logits.float(), "b n k -> b k n"), target_codes)
     expected_targets = graph.expected_targets(output.target_logits, action)
     expected_parents = graph.expected_parents()
+    if budgets is None:
+        budgets = sparsity_budgets(target_dual, adjacency_dual, progress)
+    target_budget, adjacency_budget = budgets
     if sparsity_mode == "constraint":
         if target_dual is None or adjacency_dual is None:
             raise ValueError("sparsity_mode 'constraint' needs target_dual and adjacency_dual")
-        target_budget = target_dual.budget_at(progress)
-        adjacency_budget = adjacency_dual.budget_at(progress)
         sparsity = target_dual.lagrangian(expected_targets, target_budget) + adjacency_dual.lagrangian(
             expected_parents, adjacency_budget
         )
+    elif sparsity_mode == "penalty":
+        sparsity = target_penalty_weight * expected_targets.mean() + adjacency_penalty_weight * expected_parents.mean()
+    elif sparsity_mode == "none":
+        sparsity = nll.new_zeros(())
     else:
-        target_budget = target_dual.budget_at(progress) if target_dual is not None else float("nan")
-        adjacency_budget = adjacency_dual.budget_at(progress) if adjacency_dual is not None else float("nan")
-        if sparsity_mode == "penalty":
-            sparsity = (
-                target_penalty_weight * expected_targets.mean() + adjacency_penalty_weight * expected_parents.mean()
-            )
-        elif sparsity_mode == "none":
-            sparsity = nll.new_zeros(())
-        else:
-            raise ValueError(f"unknown sparsity_mode {sparsity_mode!r}; use 'constraint', 'penalty' or 'none'")
+        raise ValueError(f"unknown sparsity_mode {sparsity_mode!r}; use 'constraint', 'penalty' or 'none'")
     correct = (output.predicted_codes == target_codes).float()
     return TransitionLoss(
         loss=nll + equation_weight * equation_nll + sparsity,

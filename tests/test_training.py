@@ -6,7 +6,9 @@ import pytorch_lightning as pl
 import torch
 
 from causal_vqvae import CausalVQVAE
-from causal_vqvae.training import CausalVQVAEModule, TrainConfig, _warmup_cosine, parameter_groups, psnr
+from causal_vqvae.training import (
+    STEP_FUNCTIONS, CausalVQVAEModule, TrainConfig, _warmup_cosine, parameter_groups, psnr
+)
 from datamodules.datamodule import TRAINER_KWARGS, build_datamodule
 import train as train_script
 from tiny import TINY_JSON, tiny_dsprites_model
@@ -423,6 +425,73 @@ def test_compiled_transition_loss_reports_the_budget_of_each_progress():
         assert traced.adjacency_budget == eager.adjacency_budget == model.adjacency_dual.budget_at(progress)
         assert torch.allclose(traced.sparsity, eager.sparsity, atol=1e-5)
         assert torch.allclose(traced.loss, eager.loss, atol=1e-4)
+
+
+@pytest.mark.parametrize("flags, options", [
+    ([], None),
+    (["--compile"], {}),
+    (["--compile", "--compile-mode", "default"], {}),
+    (["--compile-mode", "reduce-overhead"], {"mode": "reduce-overhead"}),
+    (["--compile", "--compile-mode", "max-autotune"], {"mode": "max-autotune"}),
+])
+def test_compile_flags_give_the_step_functions_compile_options(flags, options):
+    args = train_script.build_parser().parse_args(["--data", "dsprites", *flags])
+    assert train_script._compile_options(args) == options
+
+
+@pytest.mark.parametrize("layout", ["grid", "tokens"])
+def test_each_training_step_function_traces_as_one_graph(layout):
+    """Under torch.compile every model function of a training step is one graph: the random draws
+    (graph masks, restart picks) and the budgets are made eagerly first, and enter as inputs. Drawn
+    inside, each split the graph (transition_loss was 11 graphs, autoencoder_loss 5), and with it
+    the fusion and the CUDA-graph capture that --compile is for."""
+    model = tiny_dsprites_model(latent_layout=layout, state_dependent_targets=True, target_context_layers=1)
+    model.train()
+    g = torch.Generator().manual_seed(0)
+    k, n = model.config.codes_per_node, model.config.num_nodes
+    codes, target = torch.randint(0, k, (8, n), generator=g), torch.randint(0, k, (8, n), generator=g)
+    action = torch.randint(0, 10, (8,), generator=g)
+    x = torch.rand(8, 1, 64, 64, generator=g)
+    calls = {
+        "autoencoder_loss": ((x,), {"generator": torch.Generator().manual_seed(1)}),
+        "encode_codes": ((x,), {}),
+        "transition_loss": ((codes, action, target), {"progress": 0.3, "generator": torch.Generator().manual_seed(1)}),
+        "retrieval_loss": ((codes, target, action), {}),
+    }
+    assert set(calls) == set(STEP_FUNCTIONS)
+    for name, (args, kwargs) in calls.items():
+        torch._dynamo.reset()
+        explained = torch._dynamo.explain(getattr(model, name))(*args, **kwargs)
+        assert (explained.graph_count, explained.graph_break_count) == (1, 0), (name, explained.break_reasons)
+
+
+def test_drawing_first_samples_what_drawing_inside_samples():
+    """The draws made ahead (GraphNoise, restart scores) are the ones the generator gives in place:
+    passing them or the generator gives the same masks, logits and codebook."""
+    model = tiny_dsprites_model(restart_dead_codes=True, dead_code_threshold=1e9).train()  # every code restarts
+    g = torch.Generator().manual_seed(0)
+    codes = torch.randint(0, 16, (6, 64), generator=g)
+    action = torch.randint(0, 10, (6,), generator=g)
+    inside = model.transition(codes, action, generator=torch.Generator().manual_seed(5))
+    noise = model.transition_net.draw_noise(6, codes.device, torch.Generator().manual_seed(5))
+    ahead = model.transition_net(codes, action, sample=True, noise=noise)
+    assert noise.adjacency.shape == (6, 64, 64) and noise.targets.shape == (6, 64)
+    assert torch.equal(inside.adjacency, ahead.adjacency) and torch.equal(inside.intervened, ahead.intervened)
+    assert torch.equal(inside.logits, ahead.logits)
+    # a different draw gives different masks (the noise is used, not ignored)
+    other = model.transition_net(codes, action, sample=True, noise=noise._replace(adjacency=1 - noise.adjacency))
+    assert not torch.equal(other.adjacency, ahead.adjacency)
+
+    x = torch.rand(6, 1, 64, 64, generator=g)
+    twin = tiny_dsprites_model(restart_dead_codes=True, dead_code_threshold=1e9).train()
+    twin.load_state_dict(model.state_dict())
+    model.autoencoder_loss(x, generator=torch.Generator().manual_seed(7))
+    out = twin(x)
+    scores = twin.quantizer.draw_restart_scores(6 * 64, x.device, torch.Generator().manual_seed(7))
+    twin.quantizer.update(out.z, out.quantizer.codes, restart_scores=scores)
+    assert torch.equal(model.quantizer.embedding, twin.quantizer.embedding)
+    with pytest.raises(ValueError, match="draw them with draw_restart_scores"):
+        twin.quantizer.update(out.z, out.quantizer.codes, restart_scores=scores[:, :10])
 
 
 CONFIG_FILES = sorted((Path(__file__).resolve().parents[1] / "benchmarks" / "configs").glob("*.json"))
