@@ -43,6 +43,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import sys
 import tempfile
@@ -133,6 +134,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="causal and head stages: train on the codes of N training pairs, encoded once by the "
                         "frozen autoencoder, rather than encoding fresh pairs every step (train.code_pool; "
                         "default 0, fresh pairs)")
+    p.add_argument("--keep", choices=["last", "best"], default=None,
+                   help="the weights each stage saves and hands on: 'last' (its last step) or 'best' (its best "
+                        "validation in the stage's second half, by PSNR for vqvae, retrieval by transition for "
+                        "causal and joint; train.keep; default last)")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the model functions of the training step (GPU; the first steps compile)")
     p.add_argument("--compile-mode", choices=COMPILE_MODES, default=None,
@@ -198,8 +203,8 @@ def main(argv: list[str] | None = None) -> int:
     from causal_vqvae.config import ModelConfig
     from causal_vqvae.model import CausalVQVAE
     from causal_vqvae.monitoring import MetricHistory, ValidationPictures
-    from causal_vqvae.training import (STAGES, CausalVQVAEModule, CheckpointMismatchError, NonFiniteGuard,
-                                       NonFiniteLossError, TrainConfig)
+    from causal_vqvae.training import (BEST_FROM, STAGE_MONITOR, STAGES, BestWeights, CausalVQVAEModule,
+                                       CheckpointMismatchError, NonFiniteGuard, NonFiniteLossError, TrainConfig)
     from datamodules.datamodule import TRAINER_KWARGS, DataConfig, build_datamodule
 
     preset = PRESETS[args.preset]
@@ -212,6 +217,8 @@ def main(argv: list[str] | None = None) -> int:
         train_fields["val_every"] = args.val_every
     if args.code_pool is not None:
         train_fields["code_pool"] = args.code_pool
+    if args.keep is not None:
+        train_fields["keep"] = args.keep
     train_config = TrainConfig.from_dict(train_fields)
     stages = args.stage or [s for s in STAGES if train_config.steps(s) > 0]
     if args.max_steps:
@@ -334,6 +341,10 @@ def main(argv: list[str] | None = None) -> int:
             pl.callbacks.ModelCheckpoint(dirpath=checkpoints, save_last=True, every_n_train_steps=val_every,
                                          save_top_k=0),
         ]
+        best_weights = None
+        if train_config.keep == "best":
+            best_weights = BestWeights(checkpoints / "best", STAGE_MONITOR[stage], math.ceil(BEST_FROM * steps))
+            callbacks.append(best_weights)
         trainer = pl.Trainer(
             max_steps=steps, num_nodes=args.num_nodes, logger=_logger(stage_dir), callbacks=callbacks,
             log_every_n_steps=min(50, val_every),  # gradient clipping: CausalVQVAEModule.on_before_optimizer_step
@@ -365,14 +376,30 @@ def main(argv: list[str] | None = None) -> int:
         if not any(k.startswith("val/") for k in trainer.callback_metrics):
             # resumed at the last step: nothing ran, so validate for the metrics
             trainer.validate(module, datamodule=dm, verbose=False, weights_only=True)
-        seconds = time.perf_counter() - start
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+        kept: dict[str, Any] = {"keep": "last", "step": steps}
+        if best_weights is not None:
+            trainer.strategy.barrier()  # rank zero has written the last best model
+            best = best_weights.best()
+            # On a machine that does not share rank zero's disk, best() is None: that rank keeps its
+            # last weights, and DDP gives every rank rank zero's weights when the next stage starts.
+            if best is None and trainer.is_global_zero:
+                log.warning("stage %s: no validation from step %d on to pick the best from; the last step's "
+                            "weights are kept", stage, best_weights.from_step)
+            elif best is not None:
+                model.load_state_dict(CausalVQVAE.from_pretrained(best_weights.directory / best["path"]).state_dict())
+                kept = {"keep": "best", "step": best["step"], "monitor": best["monitor"], "score": best["score"],
+                        "val_last": metrics}
+                metrics = best["metrics"]
+                log.info("stage %s: keeping the weights of step %d (%s = %.4g; at the last step %.4g)", stage,
+                         best["step"], best["monitor"], best["score"], kept["val_last"].get(best["monitor"], math.nan))
+        seconds = time.perf_counter() - start
         # Wall-clock samples (images or pairs, every device) per second, validation included.
         rate = None if ckpt else round(steps * data_config.batch_size * world / seconds, 1)
         # seconds: this invocation; training_seconds: the stage's training time with the time before
         # an interruption carried over (as curves.json counts it), so a resumed stage reports its whole length.
         summary[stage] = {"seconds": seconds, "training_seconds": round(history.elapsed(), 3), "samples_per_s": rate,
-                          "val": metrics, "resumed_from": ckpt}
+                          "val": metrics, "kept": kept, "resumed_from": ckpt}
         if trainer.is_global_zero:
             model.save_pretrained(stage_dir, extra_metadata={
                 "stage": stage, "steps": steps, "seed": args.seed, "data": probe.description,
@@ -410,8 +437,9 @@ def _writable_directory(path: Path) -> Path:
 # Settings added after runs were written, with the value that reproduces a run written before them
 # (before graph_lr_scale, the graph's edge logits trained at the stage's learning rate; before
 # code_pool, every step encoded fresh pairs; before retrieval_score, validation scored retrieval by
-# transition with the NLL).
-ADDED_SETTINGS = {"train": {"graph_lr_scale": 1.0, "code_pool": 0}, "model": {"retrieval_score": "nll"}}
+# transition with the NLL; before keep, every stage kept its last step's weights).
+ADDED_SETTINGS = {"train": {"graph_lr_scale": 1.0, "code_pool": 0, "keep": "last"},
+                  "model": {"retrieval_score": "nll"}}
 
 
 def _check_same_run(path: Path, resolved: dict[str, Any]) -> None:

@@ -36,6 +36,14 @@ def _pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f}%"
 
 
+def _last(kept: dict[str, Any]) -> str:
+    """The kept monitor's value at a stage's last validation, formatted as the kept score is."""
+    value = kept.get("val_last", {}).get(kept["monitor"])
+    if value is None:
+        return "not recorded"
+    return _pct(value) if "acc" in kept["monitor"] else format(value, ".4g")
+
+
 def model_card(name: str, run: dict[str, Any], stages: dict[str, dict[str, Any]],
                benches: list[dict[str, Any]], size_bytes: int, note: str | None = None) -> str:
     """The MODEL_CARD.md text from the run's resolved config, each stage's metadata and bench results
@@ -76,16 +84,23 @@ def model_card(name: str, run: dict[str, Any], stages: dict[str, dict[str, Any]]
         if summary.get("resumed_from") and summary.get("training_seconds") is not None:
             line += (f" in its last invocation, which resumed it ({summary['training_seconds']:.0f} s of training "
                      "in all, the part before the interruption included)")
+        kept = summary.get("kept", {})
+        if kept.get("keep") == "best":
+            line += (f"; it kept the weights of step {kept['step']}, its best validation by `{kept['monitor']}` "
+                     f"({_pct(kept['score']) if 'acc' in kept['monitor'] else format(kept['score'], '.4g')}; "
+                     f"{_last(kept)} at the last step)")
         lines.append(line + ".")
     if note:
         lines.append(f"- Note: {note}")
     val = final.get("val_metrics", {})
+    kept = final.get("summary", {}).get("kept", {})
+    earlier = kept.get("keep") == "best" and kept["step"] != final["steps"]
+    when = f"at step {kept['step']}, the kept weights'" if earlier else "at the end of training"
     lines += [
         "",
         "## Held-out metrics",
         "",
-        f"Validation pairs at the end of training ({run['data']['val_length']} pairs, "
-        "states never trained on):",
+        f"Validation pairs {when} ({run['data']['val_length']} pairs, states never trained on):",
         "",
         "| metric | value |",
         "|---|---|",

@@ -27,8 +27,12 @@ of the damaged weights can be written.
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import shutil
 from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
@@ -36,14 +40,24 @@ import torch
 
 from .model import CausalVQVAE
 
-__all__ = ["STAGES", "TrainConfig", "CausalVQVAEModule", "parameter_groups", "CheckpointMismatchError",
-           "NonFiniteGuard", "NonFiniteLossError", "psnr"]
+__all__ = ["STAGES", "STAGE_MONITOR", "BEST_FROM", "TrainConfig", "CausalVQVAEModule", "parameter_groups",
+           "CheckpointMismatchError", "NonFiniteGuard", "NonFiniteLossError", "BestWeights", "psnr"]
 
 STAGES = ("vqvae", "causal", "joint", "head")
 AUTOENCODER_PARTS = ("encoder", "decoder", "quantizer", "token_encoder", "token_decoder")
 FROZEN_AUTOENCODER_STAGES = ("causal", "head")  # stages that train on codes of a frozen autoencoder
 # Validation metrics shown on the progress bar (none from training steps: see training_step).
 PROGRESS_BAR_METRICS = ("psnr", "retrieval_head_acc")
+KEEP_CHOICES = ("last", "best")
+# The validation metric (higher is better) by which TrainConfig.keep = "best" picks a stage's weights.
+STAGE_MONITOR = {
+    "vqvae": "val/psnr",
+    "causal": "val/retrieval_transition_acc",
+    "joint": "val/retrieval_transition_acc",
+    "head": "val/retrieval_head_acc",
+}
+# keep = "best" picks among the validations from this fraction of a stage's steps on.
+BEST_FROM = 0.5
 
 
 @dataclass(frozen=True)
@@ -73,6 +87,12 @@ class TrainConfig:
         once by the frozen autoencoder when the stage starts (:mod:`causal_vqvae.code_pool`); 0
         renders (twins) or reads, and encodes, fresh pairs at every step. The vqvae and joint
         stages, which train the autoencoder, always read images.
+    keep: the weights a stage saves and hands to the next. "last": those of its last step. "best":
+        those of its validation with the highest :data:`STAGE_MONITOR` metric (validation PSNR for
+        the vqvae stage, retrieval by transition for causal and joint, the head's retrieval for
+        head), among the validations of the stage's second half (:data:`BEST_FROM`: the sparsity
+        budgets reach their end values at half-way, and a denser graph of the first half could
+        score higher). Ties go to the later validation. :class:`BestWeights` keeps them on disk.
     """
 
     vqvae_steps: int = 3000
@@ -93,10 +113,15 @@ class TrainConfig:
     reconstruction_weight: float = 1.0
     val_every: int = 500
     code_pool: int = 0
+    keep: str = "last"
 
     def __post_init__(self) -> None:
+        if self.keep not in KEEP_CHOICES:
+            raise ValueError(f"TrainConfig.keep must be one of {KEEP_CHOICES}, got {self.keep!r}")
         for f in fields(self):
             value = getattr(self, f.name)
+            if isinstance(value, str):
+                continue
             if value < 0:
                 raise ValueError(f"TrainConfig.{f.name} must be >= 0, got {value}")
         if self.val_every < 1:
@@ -490,3 +515,63 @@ class NonFiniteGuard(pl.Callback):
             if first_bad >= 0:
                 raise NonFiniteLossError(getattr(pl_module, "stage", "?"), first_bad, self.last_good_step)
             self.last_good_step = step
+
+
+class BestWeights(pl.Callback):
+    """Keep on disk the weights of a stage's best validation so far: the highest ``monitor`` among
+    the validations at step ``from_step`` or later (ties: the later one).
+
+    ``directory`` holds the model of that validation, saved by ``save_pretrained`` in
+    ``step-<N>/``, and ``best.json``, which names it with its step, score and validation metrics.
+    ``best.json`` is written after the model and atomically, and a replaced model is deleted only
+    after it, so ``best.json`` always names a complete model; a resumed run reads it back. Only
+    global rank zero writes (every rank sees the same synced metrics)."""
+
+    INDEX = "best.json"
+
+    def __init__(self, directory: str | os.PathLike, monitor: str, from_step: int) -> None:
+        self.directory = Path(directory)
+        self.monitor = monitor
+        self.from_step = from_step
+
+    def best(self) -> dict[str, Any] | None:
+        """``{"step", "score", "monitor", "path", "metrics"}`` of the kept validation, or None."""
+        try:
+            return json.loads((self.directory / self.INDEX).read_text())
+        except FileNotFoundError:
+            return None
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # A kept model from after the step training starts at is another run's (a fresh run in the
+        # same directory starts at 0, a resumed one at its checkpoint's step): forget it.
+        best = self.best()
+        if best is not None and best["step"] > trainer.global_step and trainer.is_global_zero:
+            (self.directory / self.INDEX).unlink()
+            shutil.rmtree(self.directory / best["path"], ignore_errors=True)
+        trainer.strategy.barrier()
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking or trainer.global_step < self.from_step:
+            return
+        value = trainer.callback_metrics.get(self.monitor)
+        score = float(value) if value is not None else math.nan
+        if not math.isfinite(score):
+            return
+        best = self.best()
+        if best is not None and (score < best["score"] or best["step"] == trainer.global_step):
+            return
+        if trainer.is_global_zero:
+            self._write(pl_module.model, trainer.global_step, score, trainer.callback_metrics)
+
+    def _write(self, model: CausalVQVAE, step: int, score: float, metrics: dict[str, Any]) -> None:
+        from .io import write_json
+
+        name = f"step-{step:07d}"
+        val = {k: float(v) for k, v in metrics.items() if k.startswith("val/")}
+        model.save_pretrained(self.directory / name, extra_metadata={"step": step, "val_metrics": val})
+        write_json(self.directory / self.INDEX,
+                   {"step": step, "score": score, "monitor": self.monitor, "path": name, "metrics": val})
+        # The replaced model, and any left by a run killed between a save and its index.
+        for stale in self.directory.glob("step-*"):
+            if stale.name != name:
+                shutil.rmtree(stale, ignore_errors=True)

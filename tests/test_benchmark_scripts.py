@@ -292,6 +292,18 @@ def test_release_checkpoint_card_names_the_run_command_and_every_bench(tmp_path)
     assert card.count("| action retrieval by transition (code_distance) | 25.0% |") == 1
     assert "| action retrieval by transition (nll) | 30.0% |" in card  # validation, a run from before the field
     assert (dest / "model.safetensors").read_bytes() == (run / "causal" / "model.safetensors").read_bytes()
+    assert "Validation pairs at the end of training (5000 pairs" in card
+
+    # a stage that kept its best validation (train.py --keep best) says which step, and so does the table
+    metadata = json.loads((run / "causal" / "metadata.json").read_text())
+    metadata["summary"]["kept"] = {"keep": "best", "step": 30, "monitor": "val/retrieval_transition_acc",
+                                   "score": 0.3, "val_last": {"val/retrieval_transition_acc": 0.28}}
+    (run / "causal" / "metadata.json").write_text(json.dumps(metadata))
+    dest = release.main(["--run", str(run), "--name", "tiny_twin", "--dest", str(tmp_path / "out_best")])
+    card = (dest / "MODEL_CARD.md").read_text()
+    assert ("the part before the interruption included); it kept the weights of step 30, its best validation by "
+            "`val/retrieval_transition_acc` (30.0%; 28.0% at the last step).") in card
+    assert "Validation pairs at step 30, the kept weights' (5000 pairs" in card
 
 
 def test_gpu_twin_runs_script_trains_benches_and_packs_a_run(tmp_path):

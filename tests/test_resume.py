@@ -178,7 +178,7 @@ def test_resuming_a_run_from_before_graph_lr_scale_says_which_setting_reproduces
                "stages": ["causal"], "num_nodes": 1}
     (tmp_path / "config.json").write_text(json.dumps(written))
     now = json.loads(json.dumps(written))
-    now["train"].update(graph_lr_scale=20.0, code_pool=0)  # as a run writes its settings now
+    now["train"].update(graph_lr_scale=20.0, code_pool=0, keep="last")  # as a run writes its settings now
     now["model"]["retrieval_score"] = "nll"
     with pytest.raises(SystemExit, match=r'graph_lr_scale was 1.0, now 20.0.*add \{"train": \{"graph_lr_scale": 1.0'):
         train_script._check_same_run(tmp_path / "config.json", now)

@@ -7,7 +7,7 @@ import torch
 
 from causal_vqvae import CausalVQVAE
 from causal_vqvae.training import (
-    STEP_FUNCTIONS, CausalVQVAEModule, TrainConfig, _warmup_cosine, parameter_groups, psnr
+    STEP_FUNCTIONS, BestWeights, CausalVQVAEModule, TrainConfig, _warmup_cosine, parameter_groups, psnr
 )
 from datamodules.datamodule import TRAINER_KWARGS, build_datamodule
 import train as train_script
@@ -244,6 +244,85 @@ def test_train_py_runs_both_stages_end_to_end_and_saves_loadable_models(tmp_path
         assert summary[stage]["samples_per_s"] == round(4 * 8 / summary[stage]["seconds"], 1)
         # an unbroken stage's training time: at least to its last validation, at most the whole invocation
         assert rows[-1]["seconds"] <= summary[stage]["training_seconds"] <= summary[stage]["seconds"]
+
+
+def _fake_trainer(step, metrics):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(global_step=step, callback_metrics={k: torch.tensor(v) for k, v in metrics.items()},
+                           sanity_checking=False, is_global_zero=True, strategy=SimpleNamespace(barrier=lambda: None))
+
+
+def test_best_weights_keeps_the_best_validation_from_its_first_step_on(tmp_path):
+    """Scores before from_step are ignored, a lower score keeps the kept model, a tie replaces it
+    (the later validation), and best.json names a complete model of those weights."""
+    model = tiny_dsprites_model()
+    module = CausalVQVAEModule(model, "causal")
+    keeper = BestWeights(tmp_path / "best", "val/acc", from_step=2)
+    weights = {}
+    for step, score in [(1, 0.9), (2, 0.5), (3, 0.7), (4, 0.6), (5, 0.7), (6, 0.65)]:
+        with torch.no_grad():
+            model.transition_net.constant.fill_(float(step))  # a different model at every validation
+        weights[step] = {k: v.clone() for k, v in model.state_dict().items()}
+        keeper.on_validation_end(_fake_trainer(step, {"val/acc": score, "val/psnr": 20.0 + step}), module)
+        if step == 1:
+            assert keeper.best() is None  # before from_step
+    best = keeper.best()
+    assert (best["step"], best["score"], best["monitor"]) == (5, pytest.approx(0.7), "val/acc")
+    assert best["metrics"] == {"val/acc": pytest.approx(0.7), "val/psnr": 25.0}
+    assert [p.name for p in (tmp_path / "best").glob("step-*")] == ["step-0000005"]  # replaced ones deleted
+    kept = CausalVQVAE.from_pretrained(tmp_path / "best" / best["path"])
+    assert all(torch.equal(v, weights[5][k]) for k, v in kept.state_dict().items())
+    # a NaN or missing score changes nothing
+    keeper.on_validation_end(_fake_trainer(7, {"val/acc": float("nan")}), module)
+    keeper.on_validation_end(_fake_trainer(8, {"val/psnr": 1.0}), module)
+    assert keeper.best()["step"] == 5
+    # a run starting before the kept step (a fresh run in the same directory) forgets it
+    keeper.on_train_start(_fake_trainer(5, {}), module)
+    assert keeper.best()["step"] == 5
+    keeper.on_train_start(_fake_trainer(0, {}), module)
+    assert keeper.best() is None and not list((tmp_path / "best").glob("step-*"))
+
+
+def test_train_py_keep_best_hands_on_the_best_validation_of_each_stage(tmp_path, small_overrides, monkeypatch):
+    import causal_vqvae.training as training
+
+    # The vqvae stage's monitor peaks before the last of these few steps (the real one, PSNR, only
+    # rises here), so that an earlier step than the last is kept and handed on.
+    monitors = {"vqvae": "val/mse", "causal": "val/code_accuracy"}
+    for stage, monitor in monitors.items():
+        monkeypatch.setitem(training.STAGE_MONITOR, stage, monitor)
+    out = tmp_path / "run"
+    rc = train_script.main(["--data", "dsprites", "--preset", "cpu-small", "--config", small_overrides,
+                            "--max-steps", "8", "--val-every", "2", "--batch-size", "8", "--gpus", "0",
+                            "--out", str(out), "--no-progress", "--seed", "3", "--keep", "best"])
+    assert rc == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert json.loads((out / "config.json").read_text())["train"]["keep"] == "best"
+    vqvae = CausalVQVAE.from_pretrained(out / "vqvae")
+    kept_steps = {}
+    for stage, monitor in monitors.items():
+        rows = json.loads((out / stage / "curves.json").read_text())["rows"]
+        assert [r["step"] for r in rows] == [2, 4, 6, 8]
+        candidates = [r for r in rows if r["step"] >= 4]  # the second half
+        top = max(r[monitor] for r in candidates)
+        expected_step = max(r["step"] for r in candidates if r[monitor] == top)
+        kept = summary[stage]["kept"]
+        assert (kept["keep"], kept["step"], kept["monitor"]) == ("best", expected_step, monitor)
+        assert kept["score"] == pytest.approx(top)
+        kept_steps[stage] = kept["step"]
+        row = next(r for r in rows if r["step"] == expected_step)
+        # the reported validation is the kept step's, the last step's is kept beside it
+        assert summary[stage]["val"][monitor] == pytest.approx(row[monitor])
+        assert kept["val_last"][monitor] == pytest.approx(rows[-1][monitor])
+        saved = CausalVQVAE.from_pretrained(out / stage)
+        best_dir = out / stage / "checkpoints" / "best" / f"step-{expected_step:07d}"
+        assert all(torch.equal(v, CausalVQVAE.from_pretrained(best_dir).state_dict()[k])
+                   for k, v in saved.state_dict().items())
+    assert kept_steps["vqvae"] == 4
+    # the causal stage started from the kept vqvae weights
+    causal = CausalVQVAE.from_pretrained(out / "causal")
+    assert all(torch.equal(v, causal.encoder.state_dict()[k]) for k, v in vqvae.encoder.state_dict().items())
 
 
 def test_train_py_head_stage_puts_a_new_head_on_a_saved_model(tmp_path, small_overrides):
