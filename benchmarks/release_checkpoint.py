@@ -23,7 +23,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from causal_vqvae.io import CONFIG_NAME, METADATA_NAME, WEIGHTS_NAME, atomic_write  # noqa: E402
+from causal_vqvae.config import RETRIEVAL_SCORES  # noqa: E402
+from causal_vqvae.io import CONFIG_NAME, METADATA_NAME, WEIGHTS_NAME, atomic_write, write_json  # noqa: E402
 
 LIMIT_BYTES = 10 * 1024 * 1024
 
@@ -45,7 +46,8 @@ def _last(kept: dict[str, Any]) -> str:
 
 
 def model_card(name: str, run: dict[str, Any], stages: dict[str, dict[str, Any]],
-               benches: list[dict[str, Any]], size_bytes: int, note: str | None = None) -> str:
+               benches: list[dict[str, Any]], size_bytes: int, note: str | None = None,
+               released_score: str | None = None) -> str:
     """The MODEL_CARD.md text from the run's resolved config, each stage's metadata and bench results
     (one table per bench JSON, in the order given)."""
     final = stages[list(stages)[-1]]
@@ -92,6 +94,10 @@ def model_card(name: str, run: dict[str, Any], stages: dict[str, dict[str, Any]]
         lines.append(line + ".")
     if note:
         lines.append(f"- Note: {note}")
+    if released_score:
+        lines.append(f"- Released to score retrieval by transition by `{released_score}` "
+                     f"(`retrieval_score`; the run validated with "
+                     f"`{run['model'].get('retrieval_score', 'nll')}`). The weights are as trained.")
     val = final.get("val_metrics", {})
     kept = final.get("summary", {}).get("kept", {})
     earlier = kept.get("keep") == "best" and kept["step"] != final["steps"]
@@ -144,7 +150,9 @@ def model_card(name: str, run: dict[str, Any], stages: dict[str, dict[str, Any]]
                     e = exactness[k]
                     lines.append(f"| edit exactness, {k[1:]} edit(s) (decode(encode(true target)): "
                                  f"{_pct(e['reference_reconstruction'])}) | {_pct(e['exact'])} |")
-    if benches:
+    if benches and all(f"--model checkpoints/{name} " in b["meta"]["command"] + " " for b in benches):
+        lines += ["", f"The bench ran on this released model (`--model checkpoints/{name}`)."]
+    elif benches:
         lines += ["", "The bench ran on this model before it was copied here (`--model` above); "
                   f"`--model checkpoints/{name}` gives the same figures for the model, while the "
                   "supervised baseline's budget is read from the run's config.json beside the model, "
@@ -171,6 +179,9 @@ def main(argv: list[str] | None = None) -> Path:
                    help="bench JSON of this model (optional; repeat for several, one table each)")
     p.add_argument("--dest", default=str(ROOT / "checkpoints"))
     p.add_argument("--note", default=None, help="a line added to the card's training section")
+    p.add_argument("--retrieval-score", choices=RETRIEVAL_SCORES, default=None,
+                   help="release the model with this ModelConfig.retrieval_score, a setting no weight depends on "
+                        "(the weights are released as trained); default: the run's")
     args = p.parse_args(argv)
 
     run_dir = Path(args.run)
@@ -190,7 +201,13 @@ def main(argv: list[str] | None = None) -> Path:
     dest.mkdir(parents=True, exist_ok=True)
     for file in (WEIGHTS_NAME, CONFIG_NAME, METADATA_NAME):
         _copy(source / file, dest / file)
-    card = model_card(args.name, run, stages, benches, size, args.note)
+    released_score = None
+    if args.retrieval_score is not None:
+        config = json.loads((dest / CONFIG_NAME).read_text())
+        if config.get("retrieval_score") != args.retrieval_score:
+            config["retrieval_score"] = released_score = args.retrieval_score
+            write_json(dest / CONFIG_NAME, config)
+    card = model_card(args.name, run, stages, benches, size, args.note, released_score)
     atomic_write(dest / "MODEL_CARD.md", lambda temp: Path(temp).write_text(card))
     print(f"released {source} as {dest} ({size / 1e6:.1f} MB)")
     return dest

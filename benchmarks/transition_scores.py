@@ -1,4 +1,4 @@
-"""How should retrieval by transition score an action? Both scores of ``ModelConfig.retrieval_score``
+"""How should retrieval by transition score an action? Every score of ``ModelConfig.retrieval_score``
 on one trained model, from the same transition outputs, on held-out validation and test pairs.
 
     python benchmarks/transition_scores.py --model checkpoints/dsprites_twin --data dsprites \
@@ -7,6 +7,8 @@ on one trained model, from the same transition outputs, on held-out validation a
 For each pair (x, x'), every action's transition runs once on the codes of x (deterministic graph
 masks), and each score compares the result with the codes of x':
 
+- ``marginal_nll``: the sum over nodes of the mixture's NLL of the target codes with each node's
+  intervention mask at its probability, sigmoid(target logit), rather than thresholded;
 - ``nll``: the mean over nodes of the intervention mixture's NLL of the target codes;
 - ``code_distance``: the sum over nodes of the squared distance between the mixture's expected code
   vector and the target's, in units of the codebook's mean squared distance between two codes.
@@ -38,8 +40,7 @@ from causal_vqvae.api import load  # noqa: E402
 from causal_vqvae.bench import _batches, _datamodule, script_record  # noqa: E402
 from causal_vqvae.config import RETRIEVAL_SCORES  # noqa: E402
 from causal_vqvae.io import write_json  # noqa: E402
-from causal_vqvae.retrieval import code_distance  # noqa: E402
-from causal_vqvae.transition import mixture_nll  # noqa: E402
+from causal_vqvae.retrieval import output_scores  # noqa: E402
 
 
 @torch.no_grad()
@@ -57,12 +58,8 @@ def split_scores(model, dm, split: str, pairs: int, batch: int, device: torch.de
         target_all = repeat(target, "b n -> (b a) n", a=num_actions)
         actions = repeat(torch.arange(num_actions, device=device), "a -> (b a)", b=codes.shape[0])
         out = transition(codes_all, actions, sample=False)
-        per_pair = {
-            "nll": mixture_nll(out, codes_all, target_all, eps).mean(-1),
-            "code_distance": code_distance(out, codes_all, target_all, model.quantizer.embedding,
-                                           transition.offsets).sum(-1),
-        }
-        for name, value in per_pair.items():
+        for name in RETRIEVAL_SCORES:
+            value = output_scores(out, codes_all, target_all, name, eps, model.quantizer.embedding, transition.offsets)
             scores[name].append(rearrange(value, "(b a) -> b a", a=num_actions).cpu())
         truth.append(b["action"].cpu())
     return {name: torch.cat(value) for name, value in scores.items()}, torch.cat(truth)

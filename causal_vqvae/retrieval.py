@@ -1,10 +1,12 @@
 """Action retrieval: which action turned codes into target codes?
 
 (a) By transition: run every action's transition in one batched pass (B -> B * A) and score each
-    by the distance from the mixture's expected code vectors to the target's, summed over nodes
-    (``ModelConfig.retrieval_score`` "code_distance"), or by the mixture NLL of the target codes,
-    averaged over nodes ("nll"); probabilities are softmax(-score / T). Deterministic: the graph
-    masks are thresholded, never sampled.
+    (``ModelConfig.retrieval_score``) by the mixture NLL of the target codes with the intervention
+    masks at their probabilities, the masks marginalised out ("marginal_nll"); by the distance from
+    the mixture's expected code vectors to the target's, summed over nodes ("code_distance"); or by
+    the mixture NLL with thresholded masks ("nll"); probabilities are softmax(-score / T).
+    Deterministic: nothing is sampled (the adjacency is thresholded, and so are the intervention
+    masks except in "marginal_nll", which weighs by their probabilities).
 (b) By a learned head -> logits over actions: in the grid layout a small CNN over the pair of code
     grids, read as the quantizer's code vectors (:class:`ConvRetrievalHead`); in the tokens layout,
     which has no grid, a transformer over learned code embeddings (:class:`RetrievalHead`).
@@ -13,7 +15,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -21,10 +23,12 @@ from einops import rearrange, repeat
 from torch import nn
 
 from .autoencoder import TransformerBlock
+from .config import RETRIEVAL_SCORES
 from .graph import node_code_offsets
 from .transition import CausalTransition, TransitionOutput, mixture_nll
 
-__all__ = ["RetrievalOutput", "score_actions", "code_distance", "scores_to_probs", "RetrievalHead", "ConvRetrievalHead"]
+__all__ = ["RetrievalOutput", "score_actions", "output_scores", "marginal_intervention", "code_distance",
+           "scores_to_probs", "RetrievalHead", "ConvRetrievalHead"]
 
 
 @dataclass(frozen=True)
@@ -46,7 +50,12 @@ def score_actions(
     """(B, A) score of each action applied to ``codes`` (B, N) against ``target_codes`` (B, N),
     lower is better; all A actions run in one batched, deterministic pass. ``score``:
 
-    - "nll": the mean over nodes of the mixture NLL of the target codes (:func:`mixture_nll`);
+    - "marginal_nll": the sum over nodes of the mixture NLL of the target codes with each node's
+      intervention mask at its probability (:func:`marginal_intervention`): the NLL of the target
+      codes under the model that training samples, the masks marginalised out, so that
+      softmax(-score) is the posterior over actions under a uniform prior;
+    - "nll": the mean over nodes of the mixture NLL of the target codes (:func:`mixture_nll`), with
+      the thresholded masks;
     - "code_distance": the sum over nodes of :func:`code_distance`, the distance from the mixture's
       expected code vector to the target's in units of a typical wrong code, with ``codebooks``
       (G, K, D) the code vectors (the quantizer's ``embedding``)."""
@@ -56,15 +65,41 @@ def score_actions(
     targets_all = repeat(target_codes, "b n -> (b a) n", a=num_actions)
     actions = repeat(torch.arange(num_actions, device=codes.device), "a -> (b a)", b=batch)
     output = transition(codes_all, actions, sample=False)
-    if score == "nll":
-        scores = mixture_nll(output, codes_all, targets_all, eps).mean(-1)
-    elif score == "code_distance":
-        if codebooks is None:
-            raise ValueError("score 'code_distance' needs the codebooks (G, K, D), e.g. model.quantizer.embedding")
-        scores = code_distance(output, codes_all, targets_all, codebooks, transition.offsets).sum(-1)
-    else:
-        raise ValueError(f"unknown retrieval score {score!r}; use 'code_distance' or 'nll'")
+    scores = output_scores(output, codes_all, targets_all, score, eps, codebooks, transition.offsets)
     return rearrange(scores, "(b a) -> b a", a=num_actions)
+
+
+def output_scores(
+    output: TransitionOutput,
+    codes: torch.Tensor,
+    target_codes: torch.Tensor,
+    score: str,
+    eps: float,
+    codebooks: torch.Tensor | None = None,
+    offsets: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """(B,) ``score`` of each transition in ``output`` (from ``codes``) against ``target_codes``
+    (both (B, N)); see :func:`score_actions`. ``codebooks`` and ``offsets``
+    (``CausalTransition.offsets``) for "code_distance"."""
+    if score == "marginal_nll":
+        return mixture_nll(marginal_intervention(output), codes, target_codes, eps).sum(-1)
+    if score == "nll":
+        return mixture_nll(output, codes, target_codes, eps).mean(-1)
+    if score == "code_distance":
+        if codebooks is None or offsets is None:
+            raise ValueError("score 'code_distance' needs the codebooks (G, K, D), e.g. model.quantizer.embedding, "
+                             "and the transition's node offsets")
+        return code_distance(output, codes, target_codes, codebooks, offsets).sum(-1)
+    raise ValueError(f"unknown retrieval score {score!r}; use one of {RETRIEVAL_SCORES}")
+
+
+def marginal_intervention(output: TransitionOutput) -> TransitionOutput:
+    """``output`` with each node's intervention mask at its probability, sigmoid(target logit),
+    in place of the thresholded 0/1. Training samples the hard mask from Bernoulli(sigmoid(logit))
+    (a straight-through Gumbel-sigmoid sample is 1 with that probability, at any temperature), so
+    the mixture with these weights is the model's likelihood with the mask marginalised out.
+    Deterministic: nothing is sampled."""
+    return replace(output, intervened=torch.sigmoid(output.target_logits.float()))
 
 
 def code_distance(

@@ -203,7 +203,7 @@ def test_end_to_end_tiny_model(tiny_model, tmp_path, capsys, monkeypatch):
     assert meta["device"] == "cpu" and meta["torch"] == torch.__version__
     assert "--pairs 64" in meta["command"]
     assert meta["test_frequency"] == "balanced" and meta["train_frequency"] == "balanced"
-    assert meta["run_config"] is None and meta["retrieval_score"] == "code_distance"
+    assert meta["run_config"] is None and meta["retrieval_score"] == "marginal_nll"
 
     counts = data["label_counts"]
     assert sum(counts) == 64

@@ -185,6 +185,7 @@ def test_transition_scores_agree_with_the_models_retrieval_tiny_cpu(tmp_path, ca
     from tiny import tiny_dsprites_model
 
     from causal_vqvae.bench import _batches, _datamodule
+    from causal_vqvae.config import RETRIEVAL_SCORES
 
     model = tiny_dsprites_model().eval()
     model.save_pretrained(tmp_path / "model")
@@ -193,12 +194,13 @@ def test_transition_scores_agree_with_the_models_retrieval_tiny_cpu(tmp_path, ca
     record = scores.main(["--model", str(tmp_path / "model"), "--data", "dsprites", "--pairs", "24", "--batch", "8",
                           "--device", "cpu", "--out", str(out)])
     assert json.loads(out.read_text()) == json.loads(json.dumps(record))
-    assert list(record["results"]) == ["val", "test"] and record["model_config_score"] == "code_distance"
+    assert list(record["results"]) == ["val", "test"] and record["model_config_score"] == "marginal_nll"
     # each score's test accuracy is what the model's own retrieval by transition gives with that score
     dm = _datamodule("dsprites", 24, 8, seed=0)
     batch = dm.prepare_batch(next(_batches(dm, "test", 24, 24)))
     codes, target = model.encode_codes(batch["image"]), model.encode_codes(batch["image_next"])
-    for name in ("code_distance", "nll"):
+    assert list(record["results"]["test"]) == list(RETRIEVAL_SCORES)
+    for name in RETRIEVAL_SCORES:
         out = model.with_settings(retrieval_score=name).retrieve_codes(codes, target, "transition")
         r = record["results"]["test"][name]
         assert r["action_accuracy"] == pytest.approx((out.action == batch["action"]).float().mean().item())
@@ -249,6 +251,8 @@ def _bench_record(device_name: str, head: float, exactness: bool) -> dict:
 def test_release_checkpoint_card_names_the_run_command_and_every_bench(tmp_path):
     from tiny import tiny_dsprites_model
 
+    from causal_vqvae import CausalVQVAE, ModelConfig
+
     release = _load("release_checkpoint")
     run = tmp_path / "run"
     argv = ["train.py", "--data", "dsprites", "--seed", "0", "--out", "runs/x", "--resume", "last"]
@@ -293,6 +297,17 @@ def test_release_checkpoint_card_names_the_run_command_and_every_bench(tmp_path)
     assert "| action retrieval by transition (nll) | 30.0% |" in card  # validation, a run from before the field
     assert (dest / "model.safetensors").read_bytes() == (run / "causal" / "model.safetensors").read_bytes()
     assert "Validation pairs at the end of training (5000 pairs" in card
+    assert "The bench ran on this model before it was copied here" in card
+
+    # a bench of the released model itself says so
+    record = _bench_record("cpu", 0.99, False)
+    record["meta"]["command"] = "python -m causal_vqvae.bench --model checkpoints/tiny_twin --pairs 100"
+    (tmp_path / "bench_release.json").write_text(json.dumps(record))
+    dest = release.main(["--run", str(run), "--name", "tiny_twin", "--dest", str(tmp_path / "out_release"),
+                         "--bench", str(tmp_path / "bench_release.json")])
+    card = (dest / "MODEL_CARD.md").read_text()
+    assert "The bench ran on this released model (`--model checkpoints/tiny_twin`)." in card
+    assert "before it was copied here" not in card
 
     # a stage that kept its best validation (train.py --keep best) says which step, and so does the table
     metadata = json.loads((run / "causal" / "metadata.json").read_text())
@@ -304,6 +319,18 @@ def test_release_checkpoint_card_names_the_run_command_and_every_bench(tmp_path)
     assert ("the part before the interruption included); it kept the weights of step 30, its best validation by "
             "`val/retrieval_transition_acc` (30.0%; 28.0% at the last step).") in card
     assert "Validation pairs at step 30, the kept weights' (5000 pairs" in card
+    assert "Released to score" not in card
+    assert json.loads((dest / "config.json").read_text())["retrieval_score"] == ModelConfig().retrieval_score
+
+    # released with another retrieval score: the config says it, the card says it, the weights are the run's
+    assert ModelConfig().retrieval_score != "code_distance"
+    dest = release.main(["--run", str(run), "--name", "tiny_twin", "--dest", str(tmp_path / "out_score"),
+                         "--retrieval-score", "code_distance"])
+    card = (dest / "MODEL_CARD.md").read_text()
+    assert CausalVQVAE.from_pretrained(dest).config.retrieval_score == "code_distance"
+    assert ("- Released to score retrieval by transition by `code_distance` (`retrieval_score`; the run validated "
+            "with `nll`). The weights are as trained.") in card
+    assert (dest / "model.safetensors").read_bytes() == (run / "causal" / "model.safetensors").read_bytes()
 
 
 def test_gpu_twin_runs_script_trains_benches_and_packs_a_run(tmp_path):

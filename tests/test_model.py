@@ -5,16 +5,17 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import replace
 
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from causal_vqvae.config import ModelConfig
+from causal_vqvae.config import RETRIEVAL_SCORES, ModelConfig
 from causal_vqvae.graph import DualAscent, linear_budget
 from causal_vqvae.io import load_pretrained, save_pretrained
 from causal_vqvae.model import CausalVQVAE
-from causal_vqvae.retrieval import code_distance, score_actions
+from causal_vqvae.retrieval import code_distance, marginal_intervention, output_scores, score_actions
 from causal_vqvae.transition import TransitionOutput, mixture_nll
 
 TINY = dict(
@@ -165,7 +166,7 @@ def handset_writer(model: CausalVQVAE) -> None:
         t.head_weight[0, torch.arange(num_actions), torch.arange(num_actions)] = 1.0
 
 
-@pytest.mark.parametrize("score", ["code_distance", "nll"])
+@pytest.mark.parametrize("score", RETRIEVAL_SCORES)
 def test_retrieval_by_transition_finds_the_action_on_a_constructed_case(score):
     model = tiny_model(state_dependent_targets=False, retrieval_score=score).eval()
     handset_writer(model)
@@ -199,7 +200,12 @@ def test_batched_action_scores_equal_a_loop_over_actions():
         dim=-1,
     )
     assert torch.allclose(batched, loop, atol=1e-5)
-    assert torch.equal(model.retrieve_codes(codes, target, "transition").scores, batched)  # the default score
+    assert torch.equal(model.with_settings(retrieval_score="code_distance").retrieve_codes(
+        codes, target, "transition").scores, batched)
+    batched = score_actions(t, codes, target, eps=1e-3, score="marginal_nll")
+    loop = torch.stack([mixture_nll(marginal_intervention(model.transition(codes, a)), codes, target, 1e-3).sum(-1)
+                        for a in range(4)], dim=-1)
+    assert torch.allclose(batched, loop, atol=1e-6)
     with pytest.raises(ValueError, match="needs the codebooks"):
         score_actions(t, codes, target, score="code_distance")
     with pytest.raises(ValueError, match="unknown retrieval score 'l1'"):
@@ -230,6 +236,30 @@ def test_code_distance_matches_a_hand_computation():
     distance = code_distance(out, torch.tensor([[0, 0]]), torch.tensor([[1, 2]]), codebooks, torch.tensor([0, 3]))
     # node 0 kept at code 0 against code 1: (0 - 2)^2 / 8; node 1: E[e] = 0.5 against 5: 4.5^2 / 14
     assert torch.allclose(distance, torch.tensor([[0.5, 20.25 / 14]]))
+
+
+def test_marginal_nll_weighs_each_node_by_its_intervention_probability():
+    """marginal_nll: the mixture NLL summed over nodes with the mask at p = sigmoid(target logit),
+    by hand; the thresholded mask's NLL ("nll", a mean) is its limit as the logits grow."""
+    third = torch.log(torch.tensor(3.0)).item()
+    logits = torch.tensor([[[0.0, third], [0.0, third], [0.0, third]]])  # p(code 1) = 3/4 where intervened
+    codes, target = torch.tensor([[0, 0, 1]]), torch.tensor([[1, 0, 1]])
+    target_logits = torch.tensor([[0.0, -third, third]])  # p(intervened) = 1/2, 1/4, 3/4
+    out = TransitionOutput(logits=logits, intervened=(target_logits > 0).float(), predicted_codes=logits.argmax(-1),
+                           target_logits=target_logits, adjacency=torch.zeros(1, 3, 3))
+    eps = 1e-3
+    marginal = marginal_intervention(out)
+    assert torch.allclose(marginal.intervened, torch.tensor([[0.5, 0.25, 0.75]]))
+    # node 0 changed (0 -> 1): 1/2 * 3/4; node 1 kept its code 0: 1/4 * 1/4 + 3/4; node 2 kept code 1: 3/4 * 3/4 + 1/4
+    p = torch.tensor([[0.375, 0.8125, 0.8125]])
+    expected = -torch.log(eps + (1 - eps) * p)
+    assert torch.allclose(mixture_nll(marginal, codes, target, eps), expected, atol=1e-6)
+    assert torch.allclose(output_scores(out, codes, target, "marginal_nll", eps), expected.sum(-1), atol=1e-6)
+    # thresholded: node 0 is kept and changed, which costs -log(eps)
+    assert output_scores(out, codes, target, "nll", eps) > output_scores(out, codes, target, "marginal_nll", eps)
+    sure = replace(out, target_logits=torch.tensor([[-1e3, -1e3, 1e3]]))  # the thresholded mask, nearly sure
+    assert torch.allclose(output_scores(sure, codes, target, "marginal_nll", eps),
+                          3 * output_scores(sure, codes, target, "nll", eps), atol=1e-5)  # a sum, not a mean
 
 
 def test_evaluation_is_deterministic_and_training_sampling_follows_the_generator():
@@ -535,9 +565,12 @@ def test_retrieval_score_is_validated_and_old_configs_load_with_the_default(tmp_
     old = tiny_model().eval()
     save_pretrained(old, tmp_path / "old")
     config = json.loads((tmp_path / "old" / "config.json").read_text())
-    assert config.pop("retrieval_score") == "code_distance"
+    assert config.pop("retrieval_score") == "marginal_nll"
     (tmp_path / "old" / "config.json").write_text(json.dumps(config))
-    assert CausalVQVAE.from_pretrained(tmp_path / "old").config.retrieval_score == "code_distance"
+    assert CausalVQVAE.from_pretrained(tmp_path / "old").config.retrieval_score == "marginal_nll"
+    # a model saved with another score keeps it
+    save_pretrained(old.with_settings(retrieval_score="code_distance"), tmp_path / "distance")
+    assert CausalVQVAE.from_pretrained(tmp_path / "distance").config.retrieval_score == "code_distance"
 
 
 def test_with_new_transition_keeps_the_autoencoder_and_head_and_starts_the_causal_part_afresh():
