@@ -36,7 +36,7 @@ class RetrievalOutput:
     logits: torch.Tensor  # (B, A) higher = more likely (-score / T for the transition method)
     probs: torch.Tensor  # (B, A) softmax of logits
     action: torch.Tensor  # (B,) argmax
-    scores: torch.Tensor | None  # (B, A) mean NLL per action (transition method), else None
+    scores: torch.Tensor | None  # (B, A) the retrieval score of each action (transition method), else None
 
 
 def score_actions(
