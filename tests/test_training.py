@@ -518,6 +518,27 @@ def test_compile_flags_give_the_step_functions_compile_options(flags, options):
     assert train_script._compile_options(args) == options
 
 
+def test_train_py_hands_the_compile_mode_to_the_training_module(tmp_path, small_overrides, monkeypatch):
+    import causal_vqvae.training as training
+
+    received = []
+
+    class Stop(Exception):
+        pass
+
+    class Recording(training.CausalVQVAEModule):
+        def __init__(self, *args, compile_options=None, **kwargs):
+            received.append(compile_options)
+            raise Stop
+
+    monkeypatch.setattr(training, "CausalVQVAEModule", Recording)
+    with pytest.raises(Stop):
+        train_script.main(["--data", "dsprites", "--preset", "cpu-small", "--config", small_overrides,
+                           "--max-steps", "1", "--batch-size", "8", "--gpus", "0", "--out", str(tmp_path / "run"),
+                           "--no-progress", "--compile-mode", "reduce-overhead"])
+    assert received == [{"mode": "reduce-overhead"}]
+
+
 @pytest.mark.parametrize("layout", ["grid", "tokens"])
 def test_each_training_step_function_traces_as_one_graph(layout):
     """Under torch.compile every model function of a training step is one graph: the random draws
