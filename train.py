@@ -16,8 +16,9 @@ the causal and head stages, whose autoencoder is frozen, on the codes of N train
 once, rather than encoding fresh pairs at every step (``causal_vqvae.code_pool``).
 
 Devices: ``--gpus N`` (alias ``--devices``) trains on N GPUs, with DDP when N > 1, on each of
-``--num-nodes`` machines; without a GPU it trains on the CPU and says so. ``--precision`` defaults
-to bf16-mixed on GPU and 32-true on CPU.
+``--num-nodes`` machines; without a GPU it trains on the CPU and says so. ``--accelerator cpu
+--devices N`` runs N CPU processes under DDP (gloo): the multi-process path, tried without GPUs.
+``--precision`` defaults to bf16-mixed on GPU and 32-true on CPU.
 
 Watching: scalars go to TensorBoard (``tensorboard --logdir OUT``; CSV files without TensorBoard);
 after each validation, pictures (edits of held-out images beside their true targets, the learned
@@ -100,7 +101,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", default=None,
                    help="real dataset file or its folder (default: $CAUSAL_VQVAE_DATA_ROOT, else the procedural twin)")
     p.add_argument("--gpus", "--devices", dest="gpus", type=int, default=None,
-                   help="GPUs per machine (DDP when > 1); default: 1 if a GPU is present, else CPU; 0 forces CPU")
+                   help="GPUs per machine (DDP when > 1); default: 1 if a GPU is present, else CPU; 0 forces CPU. "
+                        "With --accelerator cpu: CPU processes per machine (DDP over gloo when > 1)")
+    p.add_argument("--accelerator", choices=["auto", "gpu", "cpu"], default="auto",
+                   help="'auto' (default): GPUs if present, else the CPU; 'cpu' trains on the CPU whatever is "
+                        "present, in --devices processes (1 by default; more run the multi-process DDP path "
+                        "without GPUs, for trying it out before a GPU job)")
     p.add_argument("--num-nodes", type=int, default=1, help="machines for multi-node DDP (default 1)")
     p.add_argument("--precision", default=None,
                    help="Lightning precision: bf16-mixed (default on GPU), 32-true (default on CPU), 16-mixed")
@@ -173,11 +179,27 @@ def _read_overrides(path: str | None) -> dict[str, dict[str, Any]]:
     return data
 
 
-def resolve_devices(gpus: int | None, precision: str | None) -> dict[str, Any]:
-    """Trainer device arguments; a clear error when more GPUs are asked for than exist."""
+def resolve_devices(gpus: int | None, precision: str | None, accelerator: str = "auto") -> dict[str, Any]:
+    """Trainer device arguments; a clear error when more GPUs are asked for than exist.
+
+    ``accelerator="cpu"``: ``gpus`` (default 1) CPU processes, under DDP (gloo) when more than one."""
     import torch
 
+    if accelerator not in ("auto", "gpu", "cpu"):
+        raise SystemExit(f"--accelerator {accelerator}: choose auto, gpu or cpu")
+    if accelerator == "cpu":
+        processes = 1 if gpus is None else gpus
+        if processes < 1:
+            raise SystemExit(f"--devices must be >= 1 with --accelerator cpu (CPU processes), got {processes}")
+        log.info("no GPU used: training on the %s%s", _device_name({"accelerator": "cpu"}),
+                 f" in {processes} processes (DDP, gloo)" if processes > 1 else "")
+        return {"accelerator": "cpu", "devices": processes, "precision": precision or "32-true",
+                "strategy": "ddp" if processes > 1 else "auto"}
     available = torch.cuda.device_count()
+    if gpus is None and accelerator == "gpu":
+        gpus = 1
+    if gpus == 0 and accelerator == "gpu":
+        raise SystemExit("--gpus 0 asks for no GPU but --accelerator gpu for one; drop one of them")
     if gpus is None:
         gpus = 1 if available else 0
     if gpus < 0:
@@ -195,7 +217,11 @@ def resolve_devices(gpus: int | None, precision: str | None) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Under DDP every rank runs this script; the run's own files and log lines come from the first one
+    # (ranks as Lightning's launcher, torchrun or SLURM give them).
+    first_rank = all(os.environ.get(name, "0") == "0" for name in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"))
+    logging.basicConfig(level=logging.INFO if first_rank else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     import pytorch_lightning as pl
 
@@ -209,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
 
     preset = PRESETS[args.preset]
     overrides = _read_overrides(args.config)
-    device_kwargs = resolve_devices(args.gpus, args.precision)
+    device_kwargs = resolve_devices(args.gpus, args.precision, args.accelerator)
 
     # ---- configurations: preset < --config file < flags
     train_fields = {**preset["train"], **overrides.get("train", {})}
@@ -298,8 +324,6 @@ def main(argv: list[str] | None = None) -> int:
              model.config.latent_layout, f"{model.parameter_counts()['total']:,}")
 
     out = _writable_directory(Path(args.out))
-    # Under DDP every rank runs this script; the run's own files are written by the first one.
-    first_rank = os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0"
     resolved = {"data": {k: v for k, v in asdict(data_config).items() if k != "extra"},
                 "model": model.config.to_dict(), "train": train_config.to_dict(), "stages": stages,
                 "devices": device_kwargs, "num_nodes": args.num_nodes, "argv": sys.argv if argv is None else argv}
@@ -514,7 +538,8 @@ def _device_name(device_kwargs: dict[str, Any]) -> str:
     if device_kwargs["accelerator"] == "gpu":
         return f"{device_kwargs['devices']} x {torch.cuda.get_device_name(0)}"
     threads = torch.get_num_threads()
-    return f"CPU ({threads} thread{'' if threads == 1 else 's'})"
+    processes = device_kwargs.get("devices", 1)
+    return (f"{processes} x " if processes > 1 else "") + f"CPU ({threads} thread{'' if threads == 1 else 's'})"
 
 
 if __name__ == "__main__":

@@ -17,6 +17,10 @@ Losses and their weights live in :class:`TrainConfig`; the model's own hyperpara
 transition's code accuracy, retrieval accuracy of both methods (action and factor), codebook usage
 and graph size.
 
+Under DDP each stage requires gradients of exactly the parameters its loss reaches (DDP refuses
+one that gets none); the EMA codebook statistics are all-reduced in the quantizer, and dual ascent
+steps every rank on the ranks' mean expected targets, so all ranks keep the same multipliers.
+
 Resuming is exact: the random draws of optimiser step ``t`` (graph masks, codebook restarts) come
 from a generator seeded by (model seed, rank, t), so they do not depend on where a run was
 restarted; weights, optimiser, schedule, EMA codebook and dual multipliers are in the Lightning
@@ -31,7 +35,7 @@ import json
 import math
 import os
 import shutil
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +43,7 @@ import pytorch_lightning as pl
 import torch
 
 from .model import CausalVQVAE
+from .transition import TransitionLoss
 
 __all__ = ["STAGES", "STAGE_MONITOR", "BEST_FROM", "TrainConfig", "CausalVQVAEModule", "parameter_groups",
            "CheckpointMismatchError", "NonFiniteGuard", "NonFiniteLossError", "BestWeights", "psnr"]
@@ -194,15 +199,15 @@ class CausalVQVAEModule(pl.LightningModule):
         self.save_hyperparameters(
             {"stage": stage, "model": model.config.to_dict(), "train": self.train_config.to_dict()}
         )
+        # Exactly the parameters the stage's loss uses require a gradient, whatever an earlier stage
+        # left: DDP refuses a parameter that requires one and gets none (the vqvae stage's loss
+        # never reaches the transition or the head).
+        model.requires_grad_(self.stage in ("causal", "joint"))
         if self.stage == "head":
-            model.requires_grad_(False)
             model.retrieval_head.requires_grad_(True)
         else:
-            frozen = self.stage == "causal"
-            for name in AUTOENCODER_PARTS:
-                part = getattr(model, name, None)
-                if part is not None:
-                    part.requires_grad_(not frozen)
+            for part in self._autoencoder_parts():
+                part.requires_grad_(self.stage != "causal")
         self._pending_multiplier_update = None
         self._generator: torch.Generator | None = None
 
@@ -295,8 +300,19 @@ class CausalVQVAEModule(pl.LightningModule):
         # Dual ascent after the optimiser step (the multipliers were used by this step's backward),
         # inside the step so that a checkpoint written at the end of the batch includes it.
         if self._pending_multiplier_update is not None:
-            self.model.update_multipliers(self._pending_multiplier_update)
+            self.model.update_multipliers(self._ranks_mean(self._pending_multiplier_update))
             self._pending_multiplier_update = None
+
+    def _ranks_mean(self, loss: TransitionLoss) -> TransitionLoss:
+        """``loss`` with its expected targets per action averaged over the DDP ranks (one small
+        all-reduce, no host sync): each rank's batch then counts in dual ascent, and every rank takes
+        the same step, so the multipliers stay equal on all ranks. The expected parents depend on the
+        graph's parameters alone, equal on all ranks already."""
+        trainer = self._trainer
+        if trainer is None or trainer.world_size <= 1:
+            return loss
+        expected = trainer.strategy.reduce(loss.expected_targets.detach().clone(), reduce_op="mean")
+        return replace(loss, expected_targets=expected)
 
     # ------------------------------------------------------------------ validation
     def _evaluate(self, batch: dict[str, torch.Tensor], prefix: str) -> None:
@@ -338,9 +354,12 @@ class CausalVQVAEModule(pl.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         graph = self.model.graph
+        usage = self.model.quantizer.usage_counts
+        if self.trainer.world_size > 1:  # the codes used on any rank, not the mean of the ranks' counts
+            usage = self.trainer.strategy.reduce(usage.clone(), reduce_op="sum")
         self.log_dict({
             "val/graph_edges": graph.hard_adjacency().float().sum(),
-            "val/codes_in_use": self.model.quantizer.codes_in_use().float().mean(),
+            "val/codes_in_use": (usage > 0).sum(-1).float().mean(),
         }, sync_dist=True)
 
     # ------------------------------------------------------------------ checkpoints
@@ -364,6 +383,7 @@ class CausalVQVAEModule(pl.LightningModule):
             raise CheckpointMismatchError(
                 f"the checkpoint is of stage {saved_stage!r}, this is stage {self.stage!r}; resume each stage "
                 "from its own OUT/<stage>/checkpoints/last.ckpt")
+        _drop_untrained_from_vqvae_optimizer_state(checkpoint, self.model, self.train_config)
         _regroup_optimizer_state(checkpoint, self.model, self.train_config, self.stage)
 
     # ------------------------------------------------------------------ optimisation
@@ -413,6 +433,47 @@ def parameter_groups(
         {"params": edges, "lr": lr * graph_lr_scale, "weight_decay": 0.0, "name": "graph_edge_logits"},
     ]
     return [g for g in groups if g["params"]]
+
+
+def _drop_untrained_from_vqvae_optimizer_state(checkpoint: dict[str, Any], model: CausalVQVAE,
+                                               cfg: TrainConfig) -> None:
+    """Bring the optimiser state of a ``vqvae``-stage checkpoint written while that stage left every
+    parameter trainable (before it froze all but the autoencoder, which DDP needs) to this stage's
+    groups, in place: the autoencoder's parameters keep their Adam moments and step counts; the
+    others never had a gradient there, so they had no state to lose. The saved layout is one group of
+    every parameter, or :func:`parameter_groups`'s two (the edge logits apart). Anything else is left
+    to torch's own checks."""
+    optimizers = checkpoint.get("optimizer_states") or []
+    if checkpoint.get("hyper_parameters", {}).get("stage") != "vqvae" or len(optimizers) != 1:
+        return
+    saved = optimizers[0]
+    every = list(model.parameters())
+    edge_ids = {id(p) for p in model.graph.edge_logits()}
+    layouts = [[every], [[p for p in every if id(p) not in edge_ids], [p for p in every if id(p) in edge_ids]]]
+    sizes = [len(g["params"]) for g in saved.get("param_groups", [])]
+    old_layout = next((lay for lay in layouts if [len(g) for g in lay] == sizes), None)
+    groups = parameter_groups(model, cfg.lr("vqvae"), cfg.graph_lr_scale, cfg.weight_decay)
+    if old_layout is None or sum(sizes) == sum(len(g["params"]) for g in groups):
+        return
+    old_index = {id(p): (g, saved["param_groups"][g]["params"][i])
+                 for g, params in enumerate(old_layout) for i, p in enumerate(params)}
+    state, param_groups, kept_groups, index = {}, [], [], 0
+    for group in groups:
+        ids = []
+        for p in group["params"]:
+            _, old_id = old_index[id(p)]
+            if old_id in saved["state"]:
+                state[index] = saved["state"][old_id]
+            ids.append(index)
+            index += 1
+        source = old_index[id(group["params"][0])][0]  # the old group its parameters were in
+        kept_groups.append(source)
+        param_groups.append({**saved["param_groups"][source], "params": ids, "name": group["name"]})
+    optimizers[0] = {"state": state, "param_groups": param_groups}
+    for schedule in checkpoint.get("lr_schedulers") or []:
+        for key in ("base_lrs", "_last_lr", "lr_lambdas"):
+            if len(schedule.get(key) or []) == len(sizes):
+                schedule[key] = [schedule[key][g] for g in kept_groups]
 
 
 def _regroup_optimizer_state(checkpoint: dict[str, Any], model: CausalVQVAE, cfg: TrainConfig, stage: str) -> None:

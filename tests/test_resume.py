@@ -171,6 +171,63 @@ def test_a_checkpoint_from_before_the_edge_logit_group_resumes_with_its_adam_sta
     assert lrs[1] == pytest.approx(20.0 * lrs[0])
 
 
+def test_a_vqvae_checkpoint_from_when_the_stage_left_everything_trainable_resumes_with_its_adam_state(tmp_path):
+    """Before the vqvae stage froze all but the autoencoder (which DDP needs), its optimiser held
+    every parameter; resuming such a checkpoint keeps the autoencoder's moments and step counts, and
+    the optimiser and schedule hold the autoencoder's parameters alone."""
+    import pytorch_lightning as pl
+    from tiny import tiny_dsprites_model
+
+    from causal_vqvae.training import AUTOENCODER_PARTS, CausalVQVAEModule, TrainConfig
+    from datamodules.datamodule import TRAINER_KWARGS, build_datamodule
+
+    def trainer(steps, callbacks=()):
+        return pl.Trainer(max_steps=steps, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                          enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                          limit_val_batches=0, callbacks=list(callbacks), **TRAINER_KWARGS)
+
+    def data():
+        return build_datamodule("dsprites", mode="images", batch_size=8, train_length=32, val_length=8, num_workers=0)
+
+    config = TrainConfig(vqvae_steps=4, warmup_steps=1, val_every=4, graph_lr_scale=20.0)
+    old = CausalVQVAEModule(tiny_dsprites_model(), "vqvae", config)
+    old.model.requires_grad_(True)  # as the stage was: every parameter trainable
+    old_trainer = trainer(2)
+    old_trainer.fit(old, datamodule=data())
+    old_trainer.save_checkpoint(tmp_path / "old.ckpt", weights_only=False)
+    saved = torch.load(tmp_path / "old.ckpt", weights_only=True)["optimizer_states"][0]
+    assert [len(g["params"]) for g in saved["param_groups"]] == [  # both groups, every parameter
+        len(list(old.model.parameters())) - len(old.model.graph.edge_logits()), len(old.model.graph.edge_logits())]
+    names = [n for n, _ in old.model.named_parameters()]
+    edge_names = {n for n, p in old.model.named_parameters() if any(p is e for e in old.model.graph.edge_logits())}
+    old_order = [n for n in names if n not in edge_names] + [n for n in names if n in edge_names]
+    old_ids = [i for g in saved["param_groups"] for i in g["params"]]
+    saved_moments = {n: saved["state"][i]["exp_avg"] for n, i in zip(old_order, old_ids) if i in saved["state"]}
+    autoencoder = {n for n in names if n.split(".")[0] in AUTOENCODER_PARTS}
+    assert set(saved_moments) == autoencoder  # only they ever had a gradient
+
+    restored = {}
+
+    class Capture(pl.Callback):
+        def on_train_start(self, trainer, module):  # after the checkpoint's state was loaded
+            optimizer = trainer.optimizers[0]
+            by_id = {id(p): n for n, p in module.model.named_parameters()}
+            restored["moments"] = {by_id[id(p)]: optimizer.state[p]["exp_avg"].clone()
+                                   for g in optimizer.param_groups for p in g["params"]}
+            restored["lrs"] = [g["lr"] for g in optimizer.param_groups]
+
+    new = CausalVQVAEModule(tiny_dsprites_model(), "vqvae", config)
+    new_trainer = trainer(4, [Capture()])
+    new_trainer.fit(new, datamodule=data(), ckpt_path=tmp_path / "old.ckpt", weights_only=True)
+    assert set(restored["moments"]) == autoencoder
+    for name, moment in saved_moments.items():
+        assert torch.equal(restored["moments"][name], moment), name
+    assert restored["lrs"] == [pytest.approx(saved["param_groups"][0]["lr"])]
+    optimizer = new_trainer.optimizers[0]
+    assert [g["name"] for g in optimizer.param_groups] == ["model"]
+    assert {int(optimizer.state[p]["step"]) for g in optimizer.param_groups for p in g["params"]} == {4}
+
+
 def test_resuming_a_run_from_before_graph_lr_scale_says_which_setting_reproduces_it(tmp_path):
     import train as train_script
 

@@ -93,11 +93,82 @@ def test_head_stage_trains_the_retrieval_head_alone():
     assert "val/retrieval_transition_acc" not in metrics  # the transition is not this stage's
 
 
+@pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")
+@pytest.mark.parametrize("layout", ["grid", "tokens"])
+def test_each_stage_trains_exactly_the_parameters_its_loss_reaches(layout):
+    """DDP refuses a parameter that requires a gradient and gets none. Whatever the stage before it
+    left, each stage requires gradients of exactly the parameters its loss reaches: the vqvae stage
+    the autoencoder's, the head stage the head's, the causal stage all but the autoencoder's."""
+    from causal_vqvae.training import AUTOENCODER_PARTS
+
+    dm = build_datamodule("dsprites", mode="pairs", batch_size=4, train_length=4, val_length=4, num_workers=0)
+    dm.setup("fit")
+    batch = dm.prepare_batch(next(iter(dm.train_dataloader())))
+    model = tiny_dsprites_model(latent_layout=layout)
+    names = [n for n, _ in model.named_parameters()]
+    expected = {
+        "vqvae": {n for n in names if n.split(".")[0] in AUTOENCODER_PARTS},
+        "causal": {n for n in names if n.split(".")[0] not in AUTOENCODER_PARTS},
+        "joint": set(names),
+        "head": {n for n in names if n.startswith("retrieval_head.")},
+    }
+    for stage in ("head", "vqvae", "joint", "causal", "vqvae"):  # each after another that trains other parts
+        module = CausalVQVAEModule(model, stage, TrainConfig(warmup_steps=1))
+        model.zero_grad(set_to_none=True)
+        module.training_step(batch, 0).backward()  # no Trainer: self.log does nothing
+        trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+        reached = {n for n, p in model.named_parameters() if p.grad is not None}
+        assert trainable == reached == expected[stage], stage
+
+
 def test_dual_ascent_raises_multipliers_while_over_budget():
     model = tiny_dsprites_model(target_budget=1.0, target_budget_start=1.0, target_init_logit=5.0, dual_lr=0.5)
     _fit(model, "causal", steps=2)
     # Every action starts with ~all 64 nodes as targets, far over a budget of 1.
     assert (model.target_dual.multipliers > 0).all()
+
+
+def test_dual_ascent_under_ddp_steps_every_rank_on_the_ranks_mean_expected_targets():
+    """Two ranks with different batches: each steps its multipliers on the mean of both ranks'
+    expected targets per action, so both hold the same multipliers, those of that mean."""
+    from dataclasses import replace
+    from types import SimpleNamespace
+
+    def model():  # intervention targets that depend on the codes
+        m = tiny_dsprites_model(target_budget=1.0, target_budget_start=1.0, target_context_layers=1,
+                                target_init_logit=0.0)
+        with torch.no_grad():
+            out = m.graph.state_head.out.weight
+            out.copy_(torch.randn(out.shape, generator=torch.Generator().manual_seed(1)))
+        return m.train()
+
+    generator = torch.Generator().manual_seed(0)
+    models = [model(), model()]
+    losses = []
+    for rank in models:  # each rank's own batch
+        codes, target_codes = torch.randint(0, 16, (2, 8, 64), generator=generator)
+        action = torch.randint(0, 10, (8,), generator=generator)
+        losses.append(rank.transition_loss(codes, action, target_codes, generator=generator))
+    mean = (losses[0].expected_targets + losses[1].expected_targets).detach() / 2
+    assert not torch.allclose(losses[0].expected_targets, losses[1].expected_targets)
+
+    def reduce(tensor, reduce_op):
+        assert reduce_op == "mean"
+        return mean.clone()
+
+    for rank, loss in zip(models, losses):
+        module = CausalVQVAEModule(rank, "causal")
+        module._trainer = SimpleNamespace(world_size=2, strategy=SimpleNamespace(reduce=reduce))
+        rank.update_multipliers(module._ranks_mean(loss))
+    reference = model()
+    reference.update_multipliers(replace(losses[0], expected_targets=mean))
+    for rank in models:
+        assert torch.equal(rank.target_dual.multipliers, reference.target_dual.multipliers)
+        assert torch.equal(rank.adjacency_dual.multipliers, reference.adjacency_dual.multipliers)
+    assert (reference.target_dual.multipliers > 0).all()
+    # one process: the loss as it is
+    module = CausalVQVAEModule(models[0], "causal")
+    assert module._ranks_mean(losses[0]) is losses[0]
 
 
 def test_graph_edge_logits_have_their_own_learning_rate_and_no_weight_decay():
@@ -325,6 +396,55 @@ def test_train_py_keep_best_hands_on_the_best_validation_of_each_stage(tmp_path,
     assert all(torch.equal(v, causal.encoder.state_dict()[k]) for k, v in vqvae.encoder.state_dict().items())
 
 
+def test_train_py_runs_every_stage_in_two_ddp_processes_on_the_cpu(tmp_path):
+    """``--accelerator cpu --devices 2``: two processes under DDP (gloo), the path of ``--gpus N``.
+    Every stage runs (the code pool for causal and head, --keep best), the run's files come from the
+    first process, each handed-on model is the kept one, and usage counts the codes of both ranks."""
+    import os
+    import subprocess
+    import sys
+
+    from tiny import TINY_JSON
+
+    overrides = tmp_path / "overrides.json"
+    overrides.write_text(json.dumps({"model": TINY_JSON, "data": {"val_length": 16},
+                                     "train": {"warmup_steps": 1, "joint_steps": 4, "head_steps": 4}}))
+    out = tmp_path / "run"
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "NODE_RANK", "WORLD_SIZE")}
+    done = subprocess.run(
+        [sys.executable, str(Path(train_script.__file__).resolve()), "--data", "dsprites", "--preset", "cpu-small",
+         "--config", str(overrides), "--max-steps", "4", "--val-every", "2", "--batch-size", "8",
+         "--accelerator", "cpu", "--devices", "2", "--code-pool", "64", "--keep", "best", "--out", str(out),
+         "--no-progress", "--seed", "3"],
+        capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads((out / "config.json").read_text())["devices"] == {
+        "accelerator": "cpu", "devices": 2, "precision": "32-true", "strategy": "ddp"}
+    summary = json.loads((out / "summary.json").read_text())
+    stages = ["vqvae", "causal", "joint", "head"]
+    assert list(summary) == stages
+    for stage in stages:
+        # one log line per stage: the second process logs warnings only
+        assert done.stderr.count(f"stage {stage}: keeping the weights of step") == 1, stage
+        rows = json.loads((out / stage / "curves.json").read_text())["rows"]
+        assert [r["step"] for r in rows] == [2, 4]
+        assert summary[stage]["samples_per_s"] == round(4 * 8 * 2 / summary[stage]["seconds"], 1)  # both ranks
+        # distinct codes in use on either rank: a count, not the mean of the ranks' counts
+        in_use = [r["val/codes_in_use"] for r in rows]
+        assert all(v == int(v) and 1 <= v <= TINY_JSON["codebook_size"] for v in in_use), in_use
+        kept = summary[stage]["kept"]
+        saved = CausalVQVAE.from_pretrained(out / stage).state_dict()
+        best = CausalVQVAE.from_pretrained(out / stage / "checkpoints" / "best" / f"step-{kept['step']:07d}")
+        assert all(torch.equal(v, best.state_dict()[k]) for k, v in saved.items()), stage
+    vqvae, head = CausalVQVAE.from_pretrained(out / "vqvae"), CausalVQVAE.from_pretrained(out / "head")
+    causal = CausalVQVAE.from_pretrained(out / "causal")
+    # the causal stage froze the handed-on autoencoder; the head stage changed nothing but the head
+    assert all(torch.equal(v, causal.encoder.state_dict()[k]) for k, v in vqvae.encoder.state_dict().items())
+    joint = CausalVQVAE.from_pretrained(out / "joint").state_dict()
+    for name, tensor in head.state_dict().items():
+        assert torch.equal(tensor, joint[name]) != name.startswith("retrieval_head."), name
+
+
 def test_train_py_head_stage_puts_a_new_head_on_a_saved_model(tmp_path, small_overrides):
     base = tiny_dsprites_model(retrieval_head="transformer").eval()
     base.save_pretrained(tmp_path / "base")
@@ -432,6 +552,19 @@ def test_devices_map_gpus_to_lightning_arguments(monkeypatch):
                                                      "precision": "bf16-mixed", "strategy": "ddp"}
     assert train_script.resolve_devices(1, "32-true")["strategy"] == "auto"
     assert train_script.resolve_devices(0, None)["accelerator"] == "cpu"
+    # --accelerator cpu: CPU processes whatever GPUs there are, DDP (gloo) from two on
+    assert train_script.resolve_devices(2, None, "cpu") == {"accelerator": "cpu", "devices": 2,
+                                                            "precision": "32-true", "strategy": "ddp"}
+    assert train_script.resolve_devices(None, None, "cpu")["devices"] == 1
+    assert train_script.resolve_devices(None, None, "cpu")["strategy"] == "auto"
+    with pytest.raises(SystemExit, match="--devices must be >= 1 with --accelerator cpu"):
+        train_script.resolve_devices(0, None, "cpu")
+    with pytest.raises(SystemExit, match="--gpus 0 asks for no GPU but --accelerator gpu"):
+        train_script.resolve_devices(0, None, "gpu")
+    assert train_script.resolve_devices(None, None, "gpu")["devices"] == 1
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    with pytest.raises(SystemExit, match="--gpus 1 asked for 1 GPU.* has 0"):
+        train_script.resolve_devices(None, None, "gpu")
 
 
 def test_train_py_refuses_a_stage_with_no_steps_and_model_overrides_with_init(tmp_path):
