@@ -30,8 +30,9 @@ CONFIG = {
 }
 
 
-def _command(config: Path, out: Path, *flags: str) -> list[str]:
-    return [sys.executable, str(ROOT / "train.py"), "--data", "dsprites", "--gpus", "0", "--no-progress",
+def _command(config: Path, out: Path, *flags: str, processes: int = 1) -> list[str]:
+    devices = ["--gpus", "0"] if processes == 1 else ["--accelerator", "cpu", "--devices", str(processes)]
+    return [sys.executable, str(ROOT / "train.py"), "--data", "dsprites", *devices, "--no-progress",
             "--config", str(config), "--out", str(out), *flags]
 
 
@@ -43,19 +44,21 @@ def _env(tmp_path: Path) -> dict[str, str]:
 
 def _run_until(command: list[str], env: dict[str, str], checkpoint: Path, timeout: float = 300) -> None:
     """Start ``command`` and SIGKILL it as soon as ``checkpoint`` exists (checkpoints are renamed
-    into place, so existing means complete); the stage then still has several steps to go."""
-    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    into place, so existing means complete); the stage then still has several steps to go. Under DDP
+    the other ranks' processes, in the same process group, are killed with it."""
+    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               start_new_session=True)
     deadline = time.monotonic() + timeout
     try:
         while time.monotonic() < deadline and process.poll() is None:
             if checkpoint.is_file():
-                process.send_signal(signal.SIGKILL)
+                os.killpg(process.pid, signal.SIGKILL)
                 break
             time.sleep(0.002)
         process.wait(timeout=60)
     finally:
         if process.poll() is None:
-            process.kill()
+            os.killpg(process.pid, signal.SIGKILL)
     assert process.returncode == -signal.SIGKILL, (
         f"the run was not killed mid-way (exit {process.returncode}): {process.stderr.read().decode()[-2000:]}")
     step = torch.load(checkpoint, map_location="cpu", weights_only=True)["global_step"]
@@ -67,24 +70,27 @@ def _weights(run: Path, stage: str) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL (POSIX)")
-@pytest.mark.parametrize("code_pool", [0, 24], ids=["fresh_pairs", "code_pool"])
-def test_a_run_killed_twice_and_resumed_ends_like_an_unbroken_one(tmp_path, code_pool):
+@pytest.mark.parametrize("code_pool,processes", [(0, 1), (24, 1), (0, 2)], ids=["fresh_pairs", "code_pool", "ddp"])
+def test_a_run_killed_twice_and_resumed_ends_like_an_unbroken_one(tmp_path, code_pool, processes):
     """With a code pool of 24 pairs and 16 pairs an epoch, the causal stage's passes over the pool
-    cross its epochs: a resumed run must draw the same stream."""
+    cross its epochs: a resumed run must draw the same stream. ``ddp``: two CPU processes (gloo),
+    every one of them killed and started again."""
     config = tmp_path / "tiny.json"
     config.write_text(json.dumps({**CONFIG, "train": {**CONFIG["train"], "code_pool": code_pool}}))
     env = _env(tmp_path)
 
+    def command(out, *flags):
+        return _command(config, out, *flags, processes=processes)
+
     straight = tmp_path / "straight"
-    subprocess.run(_command(config, straight), cwd=ROOT, env=env, check=True, capture_output=True)
+    subprocess.run(command(straight), cwd=ROOT, env=env, check=True, capture_output=True)
 
     broken = tmp_path / "broken"
-    _run_until(_command(config, broken), env, broken / "vqvae" / "checkpoints" / "last.ckpt")
+    _run_until(command(broken), env, broken / "vqvae" / "checkpoints" / "last.ckpt")
     assert not (broken / "vqvae" / "model.safetensors").exists()  # killed inside the vqvae stage
-    _run_until(_command(config, broken, "--resume", "last"), env, broken / "causal" / "checkpoints" / "last.ckpt")
+    _run_until(command(broken, "--resume", "last"), env, broken / "causal" / "checkpoints" / "last.ckpt")
     assert not (broken / "causal" / "model.safetensors").exists()  # killed inside the causal stage
-    done = subprocess.run(_command(config, broken, "--resume", "last"), cwd=ROOT, env=env, capture_output=True,
-                          text=True)
+    done = subprocess.run(command(broken, "--resume", "last"), cwd=ROOT, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "stage vqvae: finished in the interrupted run" in done.stderr
 
