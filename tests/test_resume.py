@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
+import pytorch_lightning as pl
 import torch
 from safetensors.torch import load_file
 from tiny import TINY_JSON
@@ -115,15 +116,40 @@ def test_a_run_killed_twice_and_resumed_ends_like_an_unbroken_one(tmp_path, code
     assert summary["causal"]["training_seconds"] >= causal_rows[-1]["seconds"]
 
 
+class _RestoredOptimizer(pl.Callback):
+    """Reads, when training starts (after a checkpoint's state was loaded), each parameter's first
+    Adam moment by parameter name (``moments``) and each group's learning rate by name (``lrs``)."""
+
+    def on_train_start(self, trainer, module) -> None:
+        optimizer = trainer.optimizers[0]
+        names = {id(p): n for n, p in module.model.named_parameters()}
+        self.moments = {names[id(p)]: optimizer.state[p]["exp_avg"].clone()
+                        for g in optimizer.param_groups for p in g["params"]}
+        self.lrs = {g["name"]: g["lr"] for g in optimizer.param_groups}
+
+
+def _short_trainer(steps: int, callbacks=()):
+    """A Lightning trainer of ``steps`` CPU steps, no validation, logging or checkpoints of its own."""
+    from datamodules.datamodule import TRAINER_KWARGS
+
+    return pl.Trainer(max_steps=steps, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                      enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                      limit_val_batches=0, callbacks=list(callbacks), **TRAINER_KWARGS)
+
+
+def _dsprites_data(mode: str):
+    from datamodules.datamodule import build_datamodule
+
+    return build_datamodule("dsprites", mode=mode, batch_size=8, train_length=32, val_length=8, num_workers=0)
+
+
 def test_a_checkpoint_from_before_the_edge_logit_group_resumes_with_its_adam_state(tmp_path, monkeypatch):
     """Checkpoints written before ``graph_lr_scale`` hold one AdamW group of every trainable parameter;
     resuming one (``--resume PATH.ckpt``) regroups its state: each parameter keeps its moments and step
     count, and the edge logits go on at ``graph_lr_scale`` times the rest."""
-    import pytorch_lightning as pl
     from tiny import tiny_dsprites_model
 
     from causal_vqvae.training import CausalVQVAEModule, TrainConfig, _warmup_cosine
-    from datamodules.datamodule import TRAINER_KWARGS, build_datamodule
 
     def single_group(self):  # configure_optimizers as it was before graph_lr_scale
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -131,13 +157,10 @@ def test_a_checkpoint_from_before_the_edge_logit_group_resumes_with_its_adam_sta
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _warmup_cosine(step, 4, 1, 0.1))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
-    def trainer(steps, callbacks=()):
-        return pl.Trainer(max_steps=steps, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                          enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-                          limit_val_batches=0, callbacks=list(callbacks), **TRAINER_KWARGS)
+    trainer = _short_trainer
 
     def data():
-        return build_datamodule("dsprites", mode="pairs", batch_size=8, train_length=32, val_length=8, num_workers=0)
+        return _dsprites_data("pairs")
 
     config = TrainConfig(causal_steps=4, warmup_steps=1, val_every=4, graph_lr_scale=20.0)
     old_trainer = trainer(2)
@@ -151,24 +174,16 @@ def test_a_checkpoint_from_before_the_edge_logit_group_resumes_with_its_adam_sta
     saved_state = torch.load(tmp_path / "old.ckpt", weights_only=True)["optimizer_states"][0]["state"]
     saved_moments = {name: saved_state[saved_group["params"][i]]["exp_avg"] for i, name in enumerate(old_trainable)}
 
-    restored = {}
-
-    class Capture(pl.Callback):
-        def on_train_start(self, trainer, module):  # after the checkpoint's state was loaded
-            optimizer = trainer.optimizers[0]
-            names = {id(p): n for n, p in module.model.named_parameters()}
-            restored["moments"] = {names[id(p)]: optimizer.state[p]["exp_avg"].clone()
-                                   for g in optimizer.param_groups for p in g["params"]}
-            restored["lrs"] = {g["name"]: g["lr"] for g in optimizer.param_groups}
+    restored = _RestoredOptimizer()
 
     new = CausalVQVAEModule(tiny_dsprites_model(), "causal", config)
-    new_trainer = trainer(4, [Capture()])
+    new_trainer = trainer(4, [restored])
     new_trainer.fit(new, datamodule=data(), ckpt_path=tmp_path / "old.ckpt", weights_only=True)
 
-    assert set(restored["moments"]) == set(saved_moments)
+    assert set(restored.moments) == set(saved_moments)
     for name, moment in saved_moments.items():
-        assert torch.equal(restored["moments"][name], moment), name
-    assert restored["lrs"]["graph_edge_logits"] == pytest.approx(20.0 * restored["lrs"]["model"])
+        assert torch.equal(restored.moments[name], moment), name
+    assert restored.lrs["graph_edge_logits"] == pytest.approx(20.0 * restored.lrs["model"])
     optimizer = new_trainer.optimizers[0]
     assert [g["name"] for g in optimizer.param_groups] == ["model", "graph_edge_logits"]
     assert {int(optimizer.state[p]["step"]) for g in optimizer.param_groups for p in g["params"]} == {4}
@@ -181,19 +196,14 @@ def test_a_vqvae_checkpoint_from_when_the_stage_left_everything_trainable_resume
     """Before the vqvae stage froze all but the autoencoder (which DDP needs), its optimiser held
     every parameter; resuming such a checkpoint keeps the autoencoder's moments and step counts, and
     the optimiser and schedule hold the autoencoder's parameters alone."""
-    import pytorch_lightning as pl
     from tiny import tiny_dsprites_model
 
     from causal_vqvae.training import AUTOENCODER_PARTS, CausalVQVAEModule, TrainConfig
-    from datamodules.datamodule import TRAINER_KWARGS, build_datamodule
 
-    def trainer(steps, callbacks=()):
-        return pl.Trainer(max_steps=steps, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                          enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-                          limit_val_batches=0, callbacks=list(callbacks), **TRAINER_KWARGS)
+    trainer = _short_trainer
 
     def data():
-        return build_datamodule("dsprites", mode="images", batch_size=8, train_length=32, val_length=8, num_workers=0)
+        return _dsprites_data("images")
 
     config = TrainConfig(vqvae_steps=4, warmup_steps=1, val_every=4, graph_lr_scale=20.0)
     old = CausalVQVAEModule(tiny_dsprites_model(), "vqvae", config)
@@ -212,23 +222,15 @@ def test_a_vqvae_checkpoint_from_when_the_stage_left_everything_trainable_resume
     autoencoder = {n for n in names if n.split(".")[0] in AUTOENCODER_PARTS}
     assert set(saved_moments) == autoencoder  # only they ever had a gradient
 
-    restored = {}
-
-    class Capture(pl.Callback):
-        def on_train_start(self, trainer, module):  # after the checkpoint's state was loaded
-            optimizer = trainer.optimizers[0]
-            by_id = {id(p): n for n, p in module.model.named_parameters()}
-            restored["moments"] = {by_id[id(p)]: optimizer.state[p]["exp_avg"].clone()
-                                   for g in optimizer.param_groups for p in g["params"]}
-            restored["lrs"] = [g["lr"] for g in optimizer.param_groups]
+    restored = _RestoredOptimizer()
 
     new = CausalVQVAEModule(tiny_dsprites_model(), "vqvae", config)
-    new_trainer = trainer(4, [Capture()])
+    new_trainer = trainer(4, [restored])
     new_trainer.fit(new, datamodule=data(), ckpt_path=tmp_path / "old.ckpt", weights_only=True)
-    assert set(restored["moments"]) == autoencoder
+    assert set(restored.moments) == autoencoder
     for name, moment in saved_moments.items():
-        assert torch.equal(restored["moments"][name], moment), name
-    assert restored["lrs"] == [pytest.approx(saved["param_groups"][0]["lr"])]
+        assert torch.equal(restored.moments[name], moment), name
+    assert restored.lrs == {"model": pytest.approx(saved["param_groups"][0]["lr"])}
     optimizer = new_trainer.optimizers[0]
     assert [g["name"] for g in optimizer.param_groups] == ["model"]
     assert {int(optimizer.state[p]["step"]) for g in optimizer.param_groups for p in g["params"]} == {4}
