@@ -353,14 +353,19 @@ class CausalVQVAEModule(pl.LightningModule):
         self._evaluate(batch, "test")
 
     def on_validation_epoch_end(self) -> None:
-        graph = self.model.graph
-        usage = self.model.quantizer.usage_counts
-        if self.trainer.world_size > 1:  # the codes used on any rank, not the mean of the ranks' counts
-            usage = self.trainer.strategy.reduce(usage.clone(), reduce_op="sum")
         self.log_dict({
-            "val/graph_edges": graph.hard_adjacency().float().sum(),
-            "val/codes_in_use": (usage > 0).sum(-1).float().mean(),
+            "val/graph_edges": self.model.graph.hard_adjacency().float().sum(),
+            "val/codes_in_use": self._codes_in_use(),
         }, sync_dist=True)
+
+    def _codes_in_use(self) -> torch.Tensor:
+        """() distinct codes used since the epoch began, on any DDP rank (not the mean of the ranks'
+        counts), averaged over the codebooks."""
+        usage = self.model.quantizer.usage_counts
+        trainer = self._trainer
+        if trainer is not None and trainer.world_size > 1:
+            usage = trainer.strategy.reduce(usage.clone(), reduce_op="sum")
+        return (usage > 0).sum(-1).float().mean()
 
     # ------------------------------------------------------------------ checkpoints
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -435,6 +440,28 @@ def parameter_groups(
     return [g for g in groups if g["params"]]
 
 
+def _carry_adam_state(
+    saved: dict[str, Any], old_layout: list[list[torch.nn.Parameter]], groups: list[dict[str, Any]]
+) -> tuple[dict[int, Any], list[list[int]], list[int]]:
+    """Move the per-parameter state of the optimiser state dict ``saved``, whose groups held
+    ``old_layout``'s parameters in that order, to the parameter groups ``groups``: the new state by
+    index, each new group's parameter indices, and the saved group each new group's first
+    parameter came from. Parameters without state (never given a gradient) get none."""
+    where = {id(p): (g, saved["param_groups"][g]["params"][i])
+             for g, params in enumerate(old_layout) for i, p in enumerate(params)}
+    state, ids, sources, index = {}, [], [], 0
+    for group in groups:
+        ids.append([])
+        for p in group["params"]:
+            old_id = where[id(p)][1]
+            if old_id in saved["state"]:
+                state[index] = saved["state"][old_id]
+            ids[-1].append(index)
+            index += 1
+        sources.append(where[id(group["params"][0])][0])
+    return state, ids, sources
+
+
 def _drop_untrained_from_vqvae_optimizer_state(checkpoint: dict[str, Any], model: CausalVQVAE,
                                                cfg: TrainConfig) -> None:
     """Bring the optimiser state of a ``vqvae``-stage checkpoint written while that stage left every
@@ -452,28 +479,17 @@ def _drop_untrained_from_vqvae_optimizer_state(checkpoint: dict[str, Any], model
     layouts = [[every], [[p for p in every if id(p) not in edge_ids], [p for p in every if id(p) in edge_ids]]]
     sizes = [len(g["params"]) for g in saved.get("param_groups", [])]
     old_layout = next((lay for lay in layouts if [len(g) for g in lay] == sizes), None)
-    groups = parameter_groups(model, cfg.lr("vqvae"), cfg.graph_lr_scale, cfg.weight_decay)
-    if old_layout is None or sum(sizes) == sum(len(g["params"]) for g in groups):
+    if old_layout is None:  # this version's layout, or one torch's own checks judge
         return
-    old_index = {id(p): (g, saved["param_groups"][g]["params"][i])
-                 for g, params in enumerate(old_layout) for i, p in enumerate(params)}
-    state, param_groups, kept_groups, index = {}, [], [], 0
-    for group in groups:
-        ids = []
-        for p in group["params"]:
-            _, old_id = old_index[id(p)]
-            if old_id in saved["state"]:
-                state[index] = saved["state"][old_id]
-            ids.append(index)
-            index += 1
-        source = old_index[id(group["params"][0])][0]  # the old group its parameters were in
-        kept_groups.append(source)
-        param_groups.append({**saved["param_groups"][source], "params": ids, "name": group["name"]})
+    groups = parameter_groups(model, cfg.lr("vqvae"), cfg.graph_lr_scale, cfg.weight_decay)
+    state, ids, sources = _carry_adam_state(saved, old_layout, groups)
+    param_groups = [{**saved["param_groups"][source], "params": group_ids, "name": group["name"]}
+                    for group, group_ids, source in zip(groups, ids, sources)]
     optimizers[0] = {"state": state, "param_groups": param_groups}
     for schedule in checkpoint.get("lr_schedulers") or []:
         for key in ("base_lrs", "_last_lr", "lr_lambdas"):
             if len(schedule.get(key) or []) == len(sizes):
-                schedule[key] = [schedule[key][g] for g in kept_groups]
+                schedule[key] = [schedule[key][g] for g in sources]
 
 
 def _regroup_optimizer_state(checkpoint: dict[str, Any], model: CausalVQVAE, cfg: TrainConfig, stage: str) -> None:
@@ -493,17 +509,10 @@ def _regroup_optimizer_state(checkpoint: dict[str, Any], model: CausalVQVAE, cfg
     if len(groups) == 1 or len(old["params"]) != len(trainable):
         return
     factors = [cfg.graph_lr_scale if g["name"] == "graph_edge_logits" else 1.0 for g in groups]
-    position = {id(p): i for i, p in enumerate(trainable)}
     shared = {k: v for k, v in old.items() if k not in ("params", "param_names", "lr", "initial_lr", "weight_decay")}
-    state, param_groups, index = {}, [], 0
-    for group, factor in zip(groups, factors):
-        ids = []
-        for p in group["params"]:
-            old_id = old["params"][position[id(p)]]
-            if old_id in saved["state"]:
-                state[index] = saved["state"][old_id]
-            ids.append(index)
-            index += 1
+    state, all_ids, _ = _carry_adam_state(saved, [trainable], groups)
+    param_groups = []
+    for group, factor, ids in zip(groups, factors, all_ids):
         regrouped = {**shared, "params": ids, "name": group["name"], "weight_decay": group["weight_decay"],
                      "lr": old["lr"] * factor}
         if "initial_lr" in old:

@@ -171,6 +171,28 @@ def test_dual_ascent_under_ddp_steps_every_rank_on_the_ranks_mean_expected_targe
     assert module._ranks_mean(losses[0]) is losses[0]
 
 
+def test_codes_in_use_under_ddp_counts_the_codes_used_on_any_rank():
+    """Rank A used codes {0, 1, 2}, rank B {2, 3}: 4 codes are in use, not the ranks' mean of 2.5."""
+    from types import SimpleNamespace
+
+    used = {"a": [0, 1, 2], "b": [2, 3]}
+    counts = {}
+    for rank, codes in used.items():
+        counts[rank] = torch.zeros(1, 16)
+        counts[rank][0, codes] = 5.0
+    module = CausalVQVAEModule(tiny_dsprites_model(), "causal")
+    module.model.quantizer.usage_counts.copy_(counts["a"])
+    assert float(module._codes_in_use()) == 3  # one process: its own
+
+    def reduce(tensor, reduce_op):
+        assert reduce_op == "sum" and torch.equal(tensor, counts["a"])
+        return counts["a"] + counts["b"]
+
+    module._trainer = SimpleNamespace(world_size=2, strategy=SimpleNamespace(reduce=reduce))
+    assert float(module._codes_in_use()) == 4
+    assert torch.equal(module.model.quantizer.usage_counts, counts["a"])  # this rank's own counts untouched
+
+
 def test_graph_edge_logits_have_their_own_learning_rate_and_no_weight_decay():
     model = tiny_dsprites_model()
     groups = {g["name"]: g for g in parameter_groups(model, lr=1e-3, graph_lr_scale=20.0, weight_decay=0.1)}
@@ -399,7 +421,7 @@ def test_train_py_keep_best_hands_on_the_best_validation_of_each_stage(tmp_path,
 def test_train_py_runs_every_stage_in_two_ddp_processes_on_the_cpu(tmp_path):
     """``--accelerator cpu --devices 2``: two processes under DDP (gloo), the path of ``--gpus N``.
     Every stage runs (the code pool for causal and head, --keep best), the run's files come from the
-    first process, each handed-on model is the kept one, and usage counts the codes of both ranks."""
+    first process, and each handed-on model is the kept one."""
     import os
     import subprocess
     import sys
@@ -429,9 +451,6 @@ def test_train_py_runs_every_stage_in_two_ddp_processes_on_the_cpu(tmp_path):
         rows = json.loads((out / stage / "curves.json").read_text())["rows"]
         assert [r["step"] for r in rows] == [2, 4]
         assert summary[stage]["samples_per_s"] == round(4 * 8 * 2 / summary[stage]["seconds"], 1)  # both ranks
-        # distinct codes in use on either rank: a count, not the mean of the ranks' counts
-        in_use = [r["val/codes_in_use"] for r in rows]
-        assert all(v == int(v) and 1 <= v <= TINY_JSON["codebook_size"] for v in in_use), in_use
         kept = summary[stage]["kept"]
         saved = CausalVQVAE.from_pretrained(out / stage).state_dict()
         best = CausalVQVAE.from_pretrained(out / stage / "checkpoints" / "best" / f"step-{kept['step']:07d}")
