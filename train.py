@@ -230,7 +230,8 @@ def main(argv: list[str] | None = None) -> int:
     from causal_vqvae.model import CausalVQVAE
     from causal_vqvae.monitoring import MetricHistory, ValidationPictures
     from causal_vqvae.training import (BEST_FROM, STAGE_MONITOR, STAGES, BestWeights, CausalVQVAEModule,
-                                       CheckpointMismatchError, NonFiniteGuard, NonFiniteLossError, TrainConfig)
+                                       CheckpointMismatchError, NonFiniteGuard, NonFiniteLossError, TrainConfig,
+                                       ddp_strategy)
     from datamodules.datamodule import TRAINER_KWARGS, DataConfig, build_datamodule
 
     preset = PRESETS[args.preset]
@@ -373,7 +374,10 @@ def main(argv: list[str] | None = None) -> int:
             max_steps=steps, num_nodes=args.num_nodes, logger=_logger(stage_dir), callbacks=callbacks,
             log_every_n_steps=min(50, val_every),  # gradient clipping: CausalVQVAEModule.on_before_optimizer_step
             enable_progress_bar=not args.no_progress, default_root_dir=stage_dir,
-            num_sanity_val_steps=0, **device_kwargs, **TRAINER_KWARGS,
+            num_sanity_val_steps=0, **TRAINER_KWARGS,
+            # Several processes (devices or nodes): DDP without its buffer copy at each step (see
+            # ddp_strategy); a new strategy object per stage, as a Trainer binds its own.
+            **{**device_kwargs, "strategy": ddp_strategy() if world > 1 else device_kwargs["strategy"]},
             # cuDNN picks the fastest convolution algorithms (1.3x on the H100 autoencoder step with
             # the fused AdamW: benchmarks/results/model_speed_h100_grid_bf16_fused.json)
             benchmark=device_kwargs["accelerator"] == "gpu",

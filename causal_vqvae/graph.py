@@ -285,13 +285,24 @@ class CausalGraph(nn.Module):
     def expected_targets(self, target_logits: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
         """(A,) expected intervened nodes per action: the batch mean over the examples of each
         action (state-dependent logits), the global logits for actions absent from the batch."""
+        return self.pooled_expected_targets(self.target_statistics(target_logits, action))
+
+    def target_statistics(self, target_logits: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        """(2, A) per action: the sum over the batch's examples of their expected intervened nodes,
+        and the number of those examples. Sums of these over batches (or DDP ranks) pool the
+        batches exactly: :meth:`pooled_expected_targets` of the sum is the pooled batch's
+        :meth:`expected_targets`, whatever each batch's count of each action."""
         per_example = torch.sigmoid(target_logits.float()).sum(-1)  # (B,)
         onehot = torch.zeros(action.shape[0], self.num_actions, device=action.device)
         onehot.scatter_(1, action.unsqueeze(-1), 1.0)  # (B, A)
-        count = onehot.sum(0)
-        batch_mean = (onehot * per_example.unsqueeze(-1)).sum(0) / count.clamp_min(1.0)
+        return torch.stack([(onehot * per_example.unsqueeze(-1)).sum(0), onehot.sum(0)])
+
+    def pooled_expected_targets(self, statistics: torch.Tensor) -> torch.Tensor:
+        """(A,) expected intervened nodes per action from :meth:`target_statistics` (2, A): the mean
+        over the examples of each action, the global logits' for an action without examples."""
+        sums, count = statistics
         global_expected = torch.sigmoid(self.target_logits.float()).sum(-1)
-        return torch.where(count > 0, batch_mean, global_expected)
+        return torch.where(count > 0, sums / count.clamp_min(1.0), global_expected)
 
     def intervention_map(self) -> torch.Tensor:
         """(A, N) evaluation targets of the global logits, 0/1 (state-independent part only)."""

@@ -14,7 +14,8 @@ Rules this module keeps (and tests check):
 - nothing in the forward path reads a tensor back to the host.
 
 Notes: the float32 matmuls follow the global matmul precision (with TF32 switched on by the user, a
-near tie may resolve differently); ``usage_counts`` are per-rank statistics, not checkpointed.
+near tie may resolve differently); ``usage_counts`` are per-rank statistics, not checkpointed (under
+DDP, train with ``training.ddp_strategy``, which keeps DDP from copying rank 0's buffers over them).
 """
 
 from __future__ import annotations

@@ -18,8 +18,11 @@ transition's code accuracy, retrieval accuracy of both methods (action and facto
 and graph size.
 
 Under DDP each stage requires gradients of exactly the parameters its loss reaches (DDP refuses
-one that gets none); the EMA codebook statistics are all-reduced in the quantizer, and dual ascent
-steps every rank on the ranks' mean expected targets, so all ranks keep the same multipliers.
+one that gets none). Every buffer but the per-rank codebook usage counts is kept equal on all
+ranks by construction: the EMA codebook statistics are all-reduced in the quantizer, its restart
+picks broadcast from rank 0, and dual ascent steps every rank on the expected targets of all ranks'
+examples pooled. :func:`ddp_strategy` therefore turns DDP's per-step buffer broadcast off, which
+would overwrite the other ranks' usage counts with rank 0's.
 
 Resuming is exact: the random draws of optimiser step ``t`` (graph masks, codebook restarts) come
 from a generator seeded by (model seed, rank, t), so they do not depend on where a run was
@@ -31,6 +34,7 @@ of the damaged weights can be written.
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import os
@@ -46,7 +50,7 @@ from .model import CausalVQVAE
 from .transition import TransitionLoss
 
 __all__ = ["STAGES", "STAGE_MONITOR", "BEST_FROM", "TrainConfig", "CausalVQVAEModule", "parameter_groups",
-           "CheckpointMismatchError", "NonFiniteGuard", "NonFiniteLossError", "BestWeights", "psnr"]
+           "ddp_strategy", "CheckpointMismatchError", "NonFiniteGuard", "NonFiniteLossError", "BestWeights", "psnr"]
 
 STAGES = ("vqvae", "causal", "joint", "head")
 AUTOENCODER_PARTS = ("encoder", "decoder", "quantizer", "token_encoder", "token_decoder")
@@ -300,19 +304,21 @@ class CausalVQVAEModule(pl.LightningModule):
         # Dual ascent after the optimiser step (the multipliers were used by this step's backward),
         # inside the step so that a checkpoint written at the end of the batch includes it.
         if self._pending_multiplier_update is not None:
-            self.model.update_multipliers(self._ranks_mean(self._pending_multiplier_update))
+            self.model.update_multipliers(self._pooled_over_ranks(self._pending_multiplier_update))
             self._pending_multiplier_update = None
 
-    def _ranks_mean(self, loss: TransitionLoss) -> TransitionLoss:
-        """``loss`` with its expected targets per action averaged over the DDP ranks (one small
-        all-reduce, no host sync): each rank's batch then counts in dual ascent, and every rank takes
-        the same step, so the multipliers stay equal on all ranks. The expected parents depend on the
-        graph's parameters alone, equal on all ranks already."""
+    def _pooled_over_ranks(self, loss: TransitionLoss) -> TransitionLoss:
+        """``loss`` with its expected targets per action those of all DDP ranks' batches pooled:
+        the per-action sums and example counts are summed over the ranks (one small all-reduce, no
+        host sync), so each example counts once whatever each rank's mix of actions, and every rank
+        takes the same step: the multipliers stay equal on all ranks. The expected parents depend on
+        the graph's parameters alone, equal on all ranks already."""
         trainer = self._trainer
         if trainer is None or trainer.world_size <= 1:
             return loss
-        expected = trainer.strategy.reduce(loss.expected_targets.detach().clone(), reduce_op="mean")
-        return replace(loss, expected_targets=expected)
+        statistics = trainer.strategy.reduce(loss.target_statistics.detach().clone(), reduce_op="sum")
+        expected = self.model.graph.pooled_expected_targets(statistics)
+        return replace(loss, expected_targets=expected, target_statistics=statistics)
 
     # ------------------------------------------------------------------ validation
     def _evaluate(self, batch: dict[str, torch.Tensor], prefix: str) -> None:
@@ -438,6 +444,24 @@ def parameter_groups(
         {"params": edges, "lr": lr * graph_lr_scale, "weight_decay": 0.0, "name": "graph_edge_logits"},
     ]
     return [g for g in groups if g["params"]]
+
+
+def ddp_strategy(**kwargs: Any) -> pl.strategies.DDPStrategy:
+    """Lightning's DDP strategy for :class:`CausalVQVAEModule`, without DDP's buffer copy at each step.
+
+    DDP's default copies rank 0's buffers to every rank before each training forward. The module
+    keeps its buffers equal on all ranks itself (see this module's docstring), except the
+    quantizer's ``usage_counts``, which are each rank's own and which the copy would replace with
+    rank 0's, so that ``val/codes_in_use`` missed the codes seen on the other ranks. The buffers
+    are still copied from rank 0 once, when DDP wraps the model, where torch can (its
+    ``forward_sync_buffers``; torch releases without it skip that copy too, and the ranks start
+    equal anyway, built from one seed or loaded from one file). ``kwargs`` go to
+    :class:`~pytorch_lightning.strategies.DDPStrategy` and from it to DDP."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    if "forward_sync_buffers" in inspect.signature(DistributedDataParallel.__init__).parameters:
+        return pl.strategies.DDPStrategy(**{"forward_sync_buffers": False, **kwargs})
+    return pl.strategies.DDPStrategy(**{"broadcast_buffers": False, **kwargs})
 
 
 def _carry_adam_state(

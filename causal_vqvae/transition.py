@@ -57,6 +57,7 @@ class TransitionLoss:
     equation_nll: torch.Tensor  # () cross-entropy of the logits vs the target codes on every node
     sparsity: torch.Tensor  # () the sparsity term added (penalty or Lagrangian; 0 in "none")
     expected_targets: torch.Tensor  # (A,) expected intervened nodes per action
+    target_statistics: torch.Tensor  # (2, A) summed over examples: expected intervened nodes, examples
     expected_parents: torch.Tensor  # (N,) expected parents per node
     target_budget: float
     adjacency_budget: float
@@ -278,7 +279,8 @@ def transition_loss(
     the duals' ``budget_at(progress)``."""
     nll = mixture_nll(output, codes, target_codes, eps).mean()
     equation_nll = F.cross_entropy(rearrange(output.logits.float(), "b n k -> b k n"), target_codes)
-    expected_targets = graph.expected_targets(output.target_logits, action)
+    target_statistics = graph.target_statistics(output.target_logits, action)
+    expected_targets = graph.pooled_expected_targets(target_statistics)
     expected_parents = graph.expected_parents()
     if budgets is None:
         budgets = sparsity_budgets(target_dual, adjacency_dual, progress)
@@ -302,6 +304,7 @@ def transition_loss(
         equation_nll=equation_nll,
         sparsity=sparsity,
         expected_targets=expected_targets,
+        target_statistics=target_statistics,
         expected_parents=expected_parents,
         target_budget=target_budget,
         adjacency_budget=adjacency_budget,

@@ -128,10 +128,10 @@ def test_dual_ascent_raises_multipliers_while_over_budget():
     assert (model.target_dual.multipliers > 0).all()
 
 
-def test_dual_ascent_under_ddp_steps_every_rank_on_the_ranks_mean_expected_targets():
-    """Two ranks with different batches: each steps its multipliers on the mean of both ranks'
-    expected targets per action, so both hold the same multipliers, those of that mean."""
-    from dataclasses import replace
+def test_dual_ascent_under_ddp_steps_every_rank_on_the_expected_targets_of_all_ranks_examples_pooled():
+    """Two ranks with different batches and different mixes of actions: each steps its multipliers
+    on the expected targets per action of both batches pooled (each example counted once, not the
+    ranks' per-action means averaged), so both hold the multipliers of one process with both batches."""
     from types import SimpleNamespace
 
     def model():  # intervention targets that depend on the codes
@@ -143,32 +143,40 @@ def test_dual_ascent_under_ddp_steps_every_rank_on_the_ranks_mean_expected_targe
         return m.train()
 
     generator = torch.Generator().manual_seed(0)
-    models = [model(), model()]
-    losses = []
-    for rank in models:  # each rank's own batch
+    actions = [torch.tensor([0, 0, 0, 1, 2, 3, 4, 5]), torch.tensor([0, 1, 1, 1, 1, 2, 6, 6])]  # action 9: none
+    models, batches, losses = [model(), model()], [], []
+    for rank, action in zip(models, actions):  # each rank's own batch
         codes, target_codes = torch.randint(0, 16, (2, 8, 64), generator=generator)
-        action = torch.randint(0, 10, (8,), generator=generator)
+        batches.append((codes, target_codes, action))
         losses.append(rank.transition_loss(codes, action, target_codes, generator=generator))
-    mean = (losses[0].expected_targets + losses[1].expected_targets).detach() / 2
-    assert not torch.allclose(losses[0].expected_targets, losses[1].expected_targets)
+    statistics = [loss.target_statistics.detach() for loss in losses]
 
     def reduce(tensor, reduce_op):
-        assert reduce_op == "mean"
-        return mean.clone()
+        assert reduce_op == "sum" and any(torch.equal(tensor, s) for s in statistics)
+        return statistics[0] + statistics[1]
 
     for rank, loss in zip(models, losses):
         module = CausalVQVAEModule(rank, "causal")
         module._trainer = SimpleNamespace(world_size=2, strategy=SimpleNamespace(reduce=reduce))
-        rank.update_multipliers(module._ranks_mean(loss))
+        rank.update_multipliers(module._pooled_over_ranks(loss))
+
+    # the reference: one process, both batches (the state-dependent logits of each example as its rank had them)
     reference = model()
-    reference.update_multipliers(replace(losses[0], expected_targets=mean))
+    target_logits = torch.cat([loss.output.target_logits for loss in losses]).detach()
+    pooled = reference.graph.expected_targets(target_logits, torch.cat(actions))
+    assert torch.equal(pooled[9], torch.sigmoid(reference.graph.target_logits[9]).sum())  # no example: global
+    ranks_mean = (losses[0].expected_targets + losses[1].expected_targets).detach() / 2
+    assert not torch.allclose(pooled[:2], ranks_mean[:2])  # actions 0 and 1: 3 + 1 and 1 + 4 examples
+    reference.target_dual.update(pooled, losses[0].target_budget)
+    reference.adjacency_dual.update(losses[0].expected_parents, losses[0].adjacency_budget)
     for rank in models:
-        assert torch.equal(rank.target_dual.multipliers, reference.target_dual.multipliers)
+        torch.testing.assert_close(rank.target_dual.multipliers, reference.target_dual.multipliers, rtol=0, atol=1e-6)
+        assert torch.equal(rank.target_dual.multipliers, models[0].target_dual.multipliers)  # ranks agree exactly
         assert torch.equal(rank.adjacency_dual.multipliers, reference.adjacency_dual.multipliers)
     assert (reference.target_dual.multipliers > 0).all()
     # one process: the loss as it is
     module = CausalVQVAEModule(models[0], "causal")
-    assert module._ranks_mean(losses[0]) is losses[0]
+    assert module._pooled_over_ranks(losses[0]) is losses[0]
 
 
 def test_codes_in_use_under_ddp_counts_the_codes_used_on_any_rank():
@@ -462,6 +470,35 @@ def test_train_py_runs_every_stage_in_two_ddp_processes_on_the_cpu(tmp_path):
     joint = CausalVQVAE.from_pretrained(out / "joint").state_dict()
     for name, tensor in head.state_dict().items():
         assert torch.equal(tensor, joint[name]) != name.startswith("retrieval_head."), name
+
+
+def test_ddp_keeps_every_buffer_equal_on_all_ranks_without_copying_rank_0s_usage_counts(tmp_path):
+    """A joint stage in two DDP processes (``ddp_strategy``, no buffer copy at each step): the EMA
+    codebook, the dual multipliers and every weight end equal on both ranks by construction, while
+    each rank's usage counts are those of the codes it assigned itself (DDP's default copy replaced
+    the second rank's with the first's), and ``val/codes_in_use`` counts both ranks' codes."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "NODE_RANK", "WORLD_SIZE")}
+    done = subprocess.run([sys.executable, str(Path(__file__).parent / "ddp_fit.py"), str(tmp_path)],
+                          capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    first, second = ranks
+    assert first["state"].keys() == second["state"].keys()
+    for name, tensor in first["state"].items():
+        assert torch.equal(tensor, second["state"][name]), name
+    # ... and they moved: the EMA codebook and dual ascent ran
+    assert not torch.equal(first["state"]["quantizer.embedding"], first["initial_embedding"])
+    assert (first["state"]["target_dual.multipliers"] > 0).all()
+    assert (first["state"]["adjacency_dual.multipliers"] > 0).all()
+    for rank in ranks:
+        assert torch.equal(rank["usage_counts"], rank["assigned"])
+    assert not torch.equal(first["assigned"], second["assigned"])  # each rank its own shard
+    union = ((first["assigned"] + second["assigned"]) > 0).sum(-1).float().mean()
+    assert float(first["codes_in_use"]) == float(second["codes_in_use"]) == float(union)
 
 
 def test_train_py_head_stage_puts_a_new_head_on_a_saved_model(tmp_path, small_overrides):
