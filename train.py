@@ -377,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
             num_sanity_val_steps=0, **TRAINER_KWARGS,
             # Several processes (devices or nodes): DDP without its buffer copy at each step (see
             # ddp_strategy); a new strategy object per stage, as a Trainer binds its own.
-            **{**device_kwargs, "strategy": ddp_strategy() if world > 1 else device_kwargs["strategy"]},
+            **{**device_kwargs, "strategy": ddp_strategy() if world > 1 else "auto"},
             # cuDNN picks the fastest convolution algorithms (1.3x on the H100 autoencoder step with
             # the fused AdamW: benchmarks/results/model_speed_h100_grid_bf16_fused.json)
             benchmark=device_kwargs["accelerator"] == "gpu",

@@ -157,17 +157,12 @@ def test_a_checkpoint_from_before_the_edge_logit_group_resumes_with_its_adam_sta
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _warmup_cosine(step, 4, 1, 0.1))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
-    trainer = _short_trainer
-
-    def data():
-        return _dsprites_data("pairs")
-
     config = TrainConfig(causal_steps=4, warmup_steps=1, val_every=4, graph_lr_scale=20.0)
-    old_trainer = trainer(2)
+    old_trainer = _short_trainer(2)
     with monkeypatch.context() as patch:
         patch.setattr(CausalVQVAEModule, "configure_optimizers", single_group)
         old = CausalVQVAEModule(tiny_dsprites_model(), "causal", config)
-        old_trainer.fit(old, datamodule=data())
+        old_trainer.fit(old, datamodule=_dsprites_data("pairs"))
     old_trainer.save_checkpoint(tmp_path / "old.ckpt", weights_only=False)
     (saved_group,) = torch.load(tmp_path / "old.ckpt", weights_only=True)["optimizer_states"][0]["param_groups"]
     old_trainable = [name for name, p in old.model.named_parameters() if p.requires_grad]
@@ -177,8 +172,8 @@ def test_a_checkpoint_from_before_the_edge_logit_group_resumes_with_its_adam_sta
     restored = _RestoredOptimizer()
 
     new = CausalVQVAEModule(tiny_dsprites_model(), "causal", config)
-    new_trainer = trainer(4, [restored])
-    new_trainer.fit(new, datamodule=data(), ckpt_path=tmp_path / "old.ckpt", weights_only=True)
+    new_trainer = _short_trainer(4, [restored])
+    new_trainer.fit(new, datamodule=_dsprites_data("pairs"), ckpt_path=tmp_path / "old.ckpt", weights_only=True)
 
     assert set(restored.moments) == set(saved_moments)
     for name, moment in saved_moments.items():
@@ -200,16 +195,11 @@ def test_a_vqvae_checkpoint_from_when_the_stage_left_everything_trainable_resume
 
     from causal_vqvae.training import AUTOENCODER_PARTS, CausalVQVAEModule, TrainConfig
 
-    trainer = _short_trainer
-
-    def data():
-        return _dsprites_data("images")
-
     config = TrainConfig(vqvae_steps=4, warmup_steps=1, val_every=4, graph_lr_scale=20.0)
     old = CausalVQVAEModule(tiny_dsprites_model(), "vqvae", config)
     old.model.requires_grad_(True)  # as the stage was: every parameter trainable
-    old_trainer = trainer(2)
-    old_trainer.fit(old, datamodule=data())
+    old_trainer = _short_trainer(2)
+    old_trainer.fit(old, datamodule=_dsprites_data("images"))
     old_trainer.save_checkpoint(tmp_path / "old.ckpt", weights_only=False)
     saved = torch.load(tmp_path / "old.ckpt", weights_only=True)["optimizer_states"][0]
     assert [len(g["params"]) for g in saved["param_groups"]] == [  # both groups, every parameter
@@ -225,8 +215,8 @@ def test_a_vqvae_checkpoint_from_when_the_stage_left_everything_trainable_resume
     restored = _RestoredOptimizer()
 
     new = CausalVQVAEModule(tiny_dsprites_model(), "vqvae", config)
-    new_trainer = trainer(4, [restored])
-    new_trainer.fit(new, datamodule=data(), ckpt_path=tmp_path / "old.ckpt", weights_only=True)
+    new_trainer = _short_trainer(4, [restored])
+    new_trainer.fit(new, datamodule=_dsprites_data("images"), ckpt_path=tmp_path / "old.ckpt", weights_only=True)
     assert set(restored.moments) == autoencoder
     for name, moment in saved_moments.items():
         assert torch.equal(restored.moments[name], moment), name

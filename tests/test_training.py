@@ -144,10 +144,9 @@ def test_dual_ascent_under_ddp_steps_every_rank_on_the_expected_targets_of_all_r
 
     generator = torch.Generator().manual_seed(0)
     actions = [torch.tensor([0, 0, 0, 1, 2, 3, 4, 5]), torch.tensor([0, 1, 1, 1, 1, 2, 6, 6])]  # action 9: none
-    models, batches, losses = [model(), model()], [], []
+    models, losses = [model(), model()], []
     for rank, action in zip(models, actions):  # each rank's own batch
         codes, target_codes = torch.randint(0, 16, (2, 8, 64), generator=generator)
-        batches.append((codes, target_codes, action))
         losses.append(rank.transition_loss(codes, action, target_codes, generator=generator))
     statistics = [loss.target_statistics.detach() for loss in losses]
 
@@ -499,6 +498,36 @@ def test_ddp_keeps_every_buffer_equal_on_all_ranks_without_copying_rank_0s_usage
     assert not torch.equal(first["assigned"], second["assigned"])  # each rank its own shard
     union = ((first["assigned"] + second["assigned"]) > 0).sum(-1).float().mean()
     assert float(first["codes_in_use"]) == float(second["codes_in_use"]) == float(union)
+
+
+@pytest.mark.parametrize("flags", [["--accelerator", "cpu", "--devices", "2"], ["--gpus", "0", "--num-nodes", "2"]],
+                         ids=["processes", "nodes"])
+def test_train_py_trains_several_processes_with_ddp_strategy(tmp_path, small_overrides, monkeypatch, flags):
+    """More than one process (devices or machines): the Trainer gets ddp_strategy's DDP, without the
+    buffer copy at each step; one process: Lightning's own choice."""
+    from pytorch_lightning.strategies import DDPStrategy
+
+    received = []
+
+    class Stop(Exception):
+        pass
+
+    def trainer(**kwargs):
+        received.append(kwargs["strategy"])
+        raise Stop
+
+    monkeypatch.setattr(pl, "Trainer", trainer)
+    base = ["--data", "dsprites", "--preset", "cpu-small", "--config", small_overrides, "--max-steps", "1",
+            "--batch-size", "8", "--out", str(tmp_path / "run"), "--no-progress"]
+    with pytest.raises(Stop):
+        train_script.main(base + flags)
+    (strategy,) = received
+    assert isinstance(strategy, DDPStrategy)
+    sync = strategy._ddp_kwargs  # what Lightning hands to DistributedDataParallel
+    assert sync.get("forward_sync_buffers", sync.get("broadcast_buffers")) is False
+    with pytest.raises(Stop):
+        train_script.main(base + ["--gpus", "0"])
+    assert received[-1] == "auto"
 
 
 def test_train_py_head_stage_puts_a_new_head_on_a_saved_model(tmp_path, small_overrides):
