@@ -12,6 +12,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from .nn.retrieval import RETRIEVAL_SCORES
+
 __all__ = ["ModelConfig", "LATENT_LAYOUTS", "QUANTIZER_MODES", "SPARSITY_MODES", "RECONSTRUCTION_LOSSES",
            "RETRIEVAL_SCORES"]
 
@@ -20,7 +22,6 @@ QUANTIZER_MODES = ("ema", "loss")
 SPARSITY_MODES = ("constraint", "penalty", "none")
 RECONSTRUCTION_LOSSES = ("mse", "bce")
 RETRIEVAL_HEADS = ("conv", "transformer")
-RETRIEVAL_SCORES = ("marginal_nll", "code_distance", "nll")
 
 
 @dataclass(frozen=True)

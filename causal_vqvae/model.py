@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -18,12 +17,24 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from .autoencoder import Decoder, Encoder, TokenDecoder, TokenEncoder
 from .config import ModelConfig
-from .graph import CausalGraph, DualAscent, GraphNoise
-from .quantizer import QuantizerOutput, VectorQuantizer
-from .retrieval import ConvRetrievalHead, RetrievalHead, RetrievalOutput, score_actions
-from .transition import CausalTransition, TransitionLoss, TransitionOutput, sparsity_budgets, transition_loss
+from .nn.autoencoder import Decoder, Encoder, TokenDecoder, TokenEncoder
+from .nn.graph import CausalGraph, DualAscent, GraphNoise
+from .nn.quantizer import QuantizerOutput, VectorQuantizer
+from .nn.retrieval import (
+    ConvRetrievalHead,
+    RetrievalHead,
+    RetrievalOutput,
+    score_actions,
+)
+from .nn.transition import (
+    CausalTransition,
+    TransitionLoss,
+    TransitionOutput,
+    sparsity_budgets,
+    transition_loss,
+)
+from .pretrained import PretrainedMixin
 
 __all__ = ["AutoencoderOutput", "AutoencoderLoss", "RetrievalLoss", "CausalVQVAE"]
 
@@ -56,7 +67,7 @@ class RetrievalLoss:
     logits: torch.Tensor  # (B, A)
 
 
-class CausalVQVAE(nn.Module):
+class CausalVQVAE(PretrainedMixin, nn.Module):
     """See the module docstring. Build from a :class:`ModelConfig`; parameters are initialised from
     ``config.seed`` without touching the global random state."""
 
@@ -357,11 +368,6 @@ class CausalVQVAE(nn.Module):
         counts["total"] = sum(p.numel() for p in self.parameters())
         return counts
 
-    def save_pretrained(self, directory: str | Path, extra_metadata: Mapping[str, Any] | None = None) -> Path:
-        from .io import save_pretrained
-
-        return save_pretrained(self, directory, extra_metadata)
-
     RETRIEVAL_HEAD_FIELDS = ("retrieval_head", "retrieval_dim", "retrieval_layers", "retrieval_heads")
     # The causal part: its graph, sparsity and transition settings (a change to them needs a new
     # transition; the autoencoder, the codes and the retrieval head stay valid).
@@ -414,11 +420,3 @@ class CausalVQVAE(nn.Module):
             raise RuntimeError(f"weights outside {', '.join(p.rstrip('.') for p in prefixes)} did not carry over: "
                                f"missing {missing}, unexpected {unexpected}")
         return fresh.to(next(self.parameters()).device).train(self.training)
-
-    @classmethod
-    def from_pretrained(
-        cls, directory: str | Path, map_location: str | torch.device = "cpu", expect: Mapping[str, Any] | None = None
-    ) -> CausalVQVAE:
-        from .io import load_pretrained
-
-        return load_pretrained(directory, map_location=map_location, expect=expect)

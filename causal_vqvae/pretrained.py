@@ -1,27 +1,29 @@
 """Checkpoints without pickle: ``model.safetensors`` + ``config.json`` + ``metadata.json``.
 
-Every file is written to a temporary name in the target directory and moved into place with
-``os.replace``, so a crash never leaves a half-written file under the real name.
+:class:`PretrainedMixin` gives a model class ``save_pretrained`` and ``from_pretrained`` (the
+pattern of Hugging Face's ``ModelHubMixin``): this module knows the file format and the config, not
+the model, so :mod:`causal_vqvae.model` imports it and it imports nothing of the model. Every file
+is written through :func:`causal_vqvae.files.atomic_write`, so a crash never leaves a half-written
+file under the real name.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+from torch import nn
 
 from .config import ModelConfig
-from .model import CausalVQVAE
+from .files import atomic_write, json_text, write_text
 
-__all__ = ["FORMAT_VERSION", "ARCHITECTURE", "atomic_write", "save_pretrained", "load_pretrained",
-           "write_json"]
+__all__ = ["FORMAT_VERSION", "ARCHITECTURE", "WEIGHTS_NAME", "CONFIG_NAME", "METADATA_NAME", "PretrainedMixin",
+           "read_config", "save_pretrained", "load_pretrained"]
 
 FORMAT_VERSION = 1
 ARCHITECTURE = "CausalVQVAE"
@@ -31,44 +33,11 @@ METADATA_NAME = "metadata.json"
 _REDO = "save the model again with save_pretrained, or copy the whole directory again"
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[str], Any]) -> None:
-    """Call ``write(temp_path)`` on a temporary file next to ``path`` (its folder created if
-    needed), then move it into place with ``os.replace``: ``path`` is never half-written. Every
-    file the package writes goes through here."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(temp)
-        os.chmod(temp, 0o644)  # mkstemp makes 0600 files; what we write is meant to be shared
-        os.replace(temp, path)
-    except BaseException:
-        if os.path.exists(temp):
-            os.remove(temp)
-        raise
-
-
-def _json_text(data: Mapping[str, Any], what: str) -> str:
-    try:
-        return json.dumps(data, indent=2, sort_keys=True) + "\n"
-    except TypeError as error:
-        raise TypeError(f"{what} must be JSON-serialisable (str, numbers, bools, lists, dicts): {error}") from None
-
-
-def _write_text(path: Path, text: str) -> None:
-    atomic_write(path, lambda temp: Path(temp).write_text(text))
-
-
-def write_json(path: str | os.PathLike, data: Any, **dump_options: Any) -> None:
-    """Write ``data`` as indented JSON through :func:`atomic_write`; ``dump_options`` go to
-    ``json.dumps`` (e.g. ``allow_nan=False``, ``default=str``). Serialised before anything is written."""
-    text = json.dumps(data, indent=2, **dump_options) + "\n"
-    atomic_write(path, lambda temp: Path(temp).write_text(text))
+Model = TypeVar("Model", bound=nn.Module)
 
 
 def save_pretrained(
-    model: CausalVQVAE, directory: str | Path, extra_metadata: Mapping[str, Any] | None = None
+    model: nn.Module, directory: str | Path, extra_metadata: Mapping[str, Any] | None = None
 ) -> Path:
     """Write ``model`` to ``directory`` (created if needed); returns the directory."""
     directory = Path(directory)
@@ -86,14 +55,14 @@ def save_pretrained(
         raise ValueError(f"extra_metadata may not set the reserved key(s) {clash}")
     metadata.update(extra_metadata or {})
     # Serialise everything before writing anything: bad metadata must not leave a partial save.
-    config_text = _json_text(config, "the config")
-    metadata_text = _json_text(metadata, "extra_metadata")
+    config_text = json_text(config, "the config")
+    metadata_text = json_text(metadata, "extra_metadata")
     atomic_write(
         directory / WEIGHTS_NAME,
         lambda temp: save_file(tensors, temp, metadata={"format": str(FORMAT_VERSION), "architecture": ARCHITECTURE}),
     )
-    _write_text(directory / CONFIG_NAME, config_text)
-    _write_text(directory / METADATA_NAME, metadata_text)
+    write_text(directory / CONFIG_NAME, config_text)
+    write_text(directory / METADATA_NAME, metadata_text)
     return directory
 
 
@@ -133,10 +102,11 @@ def read_config(directory: str | Path, expect: Mapping[str, Any] | None = None) 
 
 
 def load_pretrained(
-    directory: str | Path, map_location: str | torch.device = "cpu", expect: Mapping[str, Any] | None = None
-) -> CausalVQVAE:
-    """Rebuild the model of ``directory``; refuses a config that differs from ``expect`` and any
-    missing or unexpected tensor. The model is returned in eval mode."""
+    model_class: type[Model], directory: str | Path, map_location: str | torch.device = "cpu",
+    expect: Mapping[str, Any] | None = None,
+) -> Model:
+    """Rebuild the model of ``directory`` as ``model_class(config)``; refuses a config that differs
+    from ``expect`` and any missing or unexpected tensor. The model is returned in eval mode."""
     directory = Path(directory)
     config = read_config(directory, expect)
     weights = directory / WEIGHTS_NAME
@@ -146,7 +116,7 @@ def load_pretrained(
         state = load_file(str(weights), device=str(torch.device(map_location)))
     except SafetensorError as error:
         raise ValueError(f"cannot read {weights}: it is truncated or corrupt ({error}); {_REDO}") from None
-    model = CausalVQVAE(config)
+    model = model_class(config)
     wanted = set(model.state_dict())
     missing, unexpected = sorted(wanted - set(state)), sorted(set(state) - wanted)
     if missing or unexpected:
@@ -156,3 +126,23 @@ def load_pretrained(
         )
     model.load_state_dict(state, strict=True)
     return model.to(map_location).eval()
+
+
+class PretrainedMixin:
+    """``save_pretrained`` and ``from_pretrained`` for an ``nn.Module`` built from a
+    :class:`ModelConfig` held as ``self.config``."""
+
+    config: ModelConfig
+
+    def save_pretrained(self, directory: str | Path, extra_metadata: Mapping[str, Any] | None = None) -> Path:
+        """Write this model to ``directory`` (created if needed); returns the directory."""
+        return save_pretrained(self, directory, extra_metadata)
+
+    @classmethod
+    def from_pretrained(
+        cls: type[Model], directory: str | Path, map_location: str | torch.device = "cpu",
+        expect: Mapping[str, Any] | None = None,
+    ) -> Model:
+        """The model saved in ``directory``, in eval mode; ``expect``: config entries it must have
+        (e.g. ``{"dataset": "dsprites"}``)."""
+        return load_pretrained(cls, directory, map_location=map_location, expect=expect)

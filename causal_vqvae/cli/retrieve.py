@@ -1,6 +1,6 @@
 """Command line: which action turns image A into image B?
 
-    python -m causal_vqvae.retrieve --model DIR a.png b.png [--method transition|head] [--top 5]
+    python -m causal_vqvae.cli.retrieve --model DIR a.png b.png [--method transition|head] [--top 5]
 
 prints a table of rank, action and probability, most likely first. Exit status 2 on a usage or
 input error.
@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
-from . import api
+from .. import api
 from .edit import _positive_int, add_method_and_device
 
 __all__ = ["format_table", "main"]
@@ -29,7 +29,7 @@ def format_table(ranked: Sequence[tuple[str, float]]) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m causal_vqvae.retrieve",
+        prog="python -m causal_vqvae.cli.retrieve",
         description="Rank the actions that could have turned image A into image B.",
     )
     parser.add_argument("--model", required=True, metavar="DIR",

@@ -56,11 +56,11 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 
-from .io import atomic_write
-
 from datamodules.factors import FactorSpace
 from datamodules.pairs import StateSamples
 from datamodules.sources import TwinSource
+
+from ..files import atomic_write
 
 __all__ = [
     "ACCURACY_BAR",

@@ -19,7 +19,7 @@ import torch
 from einops import rearrange, repeat
 from torch import nn
 
-from .autoencoder import TransformerBlock
+from .layers import TransformerBlock
 
 __all__ = [
     "GraphNoise",

@@ -26,8 +26,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from .autoencoder import FeedForward
 from .graph import CausalGraph, DualAscent, GraphNoise, node_code_offsets
+from .layers import FeedForward
 from .seeding import DeviceGenerators
 
 __all__ = [

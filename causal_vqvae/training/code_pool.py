@@ -34,31 +34,14 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from datamodules.datamodule import _world
 from datamodules.pairs import batch_passthrough
 
-from .training import FROZEN_AUTOENCODER_STAGES
+from ..eval.data import encode_pairs
+from .config import FROZEN_AUTOENCODER_STAGES
 
 log = logging.getLogger(__name__)
 
 __all__ = ["POOL_STAGES", "CodePool", "CodePoolDataModule", "PoolSampler", "encode_pairs"]
 
 POOL_STAGES = FROZEN_AUTOENCODER_STAGES  # the stages a pool serves: their autoencoder is frozen
-
-
-@torch.no_grad()
-def encode_pairs(model, dm, dataset, count: int, batch: int, device: torch.device) -> dict[str, torch.Tensor]:
-    """Codes of items 0..count-1 of ``dataset`` (a pair dataset of the DataModule ``dm``, which
-    renders or converts its images) under ``model``: "codes" and "target" (B, N) on the CPU, int16
-    where the codebook allows (compact for pools of 100k pairs), "action" (B,) long."""
-    if count > len(dataset):
-        raise ValueError(f"asked for the codes of {count} pairs, but the dataset holds {len(dataset)}")
-    dtype = torch.int16 if model.quantizer.codebook_size <= torch.iinfo(torch.int16).max + 1 else torch.int32
-    out: dict[str, list[torch.Tensor]] = {"codes": [], "target": [], "action": []}
-    for start in range(0, count, batch):
-        raw = dataset.__getitems__(list(range(start, min(start + batch, count))))
-        b = dm.prepare_batch({k: v.to(device) for k, v in raw.items()})
-        out["codes"].append(model.encode_codes(b["image"]).to(dtype).cpu())
-        out["target"].append(model.encode_codes(b["image_next"]).to(dtype).cpu())
-        out["action"].append(b["action"].cpu())
-    return {k: torch.cat(v) for k, v in out.items()}
 
 
 class CodePool(Dataset):

@@ -34,130 +34,22 @@ of the damaged weights can be written.
 
 from __future__ import annotations
 
-import inspect
-import json
 import math
-import os
-import shutil
-from dataclasses import asdict, dataclass, fields, replace
-from pathlib import Path
+from dataclasses import replace
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
 
-from .model import CausalVQVAE
-from .transition import TransitionLoss
+from ..model import CausalVQVAE
+from ..nn.transition import TransitionLoss
+from .config import FROZEN_AUTOENCODER_STAGES, TrainConfig, check_stage
 
-__all__ = ["STAGES", "STAGE_MONITOR", "BEST_FROM", "TrainConfig", "CausalVQVAEModule", "parameter_groups",
-           "ddp_strategy", "CheckpointMismatchError", "NonFiniteGuard", "NonFiniteLossError", "BestWeights", "psnr"]
+__all__ = ["CausalVQVAEModule", "CheckpointMismatchError", "parameter_groups", "psnr"]
 
-STAGES = ("vqvae", "causal", "joint", "head")
 AUTOENCODER_PARTS = ("encoder", "decoder", "quantizer", "token_encoder", "token_decoder")
-FROZEN_AUTOENCODER_STAGES = ("causal", "head")  # stages that train on codes of a frozen autoencoder
 # Validation metrics shown on the progress bar (none from training steps: see training_step).
 PROGRESS_BAR_METRICS = ("psnr", "retrieval_head_acc")
-KEEP_CHOICES = ("last", "best")
-# The validation metric (higher is better) by which TrainConfig.keep = "best" picks a stage's weights.
-STAGE_MONITOR = {
-    "vqvae": "val/psnr",
-    "causal": "val/retrieval_transition_acc",
-    "joint": "val/retrieval_transition_acc",
-    "head": "val/retrieval_head_acc",
-}
-# keep = "best" picks among the validations from this fraction of a stage's steps on.
-BEST_FROM = 0.5
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Optimisation and loss weights of every stage (``steps`` of 0 skip a stage).
-
-    vqvae_steps, causal_steps, joint_steps, head_steps: optimiser steps per stage. ``head`` (0 by
-        default) retrains the retrieval head alone, everything else frozen: e.g. a new head on a
-        trained model (``train.py --stage head --init DIR``).
-    vqvae_lr, causal_lr, joint_lr, head_lr: peak AdamW learning rates.
-    graph_lr_scale: the graph's edge logits (node -> node adjacency and action -> node targets) train
-        at this multiple of the stage's learning rate, with no weight decay. Adam moves a parameter
-        by at most about its learning rate per step, and the budgets ask every logit to travel
-        several units (from their start, +2 in the small presets and +5 by default, to about -3 for
-        a dropped edge). At the stage's rate the logits could only fall in lockstep, pushed by the
-        growing multipliers, and runs ended with no edge decided (every probability under 1/2;
-        ``benchmarks/graph_lr.py``).
-    weight_decay: AdamW weight decay (not on the graph's edge logits: it would pull them to 1/2).
-    warmup_steps: linear warm-up at the start of each stage, then cosine decay to
-        ``min_lr_ratio`` x the peak at the stage's last step.
-    grad_clip: gradient-norm clipping (0 = off).
-    transition_weight: weight of the transition loss (mixture NLL + sparsity).
-    retrieval_weight: weight of the retrieval head's cross-entropy.
-    reconstruction_weight: weight of the autoencoder loss in the joint stage.
-    val_every: optimiser steps between validations (also the length of a training "epoch").
-    code_pool: the causal and head stages train on the codes of this many training pairs, encoded
-        once by the frozen autoencoder when the stage starts (:mod:`causal_vqvae.code_pool`); 0
-        renders (twins) or reads, and encodes, fresh pairs at every step. The vqvae and joint
-        stages, which train the autoencoder, always read images.
-    keep: the weights a stage saves and hands to the next. "last": those of its last step. "best":
-        those of its validation with the highest :data:`STAGE_MONITOR` metric (validation PSNR for
-        the vqvae stage, retrieval by transition for causal and joint, the head's retrieval for
-        head), among the validations of the stage's second half (:data:`BEST_FROM`: the sparsity
-        budgets reach their end values at half-way, and a denser graph of the first half could
-        score higher). Ties go to the later validation. :class:`BestWeights` keeps them on disk.
-    """
-
-    vqvae_steps: int = 3000
-    causal_steps: int = 3000
-    joint_steps: int = 0
-    head_steps: int = 0
-    vqvae_lr: float = 1e-3
-    causal_lr: float = 5e-4
-    joint_lr: float = 1e-4
-    head_lr: float = 1e-3
-    graph_lr_scale: float = 20.0
-    weight_decay: float = 0.0
-    warmup_steps: int = 100
-    min_lr_ratio: float = 0.1
-    grad_clip: float = 1.0
-    transition_weight: float = 1.0
-    retrieval_weight: float = 1.0
-    reconstruction_weight: float = 1.0
-    val_every: int = 500
-    code_pool: int = 0
-    keep: str = "last"
-
-    def __post_init__(self) -> None:
-        if self.keep not in KEEP_CHOICES:
-            raise ValueError(f"TrainConfig.keep must be one of {KEEP_CHOICES}, got {self.keep!r}")
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if isinstance(value, str):
-                continue
-            if value < 0:
-                raise ValueError(f"TrainConfig.{f.name} must be >= 0, got {value}")
-        if self.val_every < 1:
-            raise ValueError(f"TrainConfig.val_every must be >= 1, got {self.val_every}")
-
-    def steps(self, stage: str) -> int:
-        return getattr(self, f"{_check_stage(stage)}_steps")
-
-    def lr(self, stage: str) -> float:
-        return getattr(self, f"{_check_stage(stage)}_lr")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown TrainConfig keys {unknown}; known keys: {sorted(known)}")
-        return cls(**data)
-
-
-def _check_stage(stage: str) -> str:
-    if stage not in STAGES:
-        raise ValueError(f"unknown stage {stage!r}; stages are {STAGES}")
-    return stage
 
 
 def psnr(mse: torch.Tensor) -> torch.Tensor:
@@ -198,7 +90,7 @@ class CausalVQVAEModule(pl.LightningModule):
             functions = {name: torch.compile(fn, **compile_options) for name, fn in functions.items()}
         self._step_functions = functions
         self._compiled = compile_options is not None
-        self.stage = _check_stage(stage)
+        self.stage = check_stage(stage)
         self.train_config = train_config or TrainConfig()
         self.save_hyperparameters(
             {"stage": stage, "model": model.config.to_dict(), "train": self.train_config.to_dict()}
@@ -446,24 +338,6 @@ def parameter_groups(
     return [g for g in groups if g["params"]]
 
 
-def ddp_strategy(**kwargs: Any) -> pl.strategies.DDPStrategy:
-    """Lightning's DDP strategy for :class:`CausalVQVAEModule`, without DDP's buffer copy at each step.
-
-    DDP's default copies rank 0's buffers to every rank before each training forward. The module
-    keeps its buffers equal on all ranks itself (see this module's docstring), except the
-    quantizer's ``usage_counts``, which are each rank's own and which the copy would replace with
-    rank 0's, so that ``val/codes_in_use`` missed the codes seen on the other ranks. The buffers
-    are still copied from rank 0 once, when DDP wraps the model, where torch can (its
-    ``forward_sync_buffers``; torch releases without it skip that copy too, and the ranks start
-    equal anyway, built from one seed or loaded from one file). ``kwargs`` go to
-    :class:`~pytorch_lightning.strategies.DDPStrategy` and from it to DDP."""
-    from torch.nn.parallel import DistributedDataParallel
-
-    if "forward_sync_buffers" in inspect.signature(DistributedDataParallel.__init__).parameters:
-        return pl.strategies.DDPStrategy(**{"forward_sync_buffers": False, **kwargs})
-    return pl.strategies.DDPStrategy(**{"broadcast_buffers": False, **kwargs})
-
-
 def _carry_adam_state(
     saved: dict[str, Any], old_layout: list[list[torch.nn.Parameter]], groups: list[dict[str, Any]]
 ) -> tuple[dict[int, Any], list[list[int]], list[int]]:
@@ -564,108 +438,3 @@ class CheckpointMismatchError(ValueError):
     """A resume checkpoint of another architecture, dataset or stage than the run's."""
 
 
-class NonFiniteLossError(RuntimeError):
-    """The training loss was NaN or infinite; ``step`` is the first optimiser step where it was."""
-
-    def __init__(self, stage: str, step: int, last_good_step: int | None) -> None:
-        self.stage, self.step, self.last_good_step = stage, step, last_good_step
-        kept = ("no checkpoint had been written yet" if last_good_step is None
-                else f"the last good checkpoint (step {last_good_step}) is kept")
-        super().__init__(f"stage {stage}: the training loss was not finite (NaN or inf) at step {step}; "
-                         f"training stopped and {kept}")
-
-
-class NonFiniteGuard(pl.Callback):
-    """Stop training when the loss is NaN or infinite, before a checkpoint of the damaged weights.
-
-    Each step folds "is the loss finite" into a device tensor (no host sync); the flag is read
-    every ``check_every`` steps (make it the checkpoint interval, or a divisor of it) and at the
-    last step. Lightning runs checkpoint callbacks after all others, so a raise here comes before
-    the save, and the last checkpoint on disk is one whose steps were all finite.
-    """
-
-    def __init__(self, check_every: int) -> None:
-        if check_every < 1:
-            raise ValueError(f"check_every must be >= 1, got {check_every}")
-        self.check_every = check_every
-        self.last_good_step: int | None = None
-        self._first_bad: torch.Tensor | None = None
-
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        # A run resumed from step k starts from the checkpoint of step k, which was good.
-        self.last_good_step = trainer.global_step or None
-
-    def on_train_batch_end(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx: int
-    ) -> None:
-        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
-        step = trainer.global_step  # steps done, this one included
-        if self._first_bad is None:
-            self._first_bad = torch.full((), -1, dtype=torch.long, device=loss.device)
-        bad = ~torch.isfinite(loss.detach()) & (self._first_bad < 0)
-        self._first_bad = torch.where(bad, torch.full_like(self._first_bad, step), self._first_bad)
-        if step % self.check_every == 0 or step >= (trainer.max_steps or 0):
-            first_bad = int(trainer.strategy.reduce(self._first_bad.float(), reduce_op="max"))
-            if first_bad >= 0:
-                raise NonFiniteLossError(getattr(pl_module, "stage", "?"), first_bad, self.last_good_step)
-            self.last_good_step = step
-
-
-class BestWeights(pl.Callback):
-    """Keep on disk the weights of a stage's best validation so far: the highest ``monitor`` among
-    the validations at step ``from_step`` or later (ties: the later one).
-
-    ``directory`` holds the model of that validation, saved by ``save_pretrained`` in
-    ``step-<N>/``, and ``best.json``, which names it with its step, score and validation metrics.
-    ``best.json`` is written after the model and atomically, and a replaced model is deleted only
-    after it, so ``best.json`` always names a complete model; a resumed run reads it back. Only
-    global rank zero writes (every rank sees the same synced metrics)."""
-
-    INDEX = "best.json"
-
-    def __init__(self, directory: str | os.PathLike, monitor: str, from_step: int) -> None:
-        self.directory = Path(directory)
-        self.monitor = monitor
-        self.from_step = from_step
-
-    def best(self) -> dict[str, Any] | None:
-        """``{"step", "score", "monitor", "path", "metrics"}`` of the kept validation, or None."""
-        try:
-            return json.loads((self.directory / self.INDEX).read_text())
-        except FileNotFoundError:
-            return None
-
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        # A kept model from after the step training starts at is another run's (a fresh run in the
-        # same directory starts at 0, a resumed one at its checkpoint's step): forget it.
-        best = self.best()
-        if best is not None and best["step"] > trainer.global_step and trainer.is_global_zero:
-            (self.directory / self.INDEX).unlink()
-            shutil.rmtree(self.directory / best["path"], ignore_errors=True)
-        trainer.strategy.barrier()
-
-    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.sanity_checking or trainer.global_step < self.from_step:
-            return
-        value = trainer.callback_metrics.get(self.monitor)
-        score = float(value) if value is not None else math.nan
-        if not math.isfinite(score):
-            return
-        best = self.best()
-        if best is not None and (score < best["score"] or best["step"] == trainer.global_step):
-            return
-        if trainer.is_global_zero:
-            self._write(pl_module.model, trainer.global_step, score, trainer.callback_metrics)
-
-    def _write(self, model: CausalVQVAE, step: int, score: float, metrics: dict[str, Any]) -> None:
-        from .io import write_json
-
-        name = f"step-{step:07d}"
-        val = {k: float(v) for k, v in metrics.items() if k.startswith("val/")}
-        model.save_pretrained(self.directory / name, extra_metadata={"step": step, "val_metrics": val})
-        write_json(self.directory / self.INDEX,
-                   {"step": step, "score": score, "monitor": self.monitor, "path": name, "metrics": val})
-        # The replaced model, and any left by a run killed between a save and its index.
-        for stale in self.directory.glob("step-*"):
-            if stale.name != name:
-                shutil.rmtree(stale, ignore_errors=True)

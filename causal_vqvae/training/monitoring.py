@@ -38,7 +38,8 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 
-from .io import atomic_write, write_json
+from ..eval.pictures import target_probabilities
+from ..files import atomic_write, write_json
 
 __all__ = ["MetricHistory", "ValidationPictures", "codebook_histogram", "edit_grid", "heatmap", "image_rows",
            "target_probabilities", "write_png"]
@@ -160,18 +161,6 @@ def edit_grid(model, batch: dict[str, torch.Tensor], datamodule=None, with_edits
         rows.append([inputs[i], recon[i], *(e[i] for e in edits)])
         rows.append([None, None, *(None if t is None or not t[1][i] else t[0][i] for t in targets)])
     return image_rows(rows, size)
-
-
-@torch.no_grad()
-def target_probabilities(model, images: torch.Tensor) -> torch.Tensor:
-    """(A, N): for each action, the probability that it intervenes on each node, averaged over
-    ``images`` (global and state-dependent target logits together)."""
-    codes = model.encode_codes(images)
-    rows = []
-    for action in range(model.config.num_actions):
-        ids = torch.full((codes.shape[0],), action, dtype=torch.long, device=codes.device)
-        rows.append(torch.sigmoid(model.graph.targets(codes, ids)).mean(0))
-    return torch.stack(rows)
 
 
 class ValidationPictures(pl.Callback):

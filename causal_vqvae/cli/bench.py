@@ -1,0 +1,203 @@
+"""Held-out benchmark of a trained model on a procedural twin (dSprites or 3D Shapes).
+
+    python -m causal_vqvae.cli.bench --model DIR --data dsprites [--pairs 2000] [--batch 256] [--seed 0]
+                                 [--device cpu|cuda] [--out results.json] [--no-cache]
+                                 [--baseline-steps N] [--baseline-batch B] [--skip-baseline]
+                                 [--classifier-steps N] [--classifier-batch B] [--skip-exactness]
+
+On the first ``--pairs`` TEST pairs (x, a, x') of the twin (items 0..pairs-1, drawn with ``--seed``,
+balanced over factors whatever the model was trained on), with the model in eval mode, under
+``no_grad``, on one device, it measures:
+
+- action retrieval by both methods ("transition", "head"): action accuracy, factor accuracy (the
+  predicted action moves the right factor, ``id // 2`` equal), accuracy per factor of the true
+  action, the A x A confusion matrix (rows true, columns predicted), and throughput in pairs/s
+  (encode both images + retrieve, timed after one warm-up batch: ``perf_counter`` on the CPU, CUDA
+  events + synchronize on a GPU);
+- baselines scored by the same :func:`accuracy_report`: chance (a uniform random predictor, in
+  expectation), a constant predictor (the most frequent action among the first ``--pairs`` TRAIN
+  pairs), the oracle on the true factors (``ActionSpace.action_between``; must be 1.0), and a
+  **supervised CNN** (:class:`PairCNN`) trained on the twin's TRAIN pairs with the causal model's
+  budget (see :func:`run_budget`), timed like the methods;
+- edit fidelity (a twin renders the true x'): ``edit(x, a)`` against x' (MSE and PSNR per image,
+  averaged), with the reconstruction of x' and the unedited x as reference points, and the
+  transition's code accuracy: predicted codes against ``encode_codes(x')`` (node accuracy and the
+  fraction of pairs with every node right);
+- **edit exactness**, judged by an independent factor classifier
+  (:mod:`causal_vqvae.factor_classifier`, which defines a reading and the orientation rule): after
+  one edit (the test pairs) and after k = 2 and 4 successive edits (:func:`evaluate_exactness`),
+  with the exactness of the true renders and of their reconstructions as references. The figures
+  count only if the classifier's held-out all-factors accuracy meets the 99.5% bar, which is
+  printed and stored beside them.
+
+It prints a table and writes, each atomically: the JSON; one confusion-matrix PNG per method and
+for the supervised baseline (``<stem>_confusion_<name>.png``); ``<stem>_actions.png`` (every action
+applied to held-out images beside the true targets, :func:`actions_image`); ``<stem>_graph.png``
+(the learned graph, :func:`graph_image`). The supervised baseline and the factor classifier are
+cached under ``$CAUSAL_VQVAE_CACHE/bench`` (``--no-cache``: neither read nor written). This module
+is the benchmark harness, so it may import ``datamodules``; it never imports the CelebA module or
+Hugging Face ``datasets``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import shlex
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from ..eval.baseline import (
+    BaselineSettings,
+    load_or_train_baseline,
+    run_budget,
+    score_baseline,
+)
+from ..eval.data import DATASETS, check_model, twin_datamodule
+from ..eval.exactness import evaluate_exactness
+from ..eval.factor_classifier import ClassifierSettings, load_or_train_classifier
+from ..eval.pictures import actions_image, confusion_image, graph_image, write_png
+from ..eval.report import format_table, write_json
+from ..eval.retrieval import METHODS, evaluate
+
+__all__ = ["main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m causal_vqvae.cli.bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", required=True, help="model directory written by save_pretrained")
+    p.add_argument("--data", required=True, choices=DATASETS, help="procedural twin to evaluate on")
+    p.add_argument("--pairs", type=int, default=2000, help="test pairs (items 0..pairs-1)")
+    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--seed", type=int, default=0,
+                   help="which pairs are drawn; seeds the baseline, the classifier and the edit sequences")
+    p.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda if available")
+    p.add_argument("--out", default="results.json", help="JSON path; the PNGs go next to it")
+    p.add_argument("--no-cache", action="store_true",
+                   help="train the baseline and the classifier afresh; read and write no cache")
+    p.add_argument("--baseline-steps", type=int, default=None,
+                   help="supervised CNN steps (default: train.causal_steps of MODEL/../config.json, else 2000)")
+    p.add_argument("--baseline-batch", type=int, default=None,
+                   help="supervised CNN batch (default: the run's global data.batch_size, else 32)")
+    p.add_argument("--skip-baseline", action="store_true", help="no supervised CNN baseline")
+    p.add_argument("--classifier-steps", type=int, default=None,
+                   help="factor classifier steps (default: dSprites 8000, 3D Shapes 500)")
+    p.add_argument("--classifier-batch", type=int, default=None,
+                   help="factor classifier batch (default: dSprites 128, 3D Shapes 64)")
+    p.add_argument("--classifier-test-states", type=int, default=5000,
+                   help="held-out TEST-split states the classifier is measured on")
+    p.add_argument("--skip-exactness", action="store_true", help="no factor classifier and no exactness")
+    p.add_argument("--picture-rows", type=int, default=6, help="held-out images in <stem>_actions.png")
+    return p
+
+
+def _budget_value(flag: int | None, flag_name: str, from_run: int | None, default: int) -> tuple[int, str]:
+    """The flag where given, else the run config's value, else the default; and which it was."""
+    if flag is not None:
+        return flag, flag_name
+    if from_run is not None:
+        return from_run, "run config"
+    return default, "default"
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = _parser().parse_args(argv)
+    for name in ("pairs", "batch", "baseline_steps", "baseline_batch", "classifier_steps", "classifier_batch",
+                 "classifier_test_states", "picture_rows"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise SystemExit(f"--{name.replace('_', '-')} must be positive, got {value}")
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda asked for, but no GPU is available")
+    torch.manual_seed(args.seed)
+
+    from datamodules.sources import default_cache_root
+
+    from ..api import load
+
+    model = load(args.model, device=device).eval()
+    dm = twin_datamodule(args.data, args.pairs, args.batch, args.seed)
+    check_model(model, dm, args.data)
+    cache_root = None if args.no_cache else default_cache_root()
+    budget = run_budget(args.model)
+    results = evaluate(model, dm, args.data, args.pairs, args.batch, device)
+
+    if not args.skip_baseline:
+        steps, steps_from = _budget_value(args.baseline_steps, "--baseline-steps", budget.steps, 2000)
+        size, size_from = _budget_value(args.baseline_batch, "--baseline-batch", budget.batch_size, 32)
+        settings = BaselineSettings(args.data, steps, size, budget.frequency, args.seed)
+        net, record = load_or_train_baseline(dm, settings, device, cache_root)
+        report = score_baseline(net, dm, args.pairs, args.batch, device)
+        report.update(training=record["training"], frequency=settings.frequency, cached=record["cached"],
+                      cache_path=record["path"], budget_from={"steps": steps_from, "batch": size_from})
+        results["baselines"]["supervised_cnn"] = report
+
+    if not args.skip_exactness:
+        settings = ClassifierSettings.for_dataset(args.data, args.classifier_steps, args.classifier_batch,
+                                                  test_states=args.classifier_test_states, seed=args.seed)
+        classifier, record = load_or_train_classifier(dm.source, settings, device, cache_root)
+        results["exactness"] = {
+            "definition": "an edit is exact iff the factor classifier's reading of the edited image matches "
+                          "the TRUE target state on every factor (" + record["reading_rule"] + ")",
+            "counts": record["meets_bar"],
+            "classifier": record,
+            **evaluate_exactness(model, classifier, dm, args.pairs, args.batch, args.seed, device),
+        }
+
+    out = Path(args.out)
+    meta = {
+        "data": f"{args.data} procedural twin",
+        "model": str(Path(args.model).resolve()),
+        "seed": args.seed,
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "torch": torch.__version__,
+        "pairs": args.pairs,
+        "batch": args.batch,
+        "split": "test",
+        "test_frequency": "balanced",
+        "train_frequency": budget.frequency,  # the model's (from its run config); the baseline trains on it
+        "run_config": budget.config,
+        "retrieval_score": model.config.retrieval_score,  # how retrieval by transition scored
+        "command": "python -m causal_vqvae.cli.bench " + shlex.join(argv),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    data = {"meta": meta, **results}
+
+    confusions = {name: results["methods"][name] for name in METHODS}
+    if "supervised_cnn" in results["baselines"]:
+        confusions["supervised_cnn"] = results["baselines"]["supervised_cnn"]
+    pngs = {}
+    for name, report in confusions.items():
+        png = out.with_name(f"{out.stem}_confusion_{name}.png")
+        title = (f"{args.data} twin, {name}: action acc {100 * report['action_accuracy']:.1f}% "
+                 "(rows true, cols predicted)")
+        write_png(png, confusion_image(report["confusion"], results["action_names"], title))
+        pngs[f"confusion_{name}"] = png.name
+    data["confusion_png"] = {name: pngs[f"confusion_{name}"] for name in confusions}
+
+    rows = min(args.picture_rows, args.pairs)
+    states = dm._datasets["test"].__getitems__(list(range(rows)))["factors"]
+    held_out = dm.source.render(states.to(device))
+    for name, image in (("actions", actions_image(model, dm, states, device)),
+                        ("graph", graph_image(model, results["action_names"], held_out))):
+        png = out.with_name(f"{out.stem}_{name}.png")
+        write_png(png, image)
+        pngs[name] = png.name
+    data["pngs"] = pngs
+    write_json(out, data)
+
+    print(f"{meta['data']}, {args.pairs} test pairs, seed {args.seed}, {meta['device_name']}, "
+          f"model {args.model}")
+    print(format_table(data))
+    print(f"wrote {out} and {len(pngs)} PNGs beside it")
+    return data
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,125 @@
+"""The Lightning callbacks a training run adds to its stages beside :mod:`.monitoring`'s:
+:class:`NonFiniteGuard` (stop on a NaN or infinite loss before a damaged checkpoint is written) and
+:class:`BestWeights` (keep the weights of a stage's best validation)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+
+from ..files import write_json
+from ..model import CausalVQVAE
+
+__all__ = ["NonFiniteLossError", "NonFiniteGuard", "BestWeights"]
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss was NaN or infinite; ``step`` is the first optimiser step where it was."""
+
+    def __init__(self, stage: str, step: int, last_good_step: int | None) -> None:
+        self.stage, self.step, self.last_good_step = stage, step, last_good_step
+        kept = ("no checkpoint had been written yet" if last_good_step is None
+                else f"the last good checkpoint (step {last_good_step}) is kept")
+        super().__init__(f"stage {stage}: the training loss was not finite (NaN or inf) at step {step}; "
+                         f"training stopped and {kept}")
+
+
+class NonFiniteGuard(pl.Callback):
+    """Stop training when the loss is NaN or infinite, before a checkpoint of the damaged weights.
+
+    Each step folds "is the loss finite" into a device tensor (no host sync); the flag is read
+    every ``check_every`` steps (make it the checkpoint interval, or a divisor of it) and at the
+    last step. Lightning runs checkpoint callbacks after all others, so a raise here comes before
+    the save, and the last checkpoint on disk is one whose steps were all finite.
+    """
+
+    def __init__(self, check_every: int) -> None:
+        if check_every < 1:
+            raise ValueError(f"check_every must be >= 1, got {check_every}")
+        self.check_every = check_every
+        self.last_good_step: int | None = None
+        self._first_bad: torch.Tensor | None = None
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # A run resumed from step k starts from the checkpoint of step k, which was good.
+        self.last_good_step = trainer.global_step or None
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx: int
+    ) -> None:
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        step = trainer.global_step  # steps done, this one included
+        if self._first_bad is None:
+            self._first_bad = torch.full((), -1, dtype=torch.long, device=loss.device)
+        bad = ~torch.isfinite(loss.detach()) & (self._first_bad < 0)
+        self._first_bad = torch.where(bad, torch.full_like(self._first_bad, step), self._first_bad)
+        if step % self.check_every == 0 or step >= (trainer.max_steps or 0):
+            first_bad = int(trainer.strategy.reduce(self._first_bad.float(), reduce_op="max"))
+            if first_bad >= 0:
+                raise NonFiniteLossError(getattr(pl_module, "stage", "?"), first_bad, self.last_good_step)
+            self.last_good_step = step
+
+
+class BestWeights(pl.Callback):
+    """Keep on disk the weights of a stage's best validation so far: the highest ``monitor`` among
+    the validations at step ``from_step`` or later (ties: the later one).
+
+    ``directory`` holds the model of that validation, saved by ``save_pretrained`` in
+    ``step-<N>/``, and ``best.json``, which names it with its step, score and validation metrics.
+    ``best.json`` is written after the model and atomically, and a replaced model is deleted only
+    after it, so ``best.json`` always names a complete model; a resumed run reads it back. Only
+    global rank zero writes (every rank sees the same synced metrics)."""
+
+    INDEX = "best.json"
+
+    def __init__(self, directory: str | os.PathLike, monitor: str, from_step: int) -> None:
+        self.directory = Path(directory)
+        self.monitor = monitor
+        self.from_step = from_step
+
+    def best(self) -> dict[str, Any] | None:
+        """``{"step", "score", "monitor", "path", "metrics"}`` of the kept validation, or None."""
+        try:
+            return json.loads((self.directory / self.INDEX).read_text())
+        except FileNotFoundError:
+            return None
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # A kept model from after the step training starts at is another run's (a fresh run in the
+        # same directory starts at 0, a resumed one at its checkpoint's step): forget it.
+        best = self.best()
+        if best is not None and best["step"] > trainer.global_step and trainer.is_global_zero:
+            (self.directory / self.INDEX).unlink()
+            shutil.rmtree(self.directory / best["path"], ignore_errors=True)
+        trainer.strategy.barrier()
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking or trainer.global_step < self.from_step:
+            return
+        value = trainer.callback_metrics.get(self.monitor)
+        score = float(value) if value is not None else math.nan
+        if not math.isfinite(score):
+            return
+        best = self.best()
+        if best is not None and (score < best["score"] or best["step"] == trainer.global_step):
+            return
+        if trainer.is_global_zero:
+            self._write(pl_module.model, trainer.global_step, score, trainer.callback_metrics)
+
+    def _write(self, model: CausalVQVAE, step: int, score: float, metrics: dict[str, Any]) -> None:
+        name = f"step-{step:07d}"
+        val = {k: float(v) for k, v in metrics.items() if k.startswith("val/")}
+        model.save_pretrained(self.directory / name, extra_metadata={"step": step, "val_metrics": val})
+        write_json(self.directory / self.INDEX,
+                   {"step": step, "score": score, "monitor": self.monitor, "path": name, "metrics": val})
+        # The replaced model, and any left by a run killed between a save and its index.
+        for stale in self.directory.glob("step-*"):
+            if stale.name != name:
+                shutil.rmtree(stale, ignore_errors=True)
