@@ -24,7 +24,7 @@ install: $(VENV)/.installed
 demo: install
 	$(PY) -m datamodules.preview --data $(DATA) --out out/preview_$(DATA).png --sample out/sample_$(DATA).png
 	$(PY) train.py --data $(DATA) --preset cpu-small --out out/demo_$(DATA) --no-progress
-	$(PY) -m causal_vqvae.edit --model out/demo_$(DATA)/causal --image out/sample_$(DATA).png --traverse --out out/traverse_$(DATA).png
+	$(PY) -m causal_vqvae.cli.edit --model out/demo_$(DATA)/causal --image out/sample_$(DATA).png --traverse --out out/traverse_$(DATA).png
 
 test: install
 	$(PY) -m pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; rc=0; fi; exit $$rc

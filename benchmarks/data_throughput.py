@@ -1,6 +1,7 @@
 """Images per second of the data layer: each procedural twin, and the memory-mapped real-file path.
 
-    python benchmarks/data_throughput.py [--device cpu|cuda] [--out benchmarks/results/data_throughput_cpu.json]
+    python benchmarks/data_throughput.py [--device cpu|cuda]
+        [--out benchmarks/results/data_throughput/data_throughput_cpu.json]
 
 Measured per path:
 - ``render``: class vectors already on the device -> float images on the device (the twin alone).
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import platform
+import shlex
 import statistics
 import sys
 import tempfile
@@ -27,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from causal_vqvae.io import write_json
+from causal_vqvae.files import write_json
 from datamodules.dsprites import DSPRITES, dsprites_twin
 from datamodules.pairs import TransitionPairs
 from datamodules.shapes3d import SHAPES3D, shapes3d_twin
@@ -122,7 +124,8 @@ def main(argv: list[str] | None = None) -> dict:
                    else f"CPU ({torch.get_num_threads()} threads, {platform.processor() or platform.machine()})"),
         "torch": torch.__version__,
         "python": sys.version.split()[0],
-        "command": "python " + " ".join([Path(sys.argv[0]).as_posix(), *(argv if argv is not None else sys.argv[1:])]),
+        "command": shlex.join(["python", "benchmarks/data_throughput.py",
+                               *(argv if argv is not None else sys.argv[1:])]),
     }
     print(f"\nData throughput on {meta['device']} (torch {meta['torch']})")
     print(f"{'path':<38} {'stage':<16} {'batch':>6} {'img/s':>12}")

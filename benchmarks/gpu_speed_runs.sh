@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The model_speed.py variants behind benchmarks/results/model_speed_h100/, one after another on an
+# The model_speed.py variants behind benchmarks/results/model_speed/, one after another on an
 # otherwise idle GPU (one device call). A variant starts only when at least its BUDGET entry (seconds)
 # is left before DEADLINE; each runs under `timeout`, so that what finished is always packed.
 #

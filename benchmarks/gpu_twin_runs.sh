@@ -36,7 +36,8 @@ declare -A RUN_ARGS=(
     # the recipe of the current releases' transitions (benchmarks/results/causal_cpu/), as whole runs
     [shapes3d_small_pool]="--data shapes3d --preset small --max-steps 4000 6000 --code-pool 40000"
     [dsprites_small_pool]="--data dsprites --preset small --max-steps 4000 4000 --code-pool 40000 --config benchmarks/configs/dsprites_budgets_48_8.json"
-    # the 3D Shapes recipe with the training step compiled into CUDA graphs (step rates: step_times.py)
+    # the 3D Shapes recipe with the training step compiled into CUDA graphs (step rates:
+    # experiments/step_times/step_times.py)
     [shapes3d_small_pool_cudagraphs]="--data shapes3d --preset small --max-steps 4000 6000 --code-pool 40000 --compile-mode reduce-overhead"
     # the same recipes in the tokens layout (8 tokens of 16 codes; the layout's default budgets and head)
     [shapes3d_small_tokens_pool]="--data shapes3d --preset small --max-steps 4000 6000 --code-pool 40000 --config benchmarks/configs/tokens.json"
@@ -60,7 +61,7 @@ run() {
     echo "$name: trained at $(( $(date +%s) - t0 )) s" >> "$RUNS/status.txt"
     local bench_json=$dir/bench/bench_${name}_h100.json
     [ -n "${RESUME:-}" ] && [ -f "$bench_json" ] && { echo "$name: bench already done" >> "$RUNS/status.txt"; return; }
-    "$PYTHON" -m causal_vqvae.bench --model "$dir/causal" --data "$data" --pairs "$PAIRS" \
+    "$PYTHON" -m causal_vqvae.cli.bench --model "$dir/causal" --data "$data" --pairs "$PAIRS" \
         --out "$bench_json" ${BENCH_FLAGS:-} > "$RUNS/$name.bench.log" 2>&1 \
         && echo "$name: benched at $(( $(date +%s) - t0 )) s" >> "$RUNS/status.txt" \
         || echo "$name: bench failed" >> "$RUNS/status.txt"
@@ -92,7 +93,7 @@ nvidia-smi --query-gpu=name,memory.total,utilization.gpu,clocks.sm --format=csv,
 [ "${CLASSIFIERS:-1}" != 0 ] && CLASSIFIERS=${CLASSIFIERS:-1} "$PYTHON" - > "$RUNS/classifiers.log" 2>&1 <<'EOF' &
 import os
 import torch
-from causal_vqvae.factor_classifier import ClassifierSettings, load_or_train_classifier
+from causal_vqvae.eval.factor_classifier import ClassifierSettings, load_or_train_classifier
 from datamodules.dsprites import dsprites_twin
 from datamodules.shapes3d import shapes3d_twin
 from datamodules.sources import default_cache_root

@@ -2,7 +2,7 @@
 
     python benchmarks/model_speed.py [--device cuda] [--batch 256] [--layout grid|tokens|both]
         [--precision bf16|fp32] [--compile] [--preset default|small] [--channels-last]
-        [--out results.json] [--tiny]
+        [--out benchmarks/results/model_speed/NAME.json] [--tiny]
 
 The model is ``train.py``'s ``--preset`` (default: the design's model, 14.8M parameters in the grid
 layout; ``small``: the released models' size, 2.26M) with random weights and its layout's retrieval
@@ -85,9 +85,11 @@ if str(_ROOT) not in sys.path:
     sys.path.insert(0, str(_ROOT))
 
 from causal_vqvae.config import ModelConfig  # noqa: E402
-from causal_vqvae.io import write_json  # noqa: E402
+from causal_vqvae.files import write_json  # noqa: E402
 from causal_vqvae.model import CausalVQVAE  # noqa: E402
-from causal_vqvae.training import AUTOENCODER_PARTS, TrainConfig, parameter_groups  # noqa: E402
+from causal_vqvae.training.config import TrainConfig  # noqa: E402
+from causal_vqvae.training.module import AUTOENCODER_PARTS, parameter_groups  # noqa: E402
+from causal_vqvae.training.presets import PRESETS  # noqa: E402
 from datamodules.factors import ActionSpace  # noqa: E402
 from datamodules.pairs import TransitionPairs  # noqa: E402
 from datamodules.shapes3d import SHAPES3D, Shapes3DScene, render_shapes3d  # noqa: E402
@@ -143,8 +145,6 @@ TINY_SCENE = Shapes3DScene(supersample=1, shadow_samples=1, shadow_texels_per_un
 # ------------------------------------------------------------------------------------------ setup
 def preset_model(preset: str) -> dict[str, Any]:
     """The model fields of ``train.py --preset NAME`` (lists as tuples, as ModelConfig holds them)."""
-    from train import PRESETS
-
     if preset not in PRESETS:
         raise SystemExit(f"unknown --preset {preset!r}; choose from {sorted(PRESETS)}")
     return {k: tuple(v) if isinstance(v, list) else v for k, v in PRESETS[preset]["model"].items()}
@@ -389,7 +389,7 @@ def host_syncs(step: Callable, inp: dict[str, torch.Tensor], device: torch.devic
         return None
     # On the H100 (torch 2.11) the first set_sync_debug_mode round trip of a process reported one
     # synchronisation, raised inside that call and at no operator; it was charged to the autoencoder
-    # step, the first one checked, until 2026-11-23 (benchmarks/ae_sync_bisect.py). An empty round
+    # step, the first one checked, until 2026-11-23 (experiments/ae_sync_bisect/). An empty round
     # trip first absorbs it.
     torch.cuda.synchronize(device)
     with warnings.catch_warnings():

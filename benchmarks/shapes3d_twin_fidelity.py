@@ -18,7 +18,7 @@ nearest state, not an approximation.
 The same search is run under ``DATASETS_MD_SCENE`` (the first recipe of ``docs/datasets.md``, before
 the scene was fitted) for comparison; ``--skip-datasets-md`` leaves it out.
 
-    python benchmarks/shapes3d_twin_fidelity.py [--frames PATH] [--out-dir benchmarks/results]
+    python benchmarks/shapes3d_twin_fidelity.py [--frames PATH] [--out-dir benchmarks/results/shapes3d_twin_fidelity]
 
 Writes ``shapes3d_twin_fidelity.json`` (per-frame best error and state of the twin; mean / median /
 max, also without the GIF's 1-pixel border) and ``shapes3d_twin_vs_real.png`` (real frames above
@@ -150,7 +150,7 @@ def search(targets: torch.Tensor, scene: Shapes3DScene) -> tuple[dict, list[dict
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--frames", type=Path, default=DEFAULT_FRAMES)
-    parser.add_argument("--out-dir", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--out-dir", type=Path, default=ROOT / "benchmarks" / "results" / "shapes3d_twin_fidelity")
     parser.add_argument("--skip-datasets-md", action="store_true",
                         help="do not also search under the first recipe of datasets.md (for comparison)")
     args = parser.parse_args()

@@ -125,7 +125,7 @@ class ModelConfig:
             probability, it costs what the structural equation misses. On the current releases'
             5,000 validation pairs "marginal_nll" retrieves 97.9% against 89.5% ("code_distance")
             and 87.7% ("nll") on dSprites, and 99.8% against 98.6% and 99.1% on 3D Shapes
-            (``benchmarks/transition_scores.py``). Models saved before this field existed load with
+            (``experiments/transition_scores/``). Models saved before this field existed load with
             the default; "code_distance" was the default before "marginal_nll" existed.
         retrieval_temperature: temperature of softmax(-score / T) in retrieval by transition.
     """

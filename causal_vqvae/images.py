@@ -16,18 +16,16 @@ import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import Any, TextIO
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from PIL import Image, UnidentifiedImageError
+from torch import nn
 
 from .files import atomic_write
-
-if TYPE_CHECKING:
-    from .model import CausalVQVAE
 
 __all__ = ["ImageConversionWarning", "Restore", "report_conversions", "to_batch", "check_output", "write_image"]
 
@@ -260,7 +258,7 @@ def _read_path(path: str | os.PathLike) -> Image.Image:
         raise ValueError(f"cannot read the image {path}: {error}; the file may be truncated or damaged") from None
 
 
-def _conversion_note(pixels: _Pixels, model: CausalVQVAE) -> str | None:
+def _conversion_note(pixels: _Pixels, model: nn.Module) -> str | None:
     """One sentence saying how ``pixels`` are changed to fit ``model``, or None when they already fit."""
     config = model.config
     batch, channels, height, width = pixels.pixels.shape
@@ -289,7 +287,7 @@ def _conversion_note(pixels: _Pixels, model: CausalVQVAE) -> str | None:
     return f"{what} {width}x{height} {pixels.mode} {' and '.join(changes)} for {model_name}"
 
 
-def _to_batch(image: Any, model: CausalVQVAE, stacklevel: int) -> tuple[torch.Tensor, Restore]:
+def _to_batch(image: Any, model: nn.Module, stacklevel: int) -> tuple[torch.Tensor, Restore]:
     config = model.config
     if isinstance(image, (str, os.PathLike)):
         image = _read_path(image)
@@ -316,7 +314,7 @@ def _to_batch(image: Any, model: CausalVQVAE, stacklevel: int) -> tuple[torch.Te
     return x.contiguous(), restore
 
 
-def to_batch(image: Any, model: CausalVQVAE) -> tuple[torch.Tensor, Restore]:
+def to_batch(image: Any, model: nn.Module) -> tuple[torch.Tensor, Restore]:
     """``image`` -> (images (B, C, S, S) float32 in [0, 1] on the model's device, ``restore``).
 
     Accepts a PIL image, a file path (read with PIL), a numpy array (H, W), (H, W, C) or
@@ -330,7 +328,7 @@ def to_batch(image: Any, model: CausalVQVAE) -> tuple[torch.Tensor, Restore]:
     return _to_batch(image, model, stacklevel=3)
 
 
-def _device(model: CausalVQVAE) -> torch.device:
+def _device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 

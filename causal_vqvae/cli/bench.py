@@ -24,7 +24,7 @@ balanced over factors whatever the model was trained on), with the model in eval
   transition's code accuracy: predicted codes against ``encode_codes(x')`` (node accuracy and the
   fraction of pairs with every node right);
 - **edit exactness**, judged by an independent factor classifier
-  (:mod:`causal_vqvae.factor_classifier`, which defines a reading and the orientation rule): after
+  (:mod:`causal_vqvae.eval.factor_classifier`, which defines a reading and the orientation rule): after
   one edit (the test pairs) and after k = 2 and 4 successive edits (:func:`evaluate_exactness`),
   with the exactness of the true renders and of their reconstructions as references. The figures
   count only if the classifier's held-out all-factors accuracy meets the 99.5% bar, which is

@@ -48,7 +48,7 @@ def _judged(reads: Mapping[str, list[torch.Tensor]], truth: torch.Tensor, space)
 def evaluate_exactness(
     model, classifier: FactorClassifier, dm, pairs: int, batch: int, seed: int, device: torch.device,
 ) -> dict[str, Any]:
-    """Edit exactness (definitions in :mod:`causal_vqvae.factor_classifier`), read by ``classifier``.
+    """Edit exactness (definitions in :mod:`causal_vqvae.eval.factor_classifier`), read by ``classifier``.
 
     ``k1``: on test items 0..pairs-1, ``model.edit(x, a)`` is exact iff its reading matches the true
     target ``factors_next`` on every factor; with ``per_acted_factor`` (exactness by the factor the

@@ -130,7 +130,7 @@ def _heatmap(draw, probs: np.ndarray, hard: np.ndarray, left: int, top: int, cel
 def graph_image(model, action_names: Sequence[str], images: torch.Tensor):
     """The learned graph, three panels: (1) action -> node intervention targets, rows actions and
     columns nodes, shaded by the probability that the action intervenes on the node, averaged over
-    ``images`` (held-out images: :func:`causal_vqvae.monitoring.target_probabilities`, global and
+    ``images`` (held-out images: :func:`target_probabilities`, global and
     state-dependent target logits together), with a dot where that mean is above 0.5; (2) grid
     layout only: each action's targets as a mini-map of the encoder's ``grid_size`` x
     ``grid_size`` grid (node n at row n // side, column n % side); (3) the node ->

@@ -193,8 +193,8 @@ class ConvRetrievalHead(nn.Module):
     directly. The transformer head over learned code embeddings (:class:`RetrievalHead`) has to
     learn both from the pairs. On the codes of the released dSprites twin autoencoder it retrieved
     85.8% of the test pairs after 512k training pairs, and this head, 64 wide, 99.7% after 154k
-    (``benchmarks/results/retrieval_head_cpu/``, where ``head_variants_*.json`` separates the two
-    choices)."""
+    (``benchmarks/results/retrieval_head_cpu/``; ``experiments/retrieval_head_variants/`` separates
+    the two choices)."""
 
     def __init__(self, code_dim: int, grid_size: int, num_actions: int, width: int = 128, layers: int = 2) -> None:
         super().__init__()

@@ -38,7 +38,7 @@ class TrainConfig:
         several units (from their start, +2 in the small presets and +5 by default, to about -3 for
         a dropped edge). At the stage's rate the logits could only fall in lockstep, pushed by the
         growing multipliers, and runs ended with no edge decided (every probability under 1/2;
-        ``benchmarks/graph_lr.py``).
+        ``experiments/graph_lr/``).
     weight_decay: AdamW weight decay (not on the graph's edge logits: it would pull them to 1/2).
     warmup_steps: linear warm-up at the start of each stage, then cosine decay to
         ``min_lr_ratio`` x the peak at the stage's last step.

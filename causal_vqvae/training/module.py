@@ -21,14 +21,14 @@ Under DDP each stage requires gradients of exactly the parameters its loss reach
 one that gets none). Every buffer but the per-rank codebook usage counts is kept equal on all
 ranks by construction: the EMA codebook statistics are all-reduced in the quantizer, its restart
 picks broadcast from rank 0, and dual ascent steps every rank on the expected targets of all ranks'
-examples pooled. :func:`ddp_strategy` therefore turns DDP's per-step buffer broadcast off, which
+examples pooled. :func:`~causal_vqvae.training.devices.ddp_strategy` therefore turns DDP's per-step buffer broadcast off, which
 would overwrite the other ranks' usage counts with rank 0's.
 
 Resuming is exact: the random draws of optimiser step ``t`` (graph masks, codebook restarts) come
 from a generator seeded by (model seed, rank, t), so they do not depend on where a run was
 restarted; weights, optimiser, schedule, EMA codebook and dual multipliers are in the Lightning
 checkpoint; a checkpoint of another architecture, dataset or stage is refused, naming both.
-:class:`NonFiniteGuard` stops training when the loss stops being finite, before a checkpoint
+:class:`~causal_vqvae.training.callbacks.NonFiniteGuard` stops training when the loss stops being finite, before a checkpoint
 of the damaged weights can be written.
 """
 
@@ -157,7 +157,7 @@ class CausalVQVAEModule(pl.LightningModule):
             return ae.loss
 
         action = batch["action"]
-        if "codes" in batch:  # a code pool (causal_vqvae.code_pool), encoded by the frozen autoencoder
+        if "codes" in batch:  # a code pool (causal_vqvae.training.code_pool), encoded by the frozen autoencoder
             if self.stage not in FROZEN_AUTOENCODER_STAGES:
                 raise ValueError(f"the {self.stage} stage trains the autoencoder: it needs image pairs, "
                                  "not a code pool (code_pool is for the causal and head stages)")

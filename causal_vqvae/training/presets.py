@@ -29,7 +29,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     # weights), with 256 codes rather than the design's 64, and the cpu-small graph settings for the
     # same reason as there. On 3D Shapes it retrieved better than the default preset (96.2% against
     # 89.9% by the head: benchmarks/results/h100/); on dSprites more codes make the codes less local
-    # (benchmarks/results/dsprites_code_locality_cpu.json). The convolutional retrieval head is 64
+    # (experiments/dsprites_code_locality/). The convolutional retrieval head is 64
     # wide: the released models' head (benchmarks/results/retrieval_head_cpu/); 128 would pass the
     # 10 MB release limit.
     "small": {

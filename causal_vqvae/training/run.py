@@ -208,7 +208,7 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
             # ddp_strategy); a new strategy object per stage, as a Trainer binds its own.
             **{**device_kwargs, "strategy": ddp_strategy() if world > 1 else "auto"},
             # cuDNN picks the fastest convolution algorithms (1.3x on the H100 autoencoder step with
-            # the fused AdamW: benchmarks/results/model_speed_h100_grid_bf16_fused.json)
+            # the fused AdamW: benchmarks/results/model_speed/model_speed_h100_grid_bf16_fused.json)
             benchmark=device_kwargs["accelerator"] == "gpu",
         )
         # An explicit checkpoint path continues the first stage of this run; later stages start afresh.

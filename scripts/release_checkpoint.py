@@ -1,0 +1,219 @@
+"""Copy a trained stage into ``checkpoints/<name>/`` with a model card written from its own records.
+
+    python scripts/release_checkpoint.py --run RUN_DIR --name dsprites_twin \
+        [--stage causal] [--bench BENCH.json ...] [--dest checkpoints]
+
+Reads ``RUN_DIR/config.json`` (the resolved configuration and the exact command), the stage's
+``metadata.json`` (device, wall time, seed, held-out validation metrics) and, when given, a bench
+JSON written by ``python -m causal_vqvae.cli.bench`` for the same model (held-out test metrics). Writes
+``model.safetensors``, ``config.json``, ``metadata.json`` and ``MODEL_CARD.md``, each through a
+temporary file and a rename; refuses a model over 10 MB (the repository's limit).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from causal_vqvae.files import atomic_write, write_json  # noqa: E402
+from causal_vqvae.nn.retrieval import RETRIEVAL_SCORES  # noqa: E402
+from causal_vqvae.pretrained import CONFIG_NAME, METADATA_NAME, WEIGHTS_NAME  # noqa: E402
+
+LIMIT_BYTES = 10 * 1024 * 1024
+
+
+def _copy(source: Path, target: Path) -> None:
+    atomic_write(target, lambda temp: shutil.copyfile(source, temp))
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
+def _last(kept: dict[str, Any]) -> str:
+    """The kept monitor's value at a stage's last validation, formatted as the kept score is."""
+    value = kept.get("val_last", {}).get(kept["monitor"])
+    if value is None:
+        return "not recorded"
+    return _pct(value) if "acc" in kept["monitor"] else format(value, ".4g")
+
+
+def model_card(name: str, run: dict[str, Any], stages: dict[str, dict[str, Any]],
+               benches: list[dict[str, Any]], size_bytes: int, note: str | None = None,
+               released_score: str | None = None) -> str:
+    """The MODEL_CARD.md text from the run's resolved config, each stage's metadata and bench results
+    (one table per bench JSON, in the order given)."""
+    final = stages[list(stages)[-1]]
+    argv = [str(a) for a in run.get("argv") or []]
+    if argv and argv[0].endswith("train.py"):  # sys.argv: the script first
+        argv = argv[1:]
+    resumed = None
+    if "--resume" in argv[:-1]:  # the run's command, not its continuation's
+        at = argv.index("--resume")
+        resumed, argv = argv[at + 1], argv[:at] + argv[at + 2:]
+    command = "python train.py " + shlex.join(argv)
+    model = run["model"]
+    lines = [
+        f"# {name}",
+        "",
+        f"A `CausalVQVAE` ({model['latent_layout']} layout, {final['parameters']:,} parameters, "
+        f"{size_bytes / 1e6:.1f} MB) for the **{final['data']}** ({len(model['action_names'])} actions: "
+        f"{', '.join(model['action_names'])}).",
+        "",
+        "```python",
+        "from causal_vqvae import load, edit, retrieve_action",
+        f'model = load("checkpoints/{name}")',
+        "```",
+        "",
+        "## Training",
+        "",
+        f"- Data: {final['data']} (pairs drawn with seed {run['data']['seed']}, frequency "
+        f"{run['data']['frequency']}; states split 70/15/15 with split seed {run['data']['split_seed']}).",
+        f"- Command: `{command}`" + (f" (its last invocation added `--resume {resumed}`)" if resumed else ""),
+        f"- Device: {final['device']}, torch {final['torch_version']}; seed {final['seed']}.",
+    ]
+    for stage, meta in stages.items():
+        line = (f"- Stage `{stage}`: {meta['steps']} steps at batch {run['data']['batch_size']}, "
+                f"{meta['wall_seconds']:.0f} s wall")
+        summary = meta.get("summary", {})
+        if summary.get("resumed_from") and summary.get("training_seconds") is not None:
+            line += (f" in its last invocation, which resumed it ({summary['training_seconds']:.0f} s of training "
+                     "in all, the part before the interruption included)")
+        kept = summary.get("kept", {})
+        if kept.get("keep") == "best":
+            line += (f"; it kept the weights of step {kept['step']}, its best validation by `{kept['monitor']}` "
+                     f"({_pct(kept['score']) if 'acc' in kept['monitor'] else format(kept['score'], '.4g')}; "
+                     f"{_last(kept)} at the last step)")
+        lines.append(line + ".")
+    if note:
+        lines.append(f"- Note: {note}")
+    if released_score:
+        lines.append(f"- Released to score retrieval by transition by `{released_score}` "
+                     f"(`retrieval_score`; the run validated with "
+                     f"`{run['model'].get('retrieval_score', 'nll')}`). The weights are as trained.")
+    val = final.get("val_metrics", {})
+    kept = final.get("summary", {}).get("kept", {})
+    earlier = kept.get("keep") == "best" and kept["step"] != final["steps"]
+    when = f"at step {kept['step']}, the kept weights'" if earlier else "at the end of training"
+    lines += [
+        "",
+        "## Held-out metrics",
+        "",
+        f"Validation pairs {when} ({run['data']['val_length']} pairs, states never trained on):",
+        "",
+        "| metric | value |",
+        "|---|---|",
+        f"| reconstruction PSNR | {val.get('val/psnr', float('nan')):.1f} dB |",
+    ]
+    score = run["model"].get("retrieval_score", "nll")  # runs before the field scored by the NLL
+    for key, label in [("val/retrieval_transition_acc", f"action retrieval by transition ({score})"),
+                       ("val/retrieval_head_acc", "action retrieval by the head"),
+                       ("val/code_accuracy", "transition code accuracy")]:
+        if key in val:
+            lines.append(f"| {label} | {_pct(val[key])} |")
+    for bench in benches:
+        meta = bench["meta"]
+        methods, baselines = bench["methods"], bench["baselines"]
+        fidelity = bench["fidelity"]
+        lines += [
+            "",
+            f"Benchmark on {meta['pairs']} test pairs of the {meta['data']} (seed {meta['seed']}, "
+            f"{meta['device_name']}): `{meta['command']}`",
+            "",
+            "| metric | value |",
+            "|---|---|",
+            f"| action retrieval by transition ({meta.get('retrieval_score', 'nll')}) | "
+            f"{_pct(methods['transition']['action_accuracy'])} |",
+            f"| action retrieval by the head | {_pct(methods['head']['action_accuracy'])} |",
+            f"| chance | {_pct(baselines['chance']['action_accuracy'])} |",
+        ]
+        if "supervised_cnn" in baselines:
+            cnn = baselines["supervised_cnn"]
+            lines.append(f"| supervised CNN baseline ({cnn['training']['steps']} steps x "
+                         f"{cnn['training']['batch']} pairs) | {_pct(cnn['action_accuracy'])} |")
+        lines.append(f"| edit PSNR against the true target | {fidelity['edit_psnr_db']:.1f} dB |")
+        exactness = bench.get("exactness")
+        if exactness:
+            held_out = exactness["classifier"]["held_out"]["all_factors"]
+            verdict = ("" if exactness["classifier"]["meets_bar"]
+                       else " (below the 99.5% bar: the exactness rows do not count)")
+            lines.append(f"| factor classifier, held-out accuracy (the judge){verdict} | {_pct(held_out)} |")
+            for k in ("k1", "k2", "k4"):
+                if k in exactness:
+                    e = exactness[k]
+                    lines.append(f"| edit exactness, {k[1:]} edit(s) (decode(encode(true target)): "
+                                 f"{_pct(e['reference_reconstruction'])}) | {_pct(e['exact'])} |")
+    if benches and all(f"--model checkpoints/{name} " in b["meta"]["command"] + " " for b in benches):
+        lines += ["", f"The bench ran on this released model (`--model checkpoints/{name}`)."]
+    elif benches:
+        lines += ["", "The bench ran on this model before it was copied here (`--model` above); "
+                  f"`--model checkpoints/{name}` gives the same figures for the model, while the "
+                  "supervised baseline's budget is read from the run's config.json beside the model, "
+                  "so pass `--baseline-steps` and `--baseline-batch` to match it."]
+    lines += [
+        "",
+        "## Limits",
+        "",
+        "Trained on a procedural twin, never on the real dataset: expect it to work on images that look",
+        "like the twin's renders (see `benchmarks/results/shapes3d_twin_fidelity/shapes3d_twin_vs_real.png`",
+        "for how close they are). Where these figures stand against the project's targets, and why, is in the README's",
+        "benchmark section.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> Path:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--run", required=True, help="run directory written by train.py")
+    p.add_argument("--name", required=True, help="folder name under --dest")
+    p.add_argument("--stage", default="causal", help="the stage to release (default: causal)")
+    p.add_argument("--bench", action="append", default=[],
+                   help="bench JSON of this model (optional; repeat for several, one table each)")
+    p.add_argument("--dest", default=str(ROOT / "checkpoints"))
+    p.add_argument("--note", default=None, help="a line added to the card's training section")
+    p.add_argument("--retrieval-score", choices=RETRIEVAL_SCORES, default=None,
+                   help="release the model with this ModelConfig.retrieval_score, a setting no weight depends on "
+                        "(the weights are released as trained); default: the run's")
+    args = p.parse_args(argv)
+
+    run_dir = Path(args.run)
+    source = run_dir / args.stage
+    for needed in (run_dir / "config.json", source / WEIGHTS_NAME, source / CONFIG_NAME, source / METADATA_NAME):
+        if not needed.is_file():
+            raise SystemExit(f"{needed} is missing: --run must be a finished train.py run directory")
+    size = (source / WEIGHTS_NAME).stat().st_size
+    if size > LIMIT_BYTES:
+        raise SystemExit(f"{source / WEIGHTS_NAME} is {size / 1e6:.1f} MB; released models must stay under 10 MB")
+    run = json.loads((run_dir / "config.json").read_text())
+    stages = {s: json.loads((run_dir / s / METADATA_NAME).read_text())
+              for s in run["stages"] if (run_dir / s / METADATA_NAME).is_file()}
+    benches = [json.loads(Path(path).read_text()) for path in args.bench]
+
+    dest = Path(args.dest) / args.name
+    dest.mkdir(parents=True, exist_ok=True)
+    for file in (WEIGHTS_NAME, CONFIG_NAME, METADATA_NAME):
+        _copy(source / file, dest / file)
+    released_score = None
+    if args.retrieval_score is not None:
+        config = json.loads((dest / CONFIG_NAME).read_text())
+        if config.get("retrieval_score") != args.retrieval_score:
+            config["retrieval_score"] = released_score = args.retrieval_score
+            write_json(dest / CONFIG_NAME, config)
+    card = model_card(args.name, run, stages, benches, size, args.note, released_score)
+    atomic_write(dest / "MODEL_CARD.md", lambda temp: Path(temp).write_text(card))
+    print(f"released {source} as {dest} ({size / 1e6:.1f} MB)")
+    return dest
+
+
+if __name__ == "__main__":
+    main()
