@@ -61,48 +61,48 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import gc
 import platform
 import shlex
-import statistics
 import sys
-import time
 import traceback
-import warnings
-from collections.abc import Callable, Sequence
-from contextlib import nullcontext
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 # ``python benchmarks/model_speed.py`` puts benchmarks/ on the path, not the repository root.
 _ROOT = Path(__file__).resolve().parents[1]
 if str(_ROOT) not in sys.path:
     sys.path.insert(0, str(_ROOT))
 
-from causal_vqvae.config import ModelConfig  # noqa: E402
 from causal_vqvae.files import write_json  # noqa: E402
 from causal_vqvae.model import CausalVQVAE  # noqa: E402
 from causal_vqvae.training.config import TrainConfig  # noqa: E402
-from causal_vqvae.training.module import AUTOENCODER_PARTS, parameter_groups  # noqa: E402
-from causal_vqvae.training.presets import PRESETS  # noqa: E402
-from datamodules.factors import ActionSpace  # noqa: E402
-from datamodules.pairs import TransitionPairs  # noqa: E402
-from datamodules.shapes3d import SHAPES3D, Shapes3DScene, render_shapes3d  # noqa: E402
+# model_speed.py's parts, beside it (benchmarks/ is on the path when it runs as a script; when a test
+# loads it by path, its folder is added here).
+_HERE = Path(__file__).resolve().parent
+if str(_HERE) not in sys.path:
+    sys.path.insert(0, str(_HERE))
+from speed_steps import (  # noqa: E402
+    AE_TRAIN,
+    HEAD_INFER,
+    MEASUREMENTS,
+    RETRIEVAL_TRAIN,
+    TINY_MODEL,
+    TINY_SCENE,
+    TRANSITION_INFER,
+    TRANSITION_TRAIN,
+    UNITS,
+    autocast_for,
+    model_config,
+    render_sets,
+)
+from speed_timing import OperatorCount, _sync, measure, warnings_with_stacks  # noqa: E402
 
-__all__ = ["MEASUREMENTS", "REFERENCES", "TARGETS", "MEMORY_TARGET_GIB", "TINY_MODEL", "main"]
-
-AE_TRAIN = "autoencoder training"
-TRANSITION_TRAIN = "transition training"
-RETRIEVAL_TRAIN = "retrieval training"
-HEAD_INFER = "retrieval inference (head)"
-TRANSITION_INFER = "retrieval inference (transition)"
-MEASUREMENTS = (AE_TRAIN, TRANSITION_TRAIN, RETRIEVAL_TRAIN, HEAD_INFER, TRANSITION_INFER)
-UNITS = {AE_TRAIN: "img/s"} | {m: "pairs/s" for m in MEASUREMENTS[1:]}
+__all__ = ["MEASUREMENTS", "REFERENCES", "TARGETS", "MEMORY_TARGET_GIB", "TINY_MODEL", "OperatorCount", "model_config",
+           "warnings_with_stacks", "main"]
 
 
 @dataclass(frozen=True)
@@ -129,351 +129,6 @@ TARGETS: dict[str, float] = {
 }
 MEMORY_TARGET_GIB = 10.0
 MEMORY_TARGET_BATCH = 256
-
-# --tiny: a model small enough for a CPU smoke test (3 channels, 64x64 as the twin renders).
-TINY_MODEL: dict[str, Any] = dict(
-    hidden_dims=(8, 16, 16), num_res_blocks=1, norm_groups=4, code_dim=8, codebook_size=16,
-    num_tokens=4, token_codebook_size=8, token_layers=1, token_heads=2, mlp_ratio=2,
-    target_head_dim=8, transition_dim=16, transition_layers=1, transition_heads=2,
-    retrieval_dim=16, retrieval_layers=1, retrieval_heads=2,
-)
-# --tiny renders with one ray per pixel and a one-sample shadow: the same twin scene, but its
-# surface-weight table builds in about a second on a busy CPU instead of ten.
-TINY_SCENE = Shapes3DScene(supersample=1, shadow_samples=1, shadow_texels_per_unit=16)
-
-
-# ------------------------------------------------------------------------------------------ setup
-def preset_model(preset: str) -> dict[str, Any]:
-    """The model fields of ``train.py --preset NAME`` (lists as tuples, as ModelConfig holds them)."""
-    if preset not in PRESETS:
-        raise SystemExit(f"unknown --preset {preset!r}; choose from {sorted(PRESETS)}")
-    return {k: tuple(v) if isinstance(v, list) else v for k, v in PRESETS[preset]["model"].items()}
-
-
-def model_config(layout: str, tiny: bool, preset: str = "default") -> ModelConfig:
-    """The measured model: ``train.py``'s preset (``--tiny``: TINY_MODEL) in ``layout``. The
-    retrieval head is the layout's default (the CNN for the grid, the transformer for tokens)."""
-    actions = ActionSpace(SHAPES3D)
-    fields = TINY_MODEL if tiny else preset_model(preset)
-    return ModelConfig(
-        in_channels=3, image_size=64, dataset="shapes3d", num_actions=len(actions),
-        action_names=tuple(actions.names), seed=0, **{**fields, "latent_layout": layout},
-    )
-
-
-def render_sets(
-    batch: int, num_sets: int, device: torch.device, scene: Shapes3DScene | None = None
-) -> list[dict[str, torch.Tensor]]:
-    """``num_sets`` batches of twin pairs (distinct pairs), rendered on ``device``."""
-    pairs = TransitionPairs(SHAPES3D, "train", length=batch * num_sets, seed=0)
-    sets = []
-    for k in range(num_sets):
-        b = pairs.__getitems__(np.arange(k * batch, (k + 1) * batch))
-        sets.append({
-            "x": render_shapes3d(b["factors"].to(device), scene),
-            "x_next": render_shapes3d(b["factors_next"].to(device), scene),
-            "action": b["action"].to(device),
-        })
-    return sets
-
-
-def autocast_for(device: torch.device, precision: str):
-    if precision == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return nullcontext()
-
-
-def _is_autoencoder_param(name: str) -> bool:
-    return name.split(".", 1)[0] in AUTOENCODER_PARTS
-
-
-def _adamw(params: list, lr: float, tc: TrainConfig, impl: str, device: torch.device):
-    """AdamW over ``params``: parameters, or parameter groups (which keep their own lr and decay)."""
-    kwargs: dict[str, Any] = {"lr": lr, "weight_decay": tc.weight_decay}
-    if impl == "fused" and device.type == "cuda":
-        kwargs["fused"] = True
-    elif impl == "foreach":
-        kwargs["foreach"] = True
-    return torch.optim.AdamW(params, **kwargs)
-
-
-def _clip(params: list[torch.nn.Parameter], tc: TrainConfig) -> None:
-    if tc.grad_clip:
-        torch.nn.utils.clip_grad_norm_(params, tc.grad_clip, foreach=True)
-
-
-def build_step(
-    measurement: str, config: ModelConfig, device: torch.device, precision: str, tc: TrainConfig,
-    adamw: str, channels_last: bool = False,
-) -> tuple[Callable[[dict[str, torch.Tensor]], Any], CausalVQVAE]:
-    """A fresh model and the step function ``step(inputs)`` of ``measurement``."""
-    model = CausalVQVAE(config).to(device)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    amp = lambda: autocast_for(device, precision)  # noqa: E731
-
-    if measurement == AE_TRAIN:
-        model.train()
-        params = [p for n, p in model.named_parameters() if _is_autoencoder_param(n)]
-        opt = _adamw(params, tc.vqvae_lr, tc, adamw, device)
-
-        def step(inp):
-            opt.zero_grad(set_to_none=True)
-            with amp():
-                loss = model.autoencoder_loss(inp["x"]).loss
-            loss.backward()
-            _clip(params, tc)
-            opt.step()
-
-        return step, model
-
-    if measurement in (TRANSITION_TRAIN, RETRIEVAL_TRAIN):
-        # The causal stage: autoencoder frozen and in eval mode (no codebook update).
-        model.train()
-        for name in AUTOENCODER_PARTS:
-            part = getattr(model, name, None)
-            if part is not None:
-                part.requires_grad_(False)
-                part.eval()
-        if measurement == RETRIEVAL_TRAIN:
-            params = list(model.retrieval_head.parameters())
-            opt = _adamw(params, tc.causal_lr, tc, adamw, device)
-        else:  # as the causal stage: the graph's edge logits in a group of their own
-            groups = parameter_groups(model, tc.causal_lr, tc.graph_lr_scale, tc.weight_decay)
-            params = [p for g in groups for p in g["params"]]
-            opt = _adamw(groups, tc.causal_lr, tc, adamw, device)
-        generator = torch.Generator(device=device)
-        generator.manual_seed(1)
-        progress = 0.5
-
-        if measurement == RETRIEVAL_TRAIN:
-            def step(inp):
-                opt.zero_grad(set_to_none=True)
-                with amp():
-                    loss = model.retrieval_loss(inp["codes"], inp["codes_next"], inp["action"]).loss
-                loss.backward()
-                _clip(params, tc)
-                opt.step()
-
-            return step, model
-
-        def step(inp):
-            opt.zero_grad(set_to_none=True)
-            with amp():
-                tl = model.transition_loss(inp["codes"], inp["action"], inp["codes_next"], progress=progress,
-                                           generator=generator)
-                rl = model.retrieval_loss(inp["codes"], inp["codes_next"], inp["action"])
-                loss = tc.transition_weight * tl.loss + tc.retrieval_weight * rl.loss
-            loss.backward()
-            _clip(params, tc)
-            opt.step()
-            # Dual ascent after the step, as the training module does.
-            model.update_multipliers(tl)
-
-        return step, model
-
-    if measurement in (HEAD_INFER, TRANSITION_INFER):
-        model.eval().requires_grad_(False)  # nothing to differentiate (and no grad hooks for the FLOP count)
-        method = "head" if measurement == HEAD_INFER else "transition"
-
-        def step(inp):
-            with torch.no_grad(), amp():
-                return model.retrieve(inp["x"], inp["x_next"], method=method).action
-
-        return step, model
-
-    raise ValueError(f"unknown measurement {measurement!r}")
-
-
-# ------------------------------------------------------------------------------------------ timing
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def time_steps(
-    step: Callable, inputs: Sequence[dict[str, torch.Tensor]], device: torch.device, iters: int, repeats: int
-) -> list[float]:
-    """Seconds per step of each repeat (``iters`` steps each, inputs rotated)."""
-    n = len(inputs)
-    if device.type == "cuda":
-        events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
-                  for _ in range(repeats)]
-        for start, end in events:
-            start.record()
-            for i in range(iters):
-                step(inputs[i % n])
-            end.record()
-        torch.cuda.synchronize(device)
-        return [start.elapsed_time(end) / 1e3 / iters for start, end in events]
-    out = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        for i in range(iters):
-            step(inputs[i % n])
-        out.append((time.perf_counter() - t0) / iters)
-    return out
-
-
-class OperatorCount(TorchDispatchMode):
-    """Counts the aten operators a region dispatches (``views``: those that only make a view)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.total = self.views = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.total += 1
-        self.views += bool(func.is_view)
-        return func(*args, **(kwargs or {}))
-
-
-def count_flops(step: Callable, inp: dict[str, torch.Tensor]) -> tuple[int | None, dict[str, int] | None]:
-    """Matmul/conv FLOPs of one step and the aten operators it dispatches (``{"total", "views"}``),
-    from one eager step; ``(None, None)`` if counting fails."""
-    try:
-        from torch.utils.flop_counter import FlopCounterMode
-
-        with FlopCounterMode(display=False) as counter, OperatorCount() as ops:
-            step(inp)
-        return int(counter.get_total_flops()), {"total": ops.total, "views": ops.views}
-    except Exception:  # noqa: BLE001 - a diagnostic only
-        return None, None
-
-
-def warnings_with_stacks(fn: Callable[[], Any], match: str) -> list[list[str]]:
-    """Run ``fn`` and return, for every warning whose message contains ``match`` (case-insensitive),
-    the Python stack that raised it, outermost first, as ``path:line function`` (the frames of this
-    helper and of the ``warnings`` module left out). A C++ warning surfaces at the Python call that
-    entered C++, so the stack names the line of our code that made the call: ``catch_warnings``'
-    file and line alone name only the innermost frame, often a torch wrapper."""
-    stacks: list[list[str]] = []
-    here = Path(__file__).resolve()
-
-    def hook(message, category, filename, lineno, file=None, line=None) -> None:
-        if match.lower() not in str(message).lower():
-            return
-        frames = traceback.extract_stack()[:-1]
-        # keep what ``fn`` called: drop this helper's frames and everything above them
-        for i, frame in enumerate(frames):
-            if Path(frame.filename).resolve() == here and frame.name == "warnings_with_stacks":
-                frames = frames[i + 1:]
-                break
-        stacks.append([f"{_short_path(f.filename)}:{f.lineno} {f.name}" for f in frames
-                       if not f.filename.endswith(("warnings.py", "<frozen importlib._bootstrap>"))])
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("always")
-        warnings.showwarning = hook
-        fn()
-    return stacks
-
-
-def _short_path(filename: str) -> str:
-    """Repository files relative to the repository, installed packages from their package folder."""
-    path = Path(filename)
-    try:
-        return str(path.resolve().relative_to(_ROOT))
-    except ValueError:
-        parts = path.parts
-        for anchor in ("site-packages", "dist-packages"):
-            if anchor in parts:
-                return "/".join(parts[parts.index(anchor) + 1:])
-        return filename
-
-
-def host_syncs(step: Callable, inp: dict[str, torch.Tensor], device: torch.device) -> dict | None:
-    """Synchronising CUDA calls made by one step: the count, the distinct innermost source lines
-    (``where``) and the distinct full Python stacks (``stacks``, outermost first)."""
-    if device.type != "cuda":
-        return None
-    # On the H100 (torch 2.11) the first set_sync_debug_mode round trip of a process reported one
-    # synchronisation, raised inside that call and at no operator; it was charged to the autoencoder
-    # step, the first one checked, until 2026-11-23 (experiments/ae_sync_bisect/). An empty round
-    # trip first absorbs it.
-    torch.cuda.synchronize(device)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.cuda.set_sync_debug_mode("warn")
-        torch.cuda.set_sync_debug_mode(0)
-    torch.cuda.synchronize(device)
-
-    def one_step() -> None:
-        torch.cuda.set_sync_debug_mode("warn")
-        try:
-            step(inp)
-        finally:
-            torch.cuda.set_sync_debug_mode(0)
-
-    stacks = warnings_with_stacks(one_step, "synchroniz")
-    torch.cuda.synchronize(device)
-    distinct = []
-    for stack in stacks:
-        if stack not in distinct:
-            distinct.append(stack)
-    return {"count": len(stacks), "where": sorted({s[-1] for s in stacks if s})[:10], "stacks": distinct[:10]}
-
-
-def _gib(nbytes: int) -> float:
-    return nbytes / 2**30
-
-
-def measure(
-    measurement: str, layout: str, config: ModelConfig, inputs: Sequence[dict[str, torch.Tensor]],
-    args: argparse.Namespace, device: torch.device, tc: TrainConfig,
-) -> dict[str, Any]:
-    cuda = device.type == "cuda"
-    gc.collect()
-    if cuda:
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
-    if args.compile:
-        torch._dynamo.reset()
-    step, model = build_step(measurement, config, device, args.precision, tc, args.adamw, args.channels_last)
-
-    compiled, compile_error = False, None
-    run = step
-    if args.compile:
-        try:
-            run = torch.compile(step, mode=None if args.compile_mode == "default" else args.compile_mode)
-            for i in range(args.warmup):
-                run(inputs[i % len(inputs)])
-            _sync(device)
-            compiled = True
-        except Exception as e:  # noqa: BLE001 - record and run eagerly
-            compile_error = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"[:500]
-            torch._dynamo.reset()
-            run = step
-    if not compiled:
-        for i in range(args.warmup):
-            run(inputs[i % len(inputs)])
-    _sync(device)
-    # Counted on an eager step after the warm-up, as the timed steps run (the optimiser's state exists).
-    flops, operators = count_flops(step, inputs[0]) if args.flops else (None, None)
-    _sync(device)
-    peak_warmup = _gib(torch.cuda.max_memory_allocated(device)) if cuda else None
-    syncs = host_syncs(run, inputs[0], device) if args.sync_check else None
-
-    if cuda:
-        torch.cuda.reset_peak_memory_stats(device)
-    seconds = time_steps(run, inputs, device, args.iters, args.repeats)
-    steady = _gib(torch.cuda.max_memory_allocated(device)) if cuda else None
-    del run, step, model
-    rates = [args.batch / s for s in seconds]
-    median_s = statistics.median(seconds)
-    return {
-        "ours_per_s": statistics.median(rates),
-        "rates_per_s": rates,
-        "ms_per_step": 1e3 * median_s,
-        "peak_gib": None if peak_warmup is None else max(peak_warmup, steady),
-        "steady_peak_gib": steady,
-        "flops_per_step": flops,
-        "aten_ops_per_step": operators,
-        "tflops_per_s": None if flops is None else flops / median_s / 1e12,
-        "host_syncs": syncs,
-        "compiled": compiled,
-        "compile_error": compile_error,
-    }
 
 
 # ------------------------------------------------------------------------------------------ report

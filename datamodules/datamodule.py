@@ -5,42 +5,33 @@
 that holds no readable file is an error, never a silent fallback). ``$CAUSAL_VQVAE_DATA_ROOT`` is
 the default root; a dataset whose file is absent under it falls back to its twin, saying so.
 
-Batches are dicts. Loaders yield only small integer tensors for twins (``factors``, ``action``,
-``factors_next``); :meth:`on_after_batch_transfer` renders them on the training device, so a GPU is
-never starved by image decoding. Real files yield uint8 images from the memmap cache, converted to
-float on the device. After the transfer every batch holds:
-
-- ``image`` ``(B, C, 64, 64)`` float32 in [0, 1]; in pair mode also ``image_next``;
-- ``factors`` ``(B, F)`` int64 (CelebA: the chosen attribute bits), ``index`` ``(B,)``;
-- pair mode: ``action`` ``(B,)`` int64 (ids of :class:`ActionSpace`) and ``factors_next``.
-
-``mode`` ("pairs" or "images") applies to the training split; validation and test always yield
-pairs, so every training stage reports the same held-out metrics.
-
-Each epoch draws fresh training pairs: :class:`EpochSampler` hands out indices
-``epoch * length + i`` sharded over DDP ranks, and items are pure functions of their index. Build
-the Trainer with ``use_distributed_sampler=False`` (the sampler already shards; see
-:data:`TRAINER_KWARGS`).
+The loader plumbing shared by all of them (:class:`DataConfig`, :class:`EpochSampler`, the batch
+format, :data:`TRAINER_KWARGS`) is in :mod:`datamodules.base` and re-exported here.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pytorch_lightning as pl
 import torch
-import torch.distributed as dist
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import Dataset
 
-from .factors import ActionSpace, FactorSpace
-from .pairs import DEFAULT_FRACTIONS, SPLITS, StateSamples, TransitionPairs, batch_passthrough, factor_weights
-from .sources import ArraySource, TwinSource, default_cache_root, to_float_images
+from .base import (
+    TRAINER_KWARGS,
+    DataConfig,
+    EpochSampler,
+    _BaseDataModule,
+    _WithImages,
+    _world,  # noqa: F401  (re-exported: causal_vqvae.training.code_pool imports it from here)
+)
+from .factors import FactorSpace
+from .pairs import SPLITS, StateSamples, TransitionPairs, factor_weights
+from .sources import ArraySource, TwinSource, default_cache_root
 
 log = logging.getLogger(__name__)
 
@@ -57,204 +48,6 @@ __all__ = [
 ]
 
 DATA_ROOT_ENV = "CAUSAL_VQVAE_DATA_ROOT"
-TRAINER_KWARGS = {"use_distributed_sampler": False}
-
-
-@dataclass
-class DataConfig:
-    """Everything a DataModule needs; every field has a command-line flag in ``train.py``."""
-
-    dataset: str = "shapes3d"
-    data_root: str | None = None  # real files; None: $CAUSAL_VQVAE_DATA_ROOT, else the twin
-    mode: str = "pairs"  # "pairs" (x, a, x') or "images" (single images for the autoencoder)
-    batch_size: int = 64
-    seed: int = 0  # which pairs are drawn
-    split_seed: int = 0  # which states are train / val / test; keep fixed across runs to compare them
-    fractions: tuple[float, float, float] = DEFAULT_FRACTIONS
-    frequency: str | dict = "balanced"  # see datamodules.pairs.factor_weights
-    train_length: int = 100_000  # pairs (or images) per training epoch
-    val_length: int = 5_000
-    test_length: int = 5_000
-    num_workers: int | None = None  # None: 0 on <= 2 cores, else min(8, cores // 2)
-    cache_root: str | None = None  # memmap caches; None: $CAUSAL_VQVAE_CACHE or ~/.cache/causal_vqvae
-    attributes: Sequence[str] | None = None  # CelebA: attributes with actions (default the first 10)
-    twin_size: int = 20_000  # CelebA twin: faces written on first use
-    extra: dict = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if self.mode not in ("pairs", "images"):
-            raise ValueError(f"mode must be 'pairs' or 'images', got {self.mode!r}")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be positive, got {self.batch_size}")
-        for name in ("train_length", "val_length", "test_length"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-
-
-def _world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-class EpochSampler(Sampler[int]):
-    """Indices ``epoch * length + i`` for ``i`` in this rank's share of ``range(length)``.
-
-    Rank and world size are read when iterated, so the sampler is DDP-safe without being rebuilt.
-    Every rank yields the same count (the last share wraps around), as DDP needs.
-    """
-
-    def __init__(self, length: int, advance_with_epoch: bool = True) -> None:
-        self.length = length
-        self.advance_with_epoch = advance_with_epoch
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return math.ceil(self.length / _world()[1])
-
-    def __iter__(self):
-        rank, world = _world()
-        offset = self.epoch * self.length if self.advance_with_epoch else 0
-        per_rank = math.ceil(self.length / world)
-        for j in range(per_rank):
-            yield offset + (rank + j * world) % self.length
-
-
-class _WithImages(Dataset):
-    """Adds uint8 images of a real file to the integer batches of a pair / state dataset."""
-
-    def __init__(self, inner: Dataset, source: ArraySource, rows: Callable[[torch.Tensor], np.ndarray]) -> None:
-        self.inner, self.source, self.rows = inner, source, rows
-
-    def __len__(self) -> int:
-        return len(self.inner)
-
-    def __getitems__(self, indices) -> dict[str, torch.Tensor]:
-        batch = self.inner.__getitems__(indices)
-        batch["image"] = self.source.fetch(self.rows(batch["factors"]))
-        if "factors_next" in batch:
-            batch["image_next"] = self.source.fetch(self.rows(batch["factors_next"]))
-        return batch
-
-
-def _auto_workers() -> int:
-    cores = os.cpu_count() or 1
-    return 0 if cores <= 2 else min(8, cores // 2)
-
-
-class _BaseDataModule(pl.LightningDataModule):
-    """Loader plumbing shared by all datasets; subclasses make the datasets and the source."""
-
-    def __init__(self, config: DataConfig) -> None:
-        super().__init__()
-        self.config = config
-        self.source: TwinSource | ArraySource | None = None
-        self._datasets: dict[str, Dataset] = {}
-        self._samplers: dict[str, EpochSampler] = {}
-
-    # --- what the model needs to know -------------------------------------------------------
-    @property
-    def space(self) -> FactorSpace:
-        raise NotImplementedError
-
-    @property
-    def actions(self) -> ActionSpace:
-        return ActionSpace(self.space)
-
-    @property
-    def channels(self) -> int:
-        self._ensure_source()
-        return self.source.channels
-
-    @property
-    def description(self) -> str:
-        self._ensure_source()
-        return self.source.description
-
-    def _ensure_source(self) -> None:
-        if self.source is None:
-            self.source = self._make_source()
-
-    def _make_source(self):
-        raise NotImplementedError
-
-    def _make_dataset(self, split: str, length: int) -> Dataset:
-        raise NotImplementedError
-
-    # --- Lightning hooks --------------------------------------------------------------------
-    def prepare_data(self) -> None:
-        # Runs on one process per node: builds caches before the ranks open them.
-        self._ensure_source()
-
-    def setup(self, stage: str | None = None) -> None:
-        self._ensure_source()
-        lengths = {"train": self.config.train_length, "val": self.config.val_length, "test": self.config.test_length}
-        for split in SPLITS:
-            if split not in self._datasets:
-                self._datasets[split] = self._make_dataset(split, lengths[split])
-
-    def _loader(self, split: str) -> DataLoader:
-        self.setup()
-        workers = self.config.num_workers if self.config.num_workers is not None else _auto_workers()
-        sampler = self._samplers.setdefault(
-            split, EpochSampler(len(self._datasets[split]), advance_with_epoch=split == "train")
-        )
-        return DataLoader(
-            self._datasets[split],
-            batch_size=self.config.batch_size,
-            sampler=sampler,
-            collate_fn=batch_passthrough,
-            num_workers=workers,
-            pin_memory=torch.cuda.is_available(),
-            persistent_workers=workers > 0,
-            drop_last=split == "train",
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train")
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val")
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test")
-
-    def on_before_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
-        # Twins: check the classes here, on the host, so that rendering them on a GPU reads
-        # nothing back (a range check of device tensors is a host sync at every step).
-        if isinstance(self.source, TwinSource):
-            for key in ("factors", "factors_next"):
-                if key in batch:
-                    self.source.space.check(batch[key])
-        return batch
-
-    def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
-        return self.prepare_batch(batch, checked=True)
-
-    def prepare_batch(self, batch: dict, checked: bool = False) -> dict:
-        """Render (twins) or convert (real files) the images of a batch on its device.
-        ``checked``: the classes were range-checked already (``on_before_batch_transfer``)."""
-        batch = dict(batch)
-        if isinstance(self.source, TwinSource):
-            batch["image"] = self.source.render(batch["factors"], check=not checked)
-            if "factors_next" in batch:
-                batch["image_next"] = self.source.render(batch["factors_next"], check=not checked)
-        else:
-            batch["image"] = to_float_images(batch["image"])
-            if "image_next" in batch:
-                batch["image_next"] = to_float_images(batch["image_next"])
-        return batch
-
-    def sample_batch(self, split: str = "val", size: int | None = None, device: str | torch.device = "cpu") -> dict:
-        """One prepared batch of ``split`` (items 0..size-1), e.g. for previews and benchmarks."""
-        self.setup()
-        size = size or self.config.batch_size
-        batch = self._datasets[split].__getitems__(list(range(size)))
-        batch = {k: v.to(device) for k, v in batch.items()}
-        return self.prepare_batch(batch)
 
 
 # --------------------------------------------------------------------------------------------
@@ -445,7 +238,7 @@ class CelebADataModule(_BaseDataModule):
         cache = Path(c.cache_root) if c.cache_root else default_cache_root()
         twin_root = cache / f"celeba-twin-n{c.twin_size}"
         if not (twin_root / "celeba" / "list_attr_celeba.txt").is_file():
-            from .celeba_twin import write_celeba_twin
+            from .celeba.twin import write_celeba_twin
 
             log.info("celeba: no real data given; writing the procedural twin (%d faces) to %s",
                      c.twin_size, twin_root)

@@ -109,7 +109,8 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--cache-root", default=None, help="where memmap caches and the CelebA twin live")
     parser.add_argument("--twin-size", type=int, default=2000, help="CelebA twin: faces to write if absent")
     parser.add_argument("--sample", type=Path, default=None,
-                        help="also write one held-out image (64x64 PNG), e.g. as input for causal_vqvae.edit")
+                        help="also write one held-out image (64x64 PNG), e.g. as input for "
+                             "python -m causal_vqvae.cli.edit")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 

@@ -32,11 +32,11 @@ from pathlib import Path
 import torch
 
 _ROOT = Path(__file__).resolve().parents[2]
-for _path in (_ROOT, _ROOT / "benchmarks"):  # the project, and benchmarks/model_speed.py (a script, not a package)
+for _path in (_ROOT, _ROOT / "benchmarks"):  # the project, and benchmarks/speed_steps.py (a script, not a package)
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
 
-import model_speed as ms  # noqa: E402
+import speed_steps as ms  # noqa: E402
 from causal_vqvae.training.config import TrainConfig  # noqa: E402
 
 

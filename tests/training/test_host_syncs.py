@@ -19,7 +19,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-import datamodules.dsprites as dsprites_module
+import datamodules.dsprites.twin as dsprites_module
 from causal_vqvae.training.config import TrainConfig
 from causal_vqvae.training.module import CausalVQVAEModule
 from datamodules.datamodule import TRAINER_KWARGS, build_datamodule

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-import datamodules.dsprites as dsprites_module
+import datamodules.dsprites.reader as dsprites_reader
 from datamodules.dsprites import (
     DSPRITES,
     SHAPE_NAMES,
@@ -19,7 +19,7 @@ from datamodules.dsprites import (
     render_dsprites,
 )
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 REAL_FRAMES = SHARED_DATA / "dsprites_real_frames.npz"
 
 
@@ -202,7 +202,7 @@ def _write_hdf5(path: Path, images: np.ndarray, classes: np.ndarray) -> Path:
 def test_reader_reads_npz_and_hdf5_and_never_unpickles_metadata(tmp_path, small_dataset, monkeypatch) -> None:
     images, classes = small_dataset
     # Small conversion chunks, so that rows cross chunk boundaries as they do in the real file.
-    monkeypatch.setattr(dsprites_module, "_READ_CHUNK", 7)
+    monkeypatch.setattr(dsprites_reader, "_READ_CHUNK", 7)
     marker = tmp_path / "unpickled"
     npz = _write_npz(tmp_path / "small.npz", images, classes, marker=marker)
     hdf5 = _write_hdf5(tmp_path / "small.hdf5", images, classes)
@@ -347,8 +347,8 @@ def test_classes_out_of_range_are_a_clear_error(tmp_path, small_dataset) -> None
 def test_full_file_rows_must_follow_the_index_order() -> None:
     classes = DSPRITES.unravel(torch.arange(DSPRITES.num_states)).numpy()
     path = Path("dsprites.npz")
-    checked = dsprites_module._check_classes(path, classes, full=True)
+    checked = dsprites_reader._check_classes(path, classes, full=True)
     assert checked.dtype == np.int64
     classes[[10, 11]] = classes[[11, 10]]
     with pytest.raises(ValueError, match="not in dSprites index order.*row 10"):
-        dsprites_module._check_classes(path, classes, full=True)
+        dsprites_reader._check_classes(path, classes, full=True)

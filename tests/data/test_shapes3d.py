@@ -20,7 +20,7 @@ from datamodules.shapes3d import (
     shapes3d_twin,
 )
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 REAL_FRAMES = SHARED_DATA / "shapes3d_real_frames.npz"
 FLOOR_HUE, WALL_HUE, OBJECT_HUE, SCALE, SHAPE, ORIENTATION = range(6)
 AZIMUTH_0 = 7  # orientation class of azimuth 0 degrees

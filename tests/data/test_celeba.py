@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from datamodules.celeba import (  # noqa: E402
     CELEBA_ATTRIBUTES,
@@ -27,7 +27,7 @@ from datamodules.celeba import (  # noqa: E402
     read_celeba_folder,
     read_celeba_parquet,
 )
-from datamodules.celeba_twin import (  # noqa: E402
+from datamodules.celeba.twin import (  # noqa: E402
     face_layout,
     render_face,
     sample_attributes,
@@ -336,7 +336,7 @@ def test_package_imports_without_datasets():
 
     code = (
         "import sys; sys.modules['datasets'] = None; sys.path.insert(0, %r); "
-        "import datamodules.celeba, datamodules.celeba_twin; print('ok')" % str(Path(__file__).resolve().parents[1])
+        "import datamodules.celeba, datamodules.celeba.twin; print('ok')" % str(Path(__file__).resolve().parents[2])
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "ok", out.stderr

@@ -1,173 +1,38 @@
-"""3D Shapes: its factor space, a procedural twin that renders any state, and a reader for the real file.
+"""3D Shapes: the twin's scene ray-cast into a table of per-pixel surface weights.
 
-**The twin** is a small ray-traced scene (``docs/datasets.md``): a room with a back wall at y = +1,
-side walls at x = -1 and +1 and no front wall, under a constant sky; an object resting on the floor;
-a camera orbiting the object. The orientation factor is the camera azimuth: at -30 degrees the
-camera stands left of the object (x < 0) and sees the back-right corner of the room near column 44.
-Its numbers (:class:`Shapes3DScene`) were fitted to DeepMind's published frames; where they differ
-from the first recipe in ``datasets.md`` (``DATASETS_MD_SCENE``) the fit is why, see the class.
-
-Rendering is split so that a batch costs one gather and one small matrix product per image:
-
-* the geometry depends only on (scale, shape, orientation), 8 * 4 * 15 = 480 combinations. They are
-  ray-cast once (2x2 supersampling, soft floor shadow) into a table of per-pixel *surface weights*
-  ``(480, 4, 64, 64)`` for the surfaces floor, wall, object and sky. Lighting, wall darkening, object
-  shading and the shadow are folded into the weights. The table (31 MB) is built lazily on the CPU (one to
-  two seconds on 2 cores) and copied once to each device that asks for it.
-* the hues only colour the surfaces, and all shading is linear in the colour, so an image is
-  ``clamp(sum_s weight[combo, s] * colour[s], 0, 1)``: a gather of table rows and a ``(3, 4) @ (4, 4096)``
-  product per image, on the device of the class tensor. Weights above 1 (the brightest floor) model
-  the over-exposure of the real renders, which the final clamp saturates as a camera would.
-
-Every state renders deterministically: no noise, no hidden factors.
-
-**The real file** (``3dshapes.h5``: ``images`` (480000, 64, 64, 3) uint8, ``labels`` (480000, 6)
-float64 holding factor *values*) is converted once, in contiguous chunks, into a memory-mapped cache.
-Class indices are rebuilt from the row index (rows are in index order, orientation fastest) and the
-stored values are checked against them.
+The geometry depends only on (scale, shape, orientation), 8 * 4 * 15 = 480 combinations. They are
+ray-cast once (2x2 supersampling, soft floor shadow) into a table of per-pixel *surface weights*
+``(480, 4, 64, 64)`` for the surfaces floor, wall, object and sky. Lighting, wall darkening, object
+shading and the shadow are folded into the weights. The table (31 MB) is built lazily on the CPU (one to
+two seconds on 2 cores) and copied once to each device that asks for it
+(:func:`shapes3d_surface_weights`); :mod:`.twin` colours it.
 """
 
 from __future__ import annotations
 
-import functools
 import math
 import threading
-from dataclasses import dataclass
-from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .factors import Factor, FactorSpace
-from .sources import (
-    ArraySource,
-    TwinSource,
-    build_memmap_cache,
-    check_row_count,
-    default_cache_root,
-    file_cache_key,
-    open_memmap_cache,
+from .scene import SCENE, Shapes3DScene
+from .space import (
+    _FLOOR,
+    _NUM_COMBOS,
+    _NUM_ORIENTATIONS,
+    _NUM_SCALES,
+    _NUM_SHAPES,
+    _OBJECT,
+    _ORIENTATION,
+    _SCALE,
+    IMAGE_SIZE,
+    SHAPES3D,
 )
 
-__all__ = [
-    "SHAPES3D",
-    "SHAPE_NAMES",
-    "SURFACE_NAMES",
-    "IMAGE_SIZE",
-    "SKY_RGB",
-    "Shapes3DScene",
-    "SCENE",
-    "DATASETS_MD_SCENE",
-    "hue_to_rgb",
-    "shapes3d_surface_weights",
-    "shapes3d_surface_colours",
-    "render_shapes3d",
-    "shapes3d_twin",
-    "read_shapes3d",
-]
+__all__ = ["shapes3d_surface_weights"]
 
-IMAGE_SIZE = 64
-SHAPE_NAMES = ("cube", "cylinder", "sphere", "capsule")
-SURFACE_NAMES = ("floor", "wall", "object", "sky")
-SKY_RGB = (153, 226, 249)
-FILE_NAME = "3dshapes.h5"
-
-# Hues are 0.0, 0.1, ..., 0.9 (not linspace(0, 1, 10), which the dataset's README wrongly states).
-_HUES = tuple(round(0.1 * i, 1) for i in range(10))
-
-SHAPES3D = FactorSpace(
-    "shapes3d",
-    (
-        Factor("floor_hue", 10, _HUES, cyclic=True),
-        Factor("wall_hue", 10, _HUES, cyclic=True),
-        Factor("object_hue", 10, _HUES, cyclic=True),
-        Factor("scale", 8, tuple(float(x) for x in np.linspace(0.75, 1.25, 8))),
-        Factor("shape", 4, (0.0, 1.0, 2.0, 3.0)),
-        # Camera azimuth in degrees; -30 and +30 are different views, so not cyclic.
-        Factor("orientation", 15, tuple(float(x) for x in np.linspace(-30.0, 30.0, 15))),
-    ),
-)
-
-_FLOOR_HUE, _WALL_HUE, _OBJECT_HUE, _SCALE, _SHAPE, _ORIENTATION = range(6)
-_FLOOR, _WALL, _OBJECT, _SKY = range(4)
-_NUM_SCALES, _NUM_SHAPES, _NUM_ORIENTATIONS = SHAPES3D.sizes[_SCALE:]
-_NUM_COMBOS = _NUM_SCALES * _NUM_SHAPES * _NUM_ORIENTATIONS  # geometry combinations (480)
 _EPS = 1e-9
-
-
-@dataclass(frozen=True)
-class Shapes3DScene:
-    """Numbers of the twin's scene. World: x to the right of the azimuth-0 view, y away from that
-    camera, z up; lengths in units of half the room's width.
-
-    The defaults were fitted to the 53 real frames (``benchmarks/shapes3d_twin_fidelity.py``): the
-    camera and wall height to the sky / wall / floor / side-wall regions of the 15-frame orientation
-    sweep, object sizes to the object silhouettes, the floor light to unshadowed floor pixels, and the
-    object light, wall gains and shadow to the mean absolute error of whole frames. They
-    keep the marks of ``datasets.md`` (at azimuth 0: sky rows 0-16, back wall 17-40, floor from 41;
-    a wall corner near column 44 at -30 degrees and near column 20 at +30) and also match how fast
-    the corner moves between those ends and how big the objects look, which the first recipe
-    (``DATASETS_MD_SCENE``) did not: there the corner moved 20% too slowly and objects looked 30% small.
-    """
-
-    # Room: back wall y = +room_half, side walls x = -+room_half, floor z = 0, open at the front.
-    room_half: float = 1.0
-    wall_height: float = 0.584
-    # The object stands on the floor centred at object_xy; the camera orbits that point.
-    object_xy: tuple[float, float] = (0.0, -0.06)
-    camera_radius: float = 1.755
-    camera_height: float = 0.54
-    camera_target_z: float = 0.337  # the camera looks at (object_xy, camera_target_z)
-    field_of_view_deg: float = 33.15
-    supersample: int = 2  # rays per pixel along each axis
-    # Object sizes at scale 1 (multiplied by the scale factor).
-    cube_side: float = 0.30  # axis-aligned with the room
-    cylinder_radius: float = 0.16
-    cylinder_height: float = 0.32
-    sphere_radius: float = 0.19
-    capsule_radius: float = 0.14
-    capsule_height: float = 0.59  # end to end
-    # Object shading: colour * (ambient + diffuse * max(0, n . light)). With object_light_follows_camera
-    # the light is given as (right, towards the camera, up) in the camera's horizontal frame and turns
-    # with the azimuth (a light above the camera); otherwise as world (x, y, z).
-    object_light: tuple[float, float, float] = (0.0, 1.33, 1.0)
-    object_light_follows_camera: bool = True
-    object_ambient: float = 0.57
-    object_diffuse: float = 0.46
-    # Walls: constant brightness per wall.
-    back_wall_gain: float = 0.98
-    left_wall_gain: float = 0.77
-    right_wall_gain: float = 0.63
-    # Floor brightness: peak - falloff * (1 - (h / r)^k), r the distance from a point at height h
-    # above floor_light_xy (a light above the front-left of the object); the peak exceeds 1, as the
-    # real renders over-expose the floor there.
-    floor_light_xy: tuple[float, float] = (-0.44, 0.01)
-    floor_light_height: float = 1.52
-    floor_light_exponent: float = 0.8
-    floor_peak: float = 1.24
-    floor_falloff: float = 3.24
-    # Floor shadow of the object under a disc-shaped light: towards that light's centre, its angular
-    # radius (tangent units) sets the penumbra; floor brightness times shadow_gain in full shadow.
-    # Fitted: the light is nearly overhead, a little to the left and back, so shadows fall to the
-    # right and towards the camera as in the real frames.
-    shadow_light: tuple[float, float, float] = (-0.35, 0.2, 1.0)
-    shadow_spread: float = 0.06
-    shadow_gain: float = 0.31
-    shadow_samples: int = 16
-    shadow_texels_per_unit: int = 128  # resolution of the per-shape floor shadow maps at scale 1
-
-
-SCENE = Shapes3DScene()
-
-# The recipe as first written in datasets.md (kept to measure the fit against).
-DATASETS_MD_SCENE = Shapes3DScene(
-    wall_height=0.77, object_xy=(0.0, 0.17), camera_radius=1.99, camera_height=0.83, camera_target_z=0.45,
-    field_of_view_deg=40.0, cylinder_radius=0.15, sphere_radius=0.16, capsule_height=0.70,
-    object_light=(-0.5, -0.6, 1.0), object_light_follows_camera=False, object_ambient=0.55, object_diffuse=0.45,
-    back_wall_gain=1.0, left_wall_gain=0.75, right_wall_gain=0.75, floor_light_exponent=0.0, floor_peak=1.0,
-    floor_falloff=0.0, shadow_light=(-0.5, -0.6, 1.0), shadow_spread=0.12, shadow_gain=0.45,
-)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -472,7 +337,7 @@ def _build_weight_table(scene: Shapes3DScene) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------------------------------
-# Rendering
+# The table, built once per scene and copied once per device
 # --------------------------------------------------------------------------------------------------
 _TABLES: dict[tuple[Shapes3DScene, str], torch.Tensor] = {}
 _TABLES_LOCK = threading.Lock()
@@ -499,173 +364,3 @@ def shapes3d_surface_weights(device: torch.device | str = "cpu",
                 _TABLES[key] = _TABLES[cpu_key].to(device)
             table = _TABLES[key]
     return table
-
-
-def hue_to_rgb(hue: torch.Tensor) -> torch.Tensor:
-    """RGB in [0, 1] of HSV(hue, 1, 1), ``(...) -> (..., 3)``."""
-    kw = {"dtype": hue.dtype, "device": hue.device}
-    h6 = hue[..., None] * 6 - torch.tensor([3.0, 2.0, 4.0], **kw)
-    return (torch.tensor([1.0, -1.0, -1.0], **kw) * h6.abs() + torch.tensor([-1.0, 2.0, 2.0], **kw)).clamp(0, 1)
-
-
-@functools.lru_cache(maxsize=8)
-def _colour_tables(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """The hue palette ``(10, 3)`` and the sky colour ``(3,)`` on ``device``, built once per device
-    (not copied from the host at every batch)."""
-    palette = hue_to_rgb(torch.tensor(_HUES, dtype=torch.float32)).to(device)
-    sky = (torch.tensor(SKY_RGB, dtype=torch.float32) / 255).to(device)
-    return palette, sky
-
-
-def shapes3d_surface_colours(classes: torch.Tensor, check: bool = True) -> torch.Tensor:
-    """Colours ``(B, 4, 3)`` in [0, 1] of the floor, wall, object and sky of states ``(B, 6)``
-    (``check``: as in :func:`render_shapes3d`)."""
-    classes = SHAPES3D.check(classes, values=check)
-    palette, sky = _colour_tables(classes.device)
-    return torch.stack([palette[classes[:, _FLOOR_HUE]], palette[classes[:, _WALL_HUE]],
-                        palette[classes[:, _OBJECT_HUE]], sky.expand(classes.shape[0], 3)], 1)
-
-
-def render_shapes3d(classes: torch.Tensor, scene: Shapes3DScene | None = None, *, check: bool = True) -> torch.Tensor:
-    """Render states ``(B, 6)`` long -> ``(B, 3, 64, 64)`` float32 in [0, 1], on the classes' device.
-    ``check=False`` skips the range check of classes already checked (on a GPU the check is a host
-    sync); the rendering itself makes none."""
-    classes = SHAPES3D.check(classes, values=check)
-    if classes.dim() != 2:
-        raise ValueError(f"render_shapes3d takes a (B, 6) batch of states, got shape {tuple(classes.shape)}")
-    table = shapes3d_surface_weights(classes.device, scene).flatten(2)  # (480, 4, HW)
-    combo = (classes[:, _SCALE] * _NUM_SHAPES + classes[:, _SHAPE]) * _NUM_ORIENTATIONS + classes[:, _ORIENTATION]
-    weights = table.index_select(0, combo)  # (B, 4, HW)
-    colours = shapes3d_surface_colours(classes, check=False)  # (B, 4, 3)
-    images = torch.bmm(colours.transpose(1, 2), weights)  # (B, 3, HW)
-    return images.clamp_(0, 1).view(-1, 3, IMAGE_SIZE, IMAGE_SIZE)
-
-
-def shapes3d_twin() -> TwinSource:
-    """The 3D Shapes procedural twin (renders on the device of the class tensor)."""
-    return TwinSource(space=SHAPES3D, channels=3, render=render_shapes3d, description="3D Shapes procedural twin")
-
-
-# --------------------------------------------------------------------------------------------------
-# Reader for the real file
-# --------------------------------------------------------------------------------------------------
-_IMAGES_SHAPE = (IMAGE_SIZE, IMAGE_SIZE, 3)
-_READ_CHUNK = 4800  # rows per h5 read: contiguous, ~59 MB of images
-_LABEL_TOLERANCE = 1e-6
-_FILE_ERRORS = (OSError, RuntimeError, KeyError, EOFError)
-
-
-def _corrupt(path: Path, what: object) -> ValueError:
-    return ValueError(
-        f"cannot read 3D Shapes file {path}: it looks truncated or corrupt ({what}). Download {FILE_NAME} "
-        "again from deepmind/3d-shapes, or run without --data-root to use the procedural twin."
-    )
-
-
-
-
-
-
-def _check_datasets(path: Path, handle) -> int:
-    """Check keys, shapes and dtypes of an open h5 file; return its number of rows."""
-    expected = (f"expected 'images' (N, 64, 64, 3) uint8 and 'labels' (N, 6) float as in DeepMind's "
-                f"{FILE_NAME}; point --data-root at the original file, or leave it out to use the procedural twin")
-    missing = [k for k in ("images", "labels") if k not in handle]
-    if missing:
-        raise ValueError(f"3D Shapes file {path} lacks {', '.join(repr(k) for k in missing)} "
-                         f"(found keys {sorted(handle.keys())}); {expected}")
-    images, labels = handle["images"], handle["labels"]
-    if not hasattr(images, "shape") or not hasattr(labels, "shape"):
-        raise ValueError(f"3D Shapes file {path}: 'images' and 'labels' must be datasets, not groups; {expected}")
-    if images.ndim != 4 or tuple(images.shape[1:]) != _IMAGES_SHAPE or images.dtype != np.uint8:
-        raise ValueError(f"3D Shapes file {path}: 'images' is {tuple(images.shape)} {images.dtype}; {expected}")
-    if (labels.ndim != 2 or labels.shape[1] != SHAPES3D.num_factors or labels.shape[0] != images.shape[0]
-            or labels.dtype.kind != "f"):
-        raise ValueError(f"3D Shapes file {path}: 'labels' is {tuple(labels.shape)} {labels.dtype} beside "
-                         f"{images.shape[0]} images; {expected}")
-    return int(images.shape[0])
-
-
-def _check_labels(path: Path, start: int, labels: np.ndarray, classes: np.ndarray) -> None:
-    """Stored factor values of rows ``start..`` must be those of the states in index order."""
-    expected = SHAPES3D.values(torch.from_numpy(classes)).numpy()
-    bad = np.abs(labels - expected) > _LABEL_TOLERANCE
-    if bad.any():
-        row, factor = (int(i) for i in np.argwhere(bad)[0])
-        raise ValueError(
-            f"3D Shapes file {path}: row {start + row} stores {SHAPES3D.names[factor]} = {labels[row, factor]:g}, "
-            f"but row {start + row} of the dataset's index order (orientation fastest) has "
-            f"{expected[row, factor]:g}. The rows must be in the original order with values on the "
-            f"original grids (hues 0.0..0.9); use the unmodified {FILE_NAME}."
-        )
-
-
-def read_shapes3d(path: str | Path, cache_root: str | Path | None = None, *,
-                  allow_subset: bool = False) -> ArraySource:
-    """Read the real ``3dshapes.h5`` (a file, or a folder holding it) through a memory-mapped cache.
-
-    The first call converts the file in contiguous chunks into ``(N, 64, 64, 3)`` uint8 images and
-    ``(N, 6)`` int64 classes (rebuilt from the row index and checked against the stored values)
-    under ``cache_root or default_cache_root()``; later calls for the same file (same name, size and
-    mtime) open the cache directly, and batches read only the memmap (``ArraySource.fetch``).
-
-    By default the file must hold all 480,000 states. ``allow_subset=True`` accepts a file with fewer
-    rows, which must then be the first states in index order.
-    """
-    path = Path(path).expanduser()
-    if path.is_dir():
-        path = path / FILE_NAME
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"3D Shapes file not found at {path.resolve()}; download {FILE_NAME} from deepmind/3d-shapes and "
-            "point --data-root at it or its folder. Without --data-root the procedural twin is used."
-        )
-    cache_dir = Path(cache_root or default_cache_root()) / file_cache_key("shapes3d", path)
-    if not (cache_dir / "meta.json").exists():
-        _convert(path, cache_dir, allow_subset)
-    images, labels, _ = open_memmap_cache(cache_dir)
-    check_row_count(path, len(images), SHAPES3D.num_states, allow_subset, dataset="3D Shapes",
-                    hint=f"Use the original {FILE_NAME}")
-    return ArraySource(images=images, labels=labels, description=f"3D Shapes real file {path}", space=SHAPES3D)
-
-
-def _convert(path: Path, cache_dir: Path, allow_subset: bool) -> None:
-    import h5py  # only needed for the real file
-
-    try:
-        handle = h5py.File(path, "r")
-    except _FILE_ERRORS as e:
-        raise _corrupt(path, f"{type(e).__name__}: {e}") from e
-    with handle:
-        num_rows = _check_datasets(path, handle)
-        check_row_count(path, num_rows, SHAPES3D.num_states, allow_subset, dataset="3D Shapes",
-                        hint=f"Use the original {FILE_NAME}")
-        images, labels = handle["images"], handle["labels"]
-
-        def read_chunk(start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
-            try:
-                imgs = images[start:stop]
-                labs = np.asarray(labels[start:stop], dtype=np.float64)
-            except _FILE_ERRORS as e:
-                raise _corrupt(path, f"rows {start}:{stop}: {type(e).__name__}: {e}") from e
-            classes = SHAPES3D.unravel(torch.arange(start, stop)).numpy()
-            _check_labels(path, start, labs, classes)
-            return imgs, classes
-
-        build_memmap_cache(
-            cache_dir,
-            num_rows=num_rows,
-            image_shape=_IMAGES_SHAPE,
-            num_labels=SHAPES3D.num_factors,
-            read_chunk=read_chunk,
-            meta={
-                "dataset": "shapes3d",
-                "source": str(path.resolve()),
-                "factors": list(SHAPES3D.names),
-                "sizes": list(SHAPES3D.sizes),
-                "values": [list(f.values) for f in SHAPES3D.factors],
-                "full": num_rows == SHAPES3D.num_states,
-            },
-            chunk=_READ_CHUNK,
-            desc=f"caching {path.name}",
-        )

@@ -6,6 +6,7 @@ import pytorch_lightning as pl
 import torch
 from PIL import Image
 
+from datamodules import base as dbase
 from datamodules import datamodule as dmod
 from datamodules.datamodule import (
     TRAINER_KWARGS,
@@ -148,7 +149,7 @@ def test_epoch_sampler_draws_fresh_indices_each_epoch_and_shards_ranks(monkeypat
     assert list(fixed) == list(range(10))
     shares = []
     for rank in range(3):
-        monkeypatch.setattr(dmod, "_world", lambda rank=rank: (rank, 3))
+        monkeypatch.setattr(dbase, "_world", lambda rank=rank: (rank, 3))
         shares.append(list(sampler))
         assert len(sampler) == 4
     assert all(len(s) == 4 for s in shares)
