@@ -124,6 +124,7 @@ class CausalVQVAE(PretrainedMixin, nn.Module):
             heads=c.transition_heads,
             mlp_ratio=c.mlp_ratio,
             seed=c.seed + 1,
+            intervention=c.intervention,
         )
         if c.resolved_retrieval_head == "conv":
             self.retrieval_head = ConvRetrievalHead(
@@ -265,6 +266,7 @@ class CausalVQVAE(PretrainedMixin, nn.Module):
             adjacency_penalty_weight=c.adjacency_penalty_weight,
             progress=progress,
             budgets=budgets,
+            changed_only=c.intervention == "change",
         )
 
     # Eager inside a compiled caller, and first: dynamo cannot trace a torch.Generator, and inductor
@@ -376,7 +378,7 @@ class CausalVQVAE(PretrainedMixin, nn.Module):
         "target_head_dim", "target_context_layers", "target_state_bound", "sparsity_mode",
         "target_penalty_weight", "adjacency_penalty_weight", "target_budget", "target_budget_start",
         "adjacency_budget", "adjacency_budget_start", "dual_lr", "transition_dim", "transition_layers",
-        "transition_heads", "mixture_eps", "equation_loss_weight",
+        "transition_heads", "mixture_eps", "equation_loss_weight", "intervention",
     )
 
     # Settings that no weight depends on: how the causal stage is trained (budgets and their
@@ -385,7 +387,7 @@ class CausalVQVAE(PretrainedMixin, nn.Module):
     SETTINGS_FIELDS = (
         "gumbel_temperature", "sparsity_mode", "target_penalty_weight", "adjacency_penalty_weight",
         "target_budget", "target_budget_start", "adjacency_budget", "adjacency_budget_start", "dual_lr",
-        "mixture_eps", "equation_loss_weight", "retrieval_temperature", "retrieval_score",
+        "mixture_eps", "equation_loss_weight", "intervention", "retrieval_temperature", "retrieval_score",
     )
 
     def with_settings(self, **fields: Any) -> CausalVQVAE:

@@ -84,6 +84,8 @@ def read_config(directory: str | Path, expect: Mapping[str, Any] | None = None) 
         raise ValueError(f"{path}: architecture is {architecture!r}, expected {ARCHITECTURE!r}")
     # Saved before the retrieval head could be chosen: those models all have the transformer head.
     raw.setdefault("retrieval_head", "transformer")
+    # Saved before an intervened node had to change its code: its equations may keep it.
+    raw.setdefault("intervention", "resample")
     defaults = ModelConfig().to_dict()
     for key, expected in (expect or {}).items():
         if key == "architecture":

@@ -17,7 +17,8 @@ from .data import batches
 from .factor_classifier import ConvEncoder, fit_steps, read_cached, write_cached
 from .metrics import Timer, accuracy_report
 
-__all__ = ["BASELINE_VERSION", "PairCNN", "BaselineSettings", "RunBudget", "run_budget", "load_or_train_baseline", "score_baseline"]
+__all__ = ["BASELINE_VERSION", "PairCNN", "BaselineSettings", "RunBudget", "run_budget", "load_or_train_baseline",
+           "score_baseline"]
 
 BASELINE_VERSION = "1"  # bump when PairCNN or its training changes (part of the cache key)
 

@@ -62,27 +62,10 @@ from datamodules.sources import TwinSource
 
 from ..files import atomic_write
 
-__all__ = [
-    "ACCURACY_BAR",
-    "CLASSIFIER_VERSION",
-    "DEFAULT_BUDGETS",
-    "SYMMETRIES",
-    "ClassifierSettings",
-    "ConvEncoder",
-    "FactorClassifier",
-    "RotationSymmetry",
-    "cache_paths",
-    "disturbance",
-    "evaluate_factor_classifier",
-    "exact_edits",
-    "fit_steps",
-    "factor_matches",
-    "load_or_train_classifier",
-    "read_cached",
-    "train_factor_classifier",
-    "warmup_cosine",
-    "write_cached",
-]
+__all__ = ["ACCURACY_BAR", "CLASSIFIER_VERSION", "DEFAULT_BUDGETS", "SYMMETRIES", "ClassifierSettings",
+           "ConvEncoder", "FactorClassifier", "RotationSymmetry", "cache_paths", "disturbance",
+           "evaluate_factor_classifier", "exact_edits", "fit_steps", "factor_matches", "load_or_train_classifier",
+           "read_cached", "train_factor_classifier", "warmup_cosine", "write_cached"]
 
 ACCURACY_BAR = 0.995  # the held-out all-factors accuracy the exactness figures need to count
 CLASSIFIER_VERSION = "1"  # bump when the architecture, the training or the reading rule changes

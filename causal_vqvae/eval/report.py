@@ -84,6 +84,9 @@ def format_table(results: dict) -> str:
                      f"{g['expected_parents_per_node']:.2f} expected in training (edge probability: median "
                      f"{g['edge_probability_median']:.3f}, max {g['edge_probability_max']:.3f})")
 
+    edits = results.get("edits")
+    if edits:
+        lines += ["", _edits_table(edits)]
     exactness = results.get("exactness")
     if exactness:
         c = exactness["classifier"]
@@ -106,4 +109,31 @@ def format_table(results: dict) -> str:
                       f"{k} {_fmt(v['changed']).strip()}" for k, v in single["disturbed"].items())]
     if "pngs" in results:
         lines += ["", "pictures: " + ", ".join(results["pngs"].values())]
+    return "\n".join(lines)
+
+
+def _rate_cell(r: dict | None) -> str:
+    """"90.5 [89.7, 91.3]": a rate and its Wilson 95% interval, in %."""
+    if not r or r["rate"] is None:
+        return "-"
+    low, high = r["wilson95"]
+    return f"{100 * r['rate']:.1f} [{100 * low:.1f}, {100 * high:.1f}]"
+
+
+def _edits_table(edits: dict) -> str:
+    """The pixel judge's figures: k = 1 overall and per acted factor, then chains."""
+    single = edits["k1"]
+    head = f"{'edits, nearest render %':<24} {'n':>6} {'exact':>20} {'unchanged':>20} {'two-sided':>20}"
+    lines = [head, "-" * len(head)]
+    rows = {"k = 1, all": single, **{f"  {name}": r for name, r in single["per_acted_factor"].items()},
+            "decode(encode(target))": single["reference_decoder"]}
+    for label, r in rows.items():
+        n = r["exact"]["n"] if r.get("exact") else 0
+        lines.append(f"{label:<24} {n:>6} {_rate_cell(r.get('exact')):>20} {_rate_cell(r.get('unchanged')):>20} "
+                     f"{_rate_cell(r.get('two_sided')):>20}")
+    lines.append(f"{'chained, exact %':<24} {'n':>6} {'one multi-step edit':>20} {'edits in a row':>20}")
+    for key in sorted(k for k in edits if k.startswith("k") and k != "k1"):
+        chain = edits[key]
+        lines.append(f"{'  k = ' + key[1:]:<24} {chain['one_edit']['exact']['n']:>6} "
+                     f"{_rate_cell(chain['one_edit']['exact']):>20} {_rate_cell(chain['in_a_row']['exact']):>20}")
     return "\n".join(lines)

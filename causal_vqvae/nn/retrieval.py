@@ -26,8 +26,8 @@ from .graph import node_code_offsets
 from .layers import TransformerBlock
 from .transition import CausalTransition, TransitionOutput, mixture_nll
 
-__all__ = ["RETRIEVAL_SCORES", "RetrievalOutput", "score_actions", "output_scores", "marginal_intervention", "code_distance",
-           "scores_to_probs", "RetrievalHead", "ConvRetrievalHead"]
+__all__ = ["RETRIEVAL_SCORES", "RetrievalOutput", "score_actions", "output_scores", "marginal_intervention",
+           "code_distance", "scores_to_probs", "RetrievalHead", "ConvRetrievalHead"]
 
 # How retrieval by transition scores an action (see output_scores).
 RETRIEVAL_SCORES = ("marginal_nll", "code_distance", "nll")

@@ -31,6 +31,7 @@ from .layers import FeedForward
 from .seeding import DeviceGenerators
 
 __all__ = [
+    "INTERVENTIONS",
     "TransitionOutput",
     "TransitionLoss",
     "ParentAttentionBlock",
@@ -41,9 +42,18 @@ __all__ = [
 ]
 
 
+# What an intervened node's equation may output: "change", a code other than its current one;
+# "resample", any code (see ModelConfig.intervention).
+INTERVENTIONS = ("change", "resample")
+# The logit of an intervened node's current code under "change": far below any learned logit, so its
+# probability is 0 in float32, and finite, so that logits can still be subtracted and compared.
+EXCLUDED_LOGIT = -1e4
+
+
 @dataclass(frozen=True)
 class TransitionOutput:
-    logits: torch.Tensor  # (B, N, K) logits over the node's codes (used where intervened)
+    logits: torch.Tensor  # (B, N, K) logits over the node's codes (used where intervened); with
+    # intervention "change", EXCLUDED_LOGIT at the current code
     intervened: torch.Tensor  # (B, N) 0/1 values (straight-through gradient when sampled)
     predicted_codes: torch.Tensor  # (B, N) argmax where intervened, the current code elsewhere
     target_logits: torch.Tensor  # (B, N) intervention-target logits
@@ -128,6 +138,8 @@ class CausalTransition(nn.Module):
         num_codebooks, codes_per_node: code layout (node n uses codebook n // (N / G)).
         dim, layers, heads, mlp_ratio: the attention stack.
         seed: seed of the default sampling generator (one per device, created on first use).
+        intervention: "change" (an intervened node's equation gives a code other than its current
+            one: its current code's logit is EXCLUDED_LOGIT) or "resample" (any code).
     """
 
     def __init__(
@@ -140,8 +152,12 @@ class CausalTransition(nn.Module):
         heads: int = 8,
         mlp_ratio: int = 4,
         seed: int = 0,
+        intervention: str = "change",
     ) -> None:
         super().__init__()
+        if intervention not in INTERVENTIONS:
+            raise ValueError(f"intervention must be one of {INTERVENTIONS}, got {intervention!r}")
+        self.intervention = intervention
         self.graph = graph
         self.num_nodes = graph.num_nodes
         self.num_actions = graph.num_actions
@@ -211,6 +227,8 @@ class CausalTransition(nn.Module):
         for block in self.blocks:
             h = block(h, parents, action_token, self.constant, mask)
         logits = self._head(self.norm(h))
+        if self.intervention == "change":
+            logits = logits.scatter(-1, codes.unsqueeze(-1), EXCLUDED_LOGIT)
 
         target_logits = self.graph.targets(codes, action)
         intervened = self.graph.target_mask(target_logits, sample, uniform=noise.targets if sample else None)
@@ -264,6 +282,7 @@ def transition_loss(
     adjacency_penalty_weight: float = 0.0,
     progress: float = 1.0,
     budgets: tuple[float, float] | None = None,
+    changed_only: bool = False,
 ) -> TransitionLoss:
     """Mixture NLL, equation cross-entropy and the sparsity term of both graphs.
 
@@ -276,9 +295,16 @@ def transition_loss(
     weights times the mean expected counts; "none": no sparsity term (the expected counts are still
     reported). ``budgets``: the (target, adjacency) budgets at ``progress``, when the caller has
     them already (``CausalVQVAE.transition_loss`` computes them before its compiled part); default:
-    the duals' ``budget_at(progress)``."""
+    the duals' ``budget_at(progress)``. ``changed_only``: the equation term counts only the nodes
+    whose code changes, divided by all nodes (intervention "change", whose equations never keep a
+    code)."""
     nll = mixture_nll(output, codes, target_codes, eps).mean()
-    equation_nll = F.cross_entropy(rearrange(output.logits.float(), "b n k -> b k n"), target_codes)
+    if changed_only:
+        equation_targets = torch.where(target_codes == codes, -100, target_codes)  # ignored: kept codes
+        equation_nll = F.cross_entropy(rearrange(output.logits.float(), "b n k -> b k n"), equation_targets,
+                                       ignore_index=-100, reduction="sum") / target_codes.numel()
+    else:
+        equation_nll = F.cross_entropy(rearrange(output.logits.float(), "b n k -> b k n"), target_codes)
     target_statistics = graph.target_statistics(output.target_logits, action)
     expected_targets = graph.pooled_expected_targets(target_statistics)
     expected_parents = graph.expected_parents()

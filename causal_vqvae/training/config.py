@@ -6,7 +6,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-__all__ = ["COMPILE_MODES", "STAGES", "FROZEN_AUTOENCODER_STAGES", "KEEP_CHOICES", "STAGE_MONITOR", "BEST_FROM", "TrainConfig", "check_stage"]
+__all__ = ["COMPILE_MODES", "STAGES", "FROZEN_AUTOENCODER_STAGES", "KEEP_CHOICES", "STAGE_MONITOR", "BEST_FROM",
+           "TrainConfig", "check_stage"]
 
 # torch.compile's modes for the training step (train.py --compile-mode).
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")

@@ -21,15 +21,15 @@ Under DDP each stage requires gradients of exactly the parameters its loss reach
 one that gets none). Every buffer but the per-rank codebook usage counts is kept equal on all
 ranks by construction: the EMA codebook statistics are all-reduced in the quantizer, its restart
 picks broadcast from rank 0, and dual ascent steps every rank on the expected targets of all ranks'
-examples pooled. :func:`~causal_vqvae.training.devices.ddp_strategy` therefore turns DDP's per-step buffer broadcast off, which
-would overwrite the other ranks' usage counts with rank 0's.
+examples pooled. :func:`~causal_vqvae.training.devices.ddp_strategy` therefore turns DDP's per-step
+buffer broadcast off, which would overwrite the other ranks' usage counts with rank 0's.
 
 Resuming is exact: the random draws of optimiser step ``t`` (graph masks, codebook restarts) come
 from a generator seeded by (model seed, rank, t), so they do not depend on where a run was
 restarted; weights, optimiser, schedule, EMA codebook and dual multipliers are in the Lightning
 checkpoint; a checkpoint of another architecture, dataset or stage is refused, naming both.
-:class:`~causal_vqvae.training.callbacks.NonFiniteGuard` stops training when the loss stops being finite, before a checkpoint
-of the damaged weights can be written.
+:class:`~causal_vqvae.training.callbacks.NonFiniteGuard` stops training when the loss stops being
+finite, before a checkpoint of the damaged weights can be written.
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ import torch
 from ..model import CausalVQVAE
 from ..nn.transition import TransitionLoss
 from .config import FROZEN_AUTOENCODER_STAGES, TrainConfig, check_stage
+from .rundir import ADDED_SETTINGS
 
 __all__ = ["CausalVQVAEModule", "CheckpointMismatchError", "parameter_groups", "psnr"]
 
@@ -275,6 +276,8 @@ class CausalVQVAEModule(pl.LightningModule):
                 "the checkpoint was not written by causal_vqvae training (no model config or stage in its "
                 "hyper_parameters); resume from a run directory of train.py")
         mine = self.model.config.to_dict()
+        # A setting added since the checkpoint was written had the value that reproduces such a run.
+        saved_model = {**{k: v for k, v in ADDED_SETTINGS["model"].items() if k in mine}, **saved_model}
         differ = {k: (saved_model.get(k), mine.get(k)) for k in sorted(set(mine) | set(saved_model))
                   if _comparable(saved_model.get(k)) != _comparable(mine.get(k))}
         if differ:

@@ -37,9 +37,10 @@ def writable_directory(path: Path) -> Path:
 # Settings added after runs were written, with the value that reproduces a run written before them
 # (before graph_lr_scale, the graph's edge logits trained at the stage's learning rate; before
 # code_pool, every step encoded fresh pairs; before retrieval_score, validation scored retrieval by
-# transition with the NLL; before keep, every stage kept its last step's weights).
+# transition with the NLL; before keep, every stage kept its last step's weights; before intervention,
+# an intervened node's equation could keep its code).
 ADDED_SETTINGS = {"train": {"graph_lr_scale": 1.0, "code_pool": 0, "keep": "last"},
-                  "model": {"retrieval_score": "nll"}}
+                  "model": {"retrieval_score": "nll", "intervention": "resample"}}
 
 
 def check_same_run(path: Path, resolved: dict[str, Any]) -> None:

@@ -428,9 +428,14 @@ def test_edit_cli_traverse_writes_a_grid_of_factor_rows_and_every_action(model_d
         top, left = GRID_PAD + row * (64 + GRID_PAD), GRID_PAD + column * (64 + GRID_PAD)
         return grid[top:top + 64, left:left + 64]
 
-    assert np.array_equal(cell(0, steps + 1), np.asarray(edit(image, "scale+", model)))
-    assert np.array_equal(cell(1, steps - 2), np.asarray(edit(image, ["shape-", "shape-"], model)))
-    assert np.array_equal(cell(2, 3), np.asarray(edit(image, "shape+", model)))
+    def same(cell_pixels: np.ndarray, edited) -> bool:
+        # The grid decodes every cell in one batch, the API one image: the decoder's float sums may
+        # differ in the last bit (2e-7 seen), which can move a pixel by one level after rounding.
+        return np.abs(cell_pixels.astype(int) - np.asarray(edited).astype(int)).max() <= 1
+
+    assert same(cell(0, steps + 1), edit(image, "scale+", model))
+    assert same(cell(1, steps - 2), edit(image, ["shape-", "shape-"], model))
+    assert same(cell(2, 3), edit(image, "shape+", model))
 
 
 def test_edit_cli_analogy_applies_the_retrieved_action(model_dir, model, tmp_path, capsys):

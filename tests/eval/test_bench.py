@@ -242,7 +242,7 @@ def test_end_to_end_tiny_model(tiny_model, tmp_path, capsys, monkeypatch):
     classifier = exactness["classifier"]
     assert classifier["held_out"]["n"] == 32 and classifier["training"]["steps"] == 2
     assert exactness["counts"] == classifier["meets_bar"] == (classifier["held_out"]["all_factors"] >= 0.995)
-    for key, n in (("k1", 64), ("k2", 64), ("k4", 64)):
+    for key, n in (("k1", 64), ("k2", 64), ("k3", 64), ("k4", 64)):
         e = exactness[key]
         assert e["n"] == n, key
         for value in (e["exact"], e["reference_true_render"], e["reference_reconstruction"]):
@@ -250,6 +250,23 @@ def test_end_to_end_tiny_model(tiny_model, tmp_path, capsys, monkeypatch):
     single = exactness["k1"]
     assert sum(v["count"] for v in single["per_acted_factor"].values()) == 64
     assert set(single["per_acted_factor"]) == set(data["factor_names"]) == set(single["disturbed"])
+
+    edits = data["edits"]  # the nearest-render judge: every rate with its count and Wilson interval
+    judged = edits["k1"]
+    for r in (judged, judged["reference_decoder"], *judged["per_acted_factor"].values()):
+        for key in ("exact", "exact_strict", "unchanged", "two_sided"):
+            low, high = r[key]["wilson95"]
+            assert 0.0 <= low <= r[key]["rate"] <= high <= 1.0, key
+        assert r["exact"]["rate"] + r["unchanged"]["rate"] <= 1.0 + 1e-12
+        assert r["two_sided"]["rate"] <= r["exact"]["rate"] and r["exact_strict"]["rate"] <= r["exact"]["rate"]
+    assert judged["exact"]["n"] == judged["reference_decoder"]["exact"]["n"] == 64
+    assert sum(r["exact"]["n"] for r in judged["per_acted_factor"].values()) == 64
+    assert set(judged["per_acted_factor"]) == set(data["factor_names"])
+    for k in (2, 3, 4):
+        chain = edits[f"k{k}"]
+        assert chain["k"] == k and set(chain) == {"k", "one_edit", "in_a_row"}
+        for mode in ("one_edit", "in_a_row"):
+            assert chain[mode]["exact"]["n"] == 64 and 0 <= chain[mode]["unchanged"]["rate"] <= 1
 
     assert data["pngs"] == {"confusion_transition": "bench_confusion_transition.png",
                             "confusion_head": "bench_confusion_head.png",
@@ -264,7 +281,8 @@ def test_end_to_end_tiny_model(tiny_model, tmp_path, capsys, monkeypatch):
     # only the JSON and the PNGs: no temporary file left behind
     assert sorted(p.name for p in out.parent.iterdir()) == sorted(["bench.json", *data["pngs"].values()])
     for text in ("transition", "head", "PSNR", "supervised_cnn", "per factor of the true action",
-                 "factor classifier, held out", "BELOW the 99.5% bar", "k = 4", "bench_actions.png"):
+                 "factor classifier, held out", "BELOW the 99.5% bar", "k = 4", "bench_actions.png",
+                 "edits, nearest render", "one multi-step edit", "edits in a row", "decode(encode(target))"):
         assert text in printed, text
 
     again = _run(tiny_model, tmp_path / "again.json")
@@ -274,5 +292,6 @@ def test_end_to_end_tiny_model(tiny_model, tmp_path, capsys, monkeypatch):
     assert again["fidelity"] == pytest.approx(data["fidelity"])
     assert again["baselines"]["supervised_cnn"]["cached"] and again["exactness"]["classifier"]["cached"]
     assert again["baselines"]["supervised_cnn"]["confusion"] == supervised["confusion"]
-    for key in ("k1", "k2", "k4"):
+    for key in ("k1", "k2", "k3", "k4"):
         assert again["exactness"][key] == data["exactness"][key]
+        assert again["edits"][key] == data["edits"][key]

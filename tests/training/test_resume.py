@@ -21,7 +21,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 from safetensors.torch import load_file
-from tiny import TINY_JSON
+from tiny import TINY_JSON, tiny_dsprites_model
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = {
@@ -236,7 +236,7 @@ def test_resuming_a_run_from_before_graph_lr_scale_says_which_setting_reproduces
     (tmp_path / "config.json").write_text(json.dumps(written))
     now = json.loads(json.dumps(written))
     now["train"].update(graph_lr_scale=20.0, code_pool=0, keep="last")  # as a run writes its settings now
-    now["model"]["retrieval_score"] = "nll"
+    now["model"].update(retrieval_score="nll", intervention="resample")
     with pytest.raises(SystemExit, match=r'graph_lr_scale was 1.0, now 20.0.*add \{"train": \{"graph_lr_scale": 1.0'):
         check_same_run(tmp_path / "config.json", now)
     now["train"]["graph_lr_scale"] = 1.0  # as the run ran: the same run
@@ -251,3 +251,19 @@ def test_resuming_a_run_from_before_graph_lr_scale_says_which_setting_reproduces
     with pytest.raises(SystemExit, match="batch_size was 8, now 16") as error:
         check_same_run(tmp_path / "config.json", now)
     assert "predates" not in str(error.value)
+
+
+def test_a_checkpoint_from_before_the_intervention_setting_resumes_a_resample_model_only():
+    """Lightning checkpoints written before ModelConfig.intervention hold model configs without it;
+    their runs' equations could keep a code ("resample"), so a resample model resumes them and a
+    "change" model is refused, naming the setting."""
+    from causal_vqvae.training.config import TrainConfig
+    from causal_vqvae.training.module import CausalVQVAEModule, CheckpointMismatchError
+
+    old = tiny_dsprites_model(intervention="resample")
+    saved = old.config.to_dict()
+    del saved["intervention"]
+    checkpoint = {"hyper_parameters": {"stage": "causal", "model": saved, "train": TrainConfig().to_dict()}}
+    CausalVQVAEModule(old, "causal", TrainConfig()).on_load_checkpoint(checkpoint)
+    with pytest.raises(CheckpointMismatchError, match="intervention: 'resample' in the checkpoint, 'change'"):
+        CausalVQVAEModule(tiny_dsprites_model(), "causal", TrainConfig()).on_load_checkpoint(checkpoint)
