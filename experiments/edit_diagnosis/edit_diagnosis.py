@@ -84,14 +84,15 @@ def diagnose(model, dm, pairs: int, batch: int, device: torch.device, top_k: int
         changed = codes != target
         predicted, intervened = _transition_codes(model, codes, a)
         logits_argmax = model.transition_net(codes, a, sample=False).logits.argmax(-1)
-        _, oracle_pred = None, _transition_codes(model, codes, a, targets=changed)[0]
+        oracle_pred = _transition_codes(model, codes, a, targets=changed)[0]
         factor = actions.factor_of(a.cpu())
         stats = {
             "changed_nodes": changed.float().sum(1),
             "coverage": (changed & intervened).float().sum(1) / changed.float().sum(1).clamp_min(1),
             "extra": (intervened & ~changed).float().sum(1),
             "intervened": intervened.float().sum(1),
-            "code_accuracy_changed": ((predicted == target) & changed).float().sum(1) / changed.float().sum(1).clamp_min(1),
+            "code_accuracy_changed": ((predicted == target) & changed).float().sum(1)
+            / changed.float().sum(1).clamp_min(1),
             "code_accuracy_changed_if_intervened": ((predicted == target) & changed & intervened).float().sum(1)
             / (changed & intervened).float().sum(1).clamp_min(1),
             "oracle_targets_code_accuracy_changed": ((oracle_pred == target) & changed).float().sum(1)
@@ -162,8 +163,9 @@ def main(argv: list[str] | None = None) -> dict:
               "checkpoint": args.model, "device": "cpu", "seed": args.seed, "torch": torch.__version__,
               "seconds": round(time.perf_counter() - start, 1), **result}
     keys = ["pairs", "changed_nodes", "intervened", "coverage", "extra", "code_accuracy_changed",
-            "code_accuracy_changed_if_intervened", "copies_current_if_intervened", "oracle_targets_code_accuracy_changed",
-            "predicted_unchanged", "edit_exact", "edit_unchanged", "oracle_targets_edit_exact", "oracle_targets_edit_unchanged",
+            "code_accuracy_changed_if_intervened", "copies_current_if_intervened",
+            "oracle_targets_code_accuracy_changed", "predicted_unchanged", "edit_exact", "edit_unchanged",
+            "oracle_targets_edit_exact", "oracle_targets_edit_unchanged",
             "all_targets_edit_exact", "all_targets_all_parents_edit_exact", "decoder_exact"]
     print(json.dumps(record["graph"]))
     print(f"{'factor':<14}" + "".join(f"{k[:14]:>15}" for k in keys))

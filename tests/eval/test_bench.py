@@ -1,6 +1,6 @@
 """Tests of the held-out benchmark harness (causal_vqvae.eval, run by causal_vqvae.cli.bench):
-scoring on known answers, the oracle baseline on real twin pairs, the run budget, the supervised baseline, edit sequences, the
-pictures, and an end-to-end run on a tiny random model."""
+scoring on known answers, the oracle baseline on real twin pairs, the run budget, the supervised
+baseline, edit sequences, the pictures, and an end-to-end run on a tiny random model."""
 
 from __future__ import annotations
 
