@@ -207,6 +207,7 @@ def parse_actions(model: CausalVQVAE, action: Any) -> list[int]:
         return [action_id for item in action for action_id in parse_actions(model, item)]
     return [_single_id(model, action)]
 
+
 # ------------------------------------------------------------------------------------- editing
 def edit(image: Any, action: Any, model: ModelLike) -> Any:
     """Apply ``action`` (an id, a name such as ``"scale+"``, a ``(factor, direction)`` pair, or a

@@ -39,6 +39,12 @@ def _pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f}%"
 
 
+def _pct_ci(rate: dict[str, Any]) -> str:
+    """A rate of the bench's pixel judge with its Wilson 95% interval."""
+    low, high = rate["wilson95"]
+    return f"{_pct(rate['rate'])} [{100 * low:.1f}, {100 * high:.1f}]"
+
+
 def _last(kept: dict[str, Any]) -> str:
     """The kept monitor's value at a stage's last validation, formatted as the kept score is."""
     value = kept.get("val_last", {}).get(kept["monitor"])
@@ -141,13 +147,27 @@ def model_card(name: str, run: dict[str, Any], stages: dict[str, dict[str, Any]]
             lines.append(f"| supervised CNN baseline ({cnn['training']['steps']} steps x "
                          f"{cnn['training']['batch']} pairs) | {_pct(cnn['action_accuracy'])} |")
         lines.append(f"| edit PSNR against the true target | {fidelity['edit_psnr_db']:.1f} dB |")
+        edits = bench.get("edits")
+        if edits:
+            single = edits["k1"]
+            lines.append(f"| edit exact by the nearest render, 1 edit (two-sided; unchanged) | "
+                         f"{_pct_ci(single['exact'])} ({_pct(single['two_sided']['rate'])}; "
+                         f"{_pct(single['unchanged']['rate'])}) |")
+            for factor, r in single["per_acted_factor"].items():
+                lines.append(f"| &nbsp;&nbsp;{factor} edits: exact (unchanged) | {_pct(r['exact']['rate'])} "
+                             f"({_pct(r['unchanged']['rate'])}) |")
+            for k in sorted(key for key in edits if key.startswith("k") and key != "k1"):
+                chain = edits[k]
+                one, row = chain["one_edit"]["exact"]["rate"], chain["in_a_row"]["exact"]["rate"]
+                lines.append(f"| exact after {k[1:]} edits: one multi-step edit / edits in a row | "
+                             f"{_pct(one)} / {_pct(row)} |")
         exactness = bench.get("exactness")
         if exactness:
             held_out = exactness["classifier"]["held_out"]["all_factors"]
             verdict = ("" if exactness["classifier"]["meets_bar"]
                        else " (below the 99.5% bar: the exactness rows do not count)")
             lines.append(f"| factor classifier, held-out accuracy (the judge){verdict} | {_pct(held_out)} |")
-            for k in ("k1", "k2", "k4"):
+            for k in ("k1", "k2", "k3", "k4"):
                 if k in exactness:
                     e = exactness[k]
                     lines.append(f"| edit exactness, {k[1:]} edit(s) (decode(encode(true target)): "

@@ -47,6 +47,7 @@ import sys
 
 __all__ = ["build_parser", "main"]
 
+
 def build_parser() -> argparse.ArgumentParser:
     from datamodules.datamodule import DATASETS
 

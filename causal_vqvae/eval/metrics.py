@@ -12,6 +12,7 @@ import torch
 
 __all__ = ["accuracy_report", "psnr", "Timer"]
 
+
 def _as_numpy(x: Any) -> np.ndarray:
     if isinstance(x, torch.Tensor):
         x = x.detach().cpu().numpy()

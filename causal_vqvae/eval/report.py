@@ -18,6 +18,7 @@ from .retrieval import METHODS
 
 __all__ = ["script_record", "write_json", "format_table"]
 
+
 def script_record(script: str, argv: Sequence[str] | None, args: argparse.Namespace, device: torch.device,
                   **fields: Any) -> dict[str, Any]:
     """The head of a benchmark script's JSON: its command line (``argv``, or this process's),

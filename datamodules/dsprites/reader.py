@@ -227,10 +227,6 @@ def _check_classes(path: Path, classes: np.ndarray, *, full: bool) -> np.ndarray
     return classes
 
 
-
-
-
-
 def read_dsprites(path: str | Path, cache_root: str | Path | None = None, *,
                   allow_subset: bool = False) -> ArraySource:
     """Read the real dSprites file (``.npz`` or ``.hdf5``) through a memory-mapped cache.

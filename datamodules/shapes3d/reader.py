@@ -44,10 +44,6 @@ def _corrupt(path: Path, what: object) -> ValueError:
     )
 
 
-
-
-
-
 def _check_datasets(path: Path, handle) -> int:
     """Check keys, shapes and dtypes of an open h5 file; return its number of rows."""
     expected = (f"expected 'images' (N, 64, 64, 3) uint8 and 'labels' (N, 6) float as in DeepMind's "
