@@ -28,6 +28,7 @@ from causal_vqvae.training.config import TrainConfig  # noqa: E402
 
 from speed_steps import build_step  # noqa: E402
 
+
 # ------------------------------------------------------------------------------------------ timing
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
