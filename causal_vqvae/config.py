@@ -109,9 +109,11 @@ class ModelConfig:
             nodes change and the equations say into what. "resample": any code, its current one
             included (the models saved before this field existed, which load with it). With
             "resample" the equations, trained mostly on nodes that keep their code, learned to keep
-            it: on the 3D Shapes release 20-40% of the nodes that an action intervened on and whose
+            it: on the 3D Shapes release 19-38% of the nodes that an action intervened on and whose
             code had to change were predicted to keep it, and its scale and orientation edits came
-            out unchanged 12% and 25% of the time (``experiments/edit_diagnosis/``).
+            out unchanged 7.1% and 23.4% of the time (``experiments/edit_diagnosis/``). Under
+            "change" the equation term sums over the changed nodes and divides by all nodes, so a
+            changed node weighs in it as it did before and a kept node not at all.
 
     Retrieval
         retrieval_head: the learned head, "conv" (a CNN on the pair's code vectors; grid layout only)

@@ -86,6 +86,9 @@ def model_card(name: str, run: dict[str, Any], stages: dict[str, dict[str, Any]]
         f"{run['data']['frequency']}; states split 70/15/15 with split seed {run['data']['split_seed']}).",
         f"- Command: `{command}`" + (f" (its last invocation added `--resume {resumed}`)" if resumed else ""),
         f"- Device: {final['device']}, torch {final['torch_version']}; seed {final['seed']}.",
+        # Runs written before ModelConfig.intervention had the rule it names "resample".
+        f"- Intervention: `{run['model'].get('intervention', 'resample')}` (what an intervened node's equation "
+        "may output; `docs/edit_exactness.md`).",
     ]
     for stage, meta in stages.items():
         line = (f"- Stage `{stage}`: {meta['steps']} steps at batch {run['data']['batch_size']}, "
@@ -156,7 +159,8 @@ def model_card(name: str, run: dict[str, Any], stages: dict[str, dict[str, Any]]
             for factor, r in single["per_acted_factor"].items():
                 lines.append(f"| &nbsp;&nbsp;{factor} edits: exact (unchanged) | {_pct(r['exact']['rate'])} "
                              f"({_pct(r['unchanged']['rate'])}) |")
-            for k in sorted(key for key in edits if key.startswith("k") and key != "k1"):
+            chains = sorted((key for key in edits if key.startswith("k") and key != "k1"), key=lambda key: int(key[1:]))
+            for k in chains:
                 chain = edits[k]
                 one, row = chain["one_edit"]["exact"]["rate"], chain["in_a_row"]["exact"]["rate"]
                 lines.append(f"| exact after {k[1:]} edits: one multi-step edit / edits in a row | "

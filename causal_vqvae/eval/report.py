@@ -133,7 +133,7 @@ def _edits_table(edits: dict) -> str:
         lines.append(f"{label:<24} {n:>6} {_rate_cell(r.get('exact')):>20} {_rate_cell(r.get('unchanged')):>20} "
                      f"{_rate_cell(r.get('two_sided')):>20}")
     lines.append(f"{'chained, exact %':<24} {'n':>6} {'one multi-step edit':>20} {'edits in a row':>20}")
-    for key in sorted(k for k in edits if k.startswith("k") and k != "k1"):
+    for key in (f"k{k}" for k in SEQUENCE_STEPS if f"k{k}" in edits):
         chain = edits[key]
         lines.append(f"{'  k = ' + key[1:]:<24} {chain['one_edit']['exact']['n']:>6} "
                      f"{_rate_cell(chain['one_edit']['exact']):>20} {_rate_cell(chain['in_a_row']['exact']):>20}")

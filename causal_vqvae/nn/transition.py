@@ -64,7 +64,8 @@ class TransitionOutput:
 class TransitionLoss:
     loss: torch.Tensor  # () nll + equation_weight * equation_nll + sparsity
     nll: torch.Tensor  # () mean mixture NLL of the target codes
-    equation_nll: torch.Tensor  # () cross-entropy of the logits vs the target codes on every node
+    equation_nll: torch.Tensor  # () cross-entropy of the logits vs the target codes: on every node, or
+    # with changed_only on the nodes whose code changes (summed, divided by all nodes)
     sparsity: torch.Tensor  # () the sparsity term added (penalty or Lagrangian; 0 in "none")
     expected_targets: torch.Tensor  # (A,) expected intervened nodes per action
     target_statistics: torch.Tensor  # (2, A) summed over examples: expected intervened nodes, examples

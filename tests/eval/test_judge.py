@@ -81,3 +81,14 @@ def test_wilson_interval_known_values():
     assert wilson_interval(0, 0) is None
     r = rate(torch.tensor([True, False, True, True]))
     assert r["rate"] == 0.75 and r["n"] == 4 and r["wilson95"][0] < 0.75 < r["wilson95"][1]
+
+
+def test_a_chain_that_ends_where_it_started_is_exact_or_not_never_unchanged():
+    space, render = SPACES["shapes3d"]
+    start = torch.tensor([[0, 1, 2, 3, 1, 7]])  # e.g. scale+ then scale-: the target is the start
+    back = judge_edits(render(start), start, start, space, render, single_step=False)
+    assert back["exact"].all() and not back["unchanged"].any()
+    off = start.clone()
+    off[0, 3] = 4
+    missed = judge_edits(render(off), start, start, space, render, single_step=False)
+    assert not missed["exact"].any() and not missed["unchanged"].any()
