@@ -86,18 +86,20 @@ def judge_edits(
     (candidates around the target)."""
     source, target = space.canonical(source), space.canonical(target).to(source.device)
     around_target, _ = one_factor_away(target, space)
+    target_block = torch.cat([target[:, None], around_target], 1)  # (B, 1 + M, F)
+    target_errors = nearest_renders(images, target_block, render)
     if single_step:
         around_source, _ = one_factor_away(source, space)
         candidates = torch.cat([source[:, None], around_source], 1)
-    else:
-        candidates = torch.cat([source[:, None], target[:, None], around_target], 1)
-    errors = nearest_renders(images, candidates, render)
+        errors = nearest_renders(images, candidates, render)
+    else:  # the target and its neighbours are the chain's candidates: rendered once
+        candidates = torch.cat([source[:, None], target_block], 1)
+        errors = torch.cat([nearest_renders(images, source[:, None], render), target_errors], 1)
     nearest = candidates[torch.arange(len(candidates)), errors.argmin(1).cpu()]
     exact = factor_matches(nearest, target, space).all(-1)
     # Two-sided: nearer the target than anything one factor away from it that is not the target
     # itself (a symmetric copy of the target renders the same and does not count against it).
-    to_target = nearest_renders(images, target[:, None], render)[:, 0]
-    around = nearest_renders(images, around_target, render)
+    to_target, around = target_errors[:, 0], target_errors[:, 1:]
     same = factor_matches(around_target.flatten(0, 1), target.repeat_interleave(around_target.shape[1], 0),
                           space).all(-1).view(around.shape)
     closest_other = around.masked_fill(same.to(around.device), math.inf).min(1).values
