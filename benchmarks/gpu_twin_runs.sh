@@ -8,9 +8,10 @@
 #   RESUME=1 bash benchmarks/gpu_twin_runs.sh              # a later call: --resume last where a run is cut,
 #                                                          # and bench only the runs not benched yet
 #
-# Environment: RUN_ONLY (names), RESUME, DEADLINE (s), PAIRS (bench pairs), EXTRA_ARGS (more train.py
-# flags), BENCH_FLAGS (more bench flags), CLASSIFIERS=0 (no classifier pre-training; CLASSIFIERS=dsprites
-# trains one), CAUSAL_VQVAE_CACHE (where the classifiers are cached), PYTHON (python3).
+# Environment: RUN_ONLY (names), RESUME, DEADLINE (s), TAG (the device in the bench files' names,
+# default h100), PAIRS (bench pairs), EXTRA_ARGS (more train.py flags), BENCH_FLAGS (more bench flags),
+# CLASSIFIERS=0 (no classifier pre-training; CLASSIFIERS=dsprites trains one), CAUSAL_VQVAE_CACHE
+# (where the classifiers are cached), PYTHON (python3).
 # Each run writes runs/gpu/<name>/ (train.py's run directory) and runs/gpu/<name>/bench/; $OUT gets
 # <name>.tar.gz (configs, summary, the last stage's weights, curves, last pictures, bench JSON + PNGs,
 # logs).
@@ -19,6 +20,7 @@ set -uo pipefail
 OUT=${OUT:-gpu_out}
 RUNS=${RUNS:-runs/gpu}
 DEADLINE=${DEADLINE:-540}
+TAG=${TAG:-h100}
 PAIRS=${PAIRS:-5000}
 PYTHON=${PYTHON:-python3}
 export PYTHONPATH=.${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
@@ -42,13 +44,24 @@ declare -A RUN_ARGS=(
     # the same recipes in the tokens layout (8 tokens of 16 codes; the layout's default budgets and head)
     [shapes3d_small_tokens_pool]="--data shapes3d --preset small --max-steps 4000 6000 --code-pool 40000 --config benchmarks/configs/tokens.json"
     [dsprites_small_tokens_pool]="--data dsprites --preset small --max-steps 4000 4000 --code-pool 40000 --config benchmarks/configs/tokens.json"
+    # intervention "change" (docs/edit_exactness.md): the releases' transitions fine-tuned under it with
+    # their budgets held, and new transitions trained under it on the releases' autoencoders
+    [shapes3d_change_ft]="--data shapes3d --preset small --stage causal --init checkpoints/shapes3d_twin --config benchmarks/configs/shapes3d_change_36_4.json --code-pool 40000 --max-steps 2000"
+    [shapes3d_change_ft_a8]="--data shapes3d --preset small --stage causal --init checkpoints/shapes3d_twin --config benchmarks/configs/shapes3d_change_36_8.json --code-pool 40000 --max-steps 2000"
+    [shapes3d_change_new]="--data shapes3d --preset small --stage causal --init checkpoints/shapes3d_twin --new-transition --config benchmarks/configs/shapes3d_change_new_36_4.json --code-pool 40000 --max-steps 4000"
+    [dsprites_change_ft]="--data dsprites --preset small --stage causal --init checkpoints/dsprites_twin --config benchmarks/configs/dsprites_change_56_8.json --code-pool 40000 --max-steps 2000"
+    [dsprites_change_ft_a16]="--data dsprites --preset small --stage causal --init checkpoints/dsprites_twin --config benchmarks/configs/dsprites_change_56_16.json --code-pool 40000 --max-steps 2000"
+    [dsprites_change_new_a16]="--data dsprites --preset small --stage causal --init checkpoints/dsprites_twin --new-transition --config benchmarks/configs/dsprites_change_new_56_16.json --code-pool 40000 --max-steps 3000"
 )
 declare -A RUN_DATA=([shapes3d_small]=shapes3d [dsprites_small]=dsprites
                      [dsprites_small_rare_scale50]=dsprites [shapes3d_default]=shapes3d
                      [shapes3d_small_causal6000]=shapes3d [dsprites_small_budget48]=dsprites
                      [shapes3d_small_pool]=shapes3d [dsprites_small_pool]=dsprites
                      [shapes3d_small_pool_cudagraphs]=shapes3d
-                     [shapes3d_small_tokens_pool]=shapes3d [dsprites_small_tokens_pool]=dsprites)
+                     [shapes3d_small_tokens_pool]=shapes3d [dsprites_small_tokens_pool]=dsprites
+                     [shapes3d_change_ft]=shapes3d [shapes3d_change_ft_a8]=shapes3d [shapes3d_change_new]=shapes3d
+                     [dsprites_change_ft]=dsprites [dsprites_change_ft_a16]=dsprites
+                     [dsprites_change_new_a16]=dsprites)
 names=${RUN_ONLY:-"shapes3d_small dsprites_small dsprites_small_rare_scale50 shapes3d_default"}
 
 run() {
@@ -59,7 +72,7 @@ run() {
     "$PYTHON" train.py ${RUN_ARGS[$name]} --seed 0 --out "$dir" --no-progress ${EXTRA_ARGS:-} "${resume[@]}" \
         >> "$RUNS/$name.train.log" 2>&1 || { echo "$name: train.py failed" >> "$RUNS/status.txt"; return; }
     echo "$name: trained at $(( $(date +%s) - t0 )) s" >> "$RUNS/status.txt"
-    local bench_json=$dir/bench/bench_${name}_h100.json
+    local bench_json=$dir/bench/bench_${name}_${TAG}.json
     [ -n "${RESUME:-}" ] && [ -f "$bench_json" ] && { echo "$name: bench already done" >> "$RUNS/status.txt"; return; }
     "$PYTHON" -m causal_vqvae.cli.bench --model "$dir/causal" --data "$data" --pairs "$PAIRS" \
         --out "$bench_json" ${BENCH_FLAGS:-} > "$RUNS/$name.bench.log" 2>&1 \
