@@ -52,6 +52,12 @@ declare -A RUN_ARGS=(
     [dsprites_change_ft]="--data dsprites --preset small --stage causal --init checkpoints/dsprites_twin --config benchmarks/configs/dsprites_change_56_8.json --code-pool 40000 --max-steps 2000"
     [dsprites_change_ft_a16]="--data dsprites --preset small --stage causal --init checkpoints/dsprites_twin --config benchmarks/configs/dsprites_change_56_16.json --code-pool 40000 --max-steps 2000"
     [dsprites_change_new_a16]="--data dsprites --preset small --stage causal --init checkpoints/dsprites_twin --new-transition --config benchmarks/configs/dsprites_change_new_56_16.json --code-pool 40000 --max-steps 3000"
+    # whole runs with a local encoder (ModelConfig.local_encoder: a code sees a 22-pixel window), under
+    # intervention "change" and "resample"
+    [dsprites_local]="--data dsprites --preset small --max-steps 3000 3000 --code-pool 40000 --config benchmarks/configs/dsprites_local.json"
+    [dsprites_local_resample]="--data dsprites --preset small --max-steps 3000 3000 --code-pool 40000 --config benchmarks/configs/dsprites_local_resample.json"
+    [shapes3d_local]="--data shapes3d --preset small --max-steps 3000 3000 --code-pool 40000 --config benchmarks/configs/shapes3d_local.json"
+    [shapes3d_local_resample]="--data shapes3d --preset small --max-steps 3000 3000 --code-pool 40000 --config benchmarks/configs/shapes3d_local_resample.json"
 )
 declare -A RUN_DATA=([shapes3d_small]=shapes3d [dsprites_small]=dsprites
                      [dsprites_small_rare_scale50]=dsprites [shapes3d_default]=shapes3d
@@ -61,7 +67,8 @@ declare -A RUN_DATA=([shapes3d_small]=shapes3d [dsprites_small]=dsprites
                      [shapes3d_small_tokens_pool]=shapes3d [dsprites_small_tokens_pool]=dsprites
                      [shapes3d_change_ft]=shapes3d [shapes3d_change_ft_a8]=shapes3d [shapes3d_change_new]=shapes3d
                      [dsprites_change_ft]=dsprites [dsprites_change_ft_a16]=dsprites
-                     [dsprites_change_new_a16]=dsprites)
+                     [dsprites_change_new_a16]=dsprites [dsprites_local]=dsprites [dsprites_local_resample]=dsprites
+                     [shapes3d_local]=shapes3d [shapes3d_local_resample]=shapes3d)
 names=${RUN_ONLY:-"shapes3d_small dsprites_small dsprites_small_rare_scale50 shapes3d_default"}
 
 run() {

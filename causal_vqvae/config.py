@@ -43,6 +43,12 @@ class ModelConfig:
         hidden_dims: widths of the stride-2 4x4 convs; the grid side is image_size / 2**len.
         num_res_blocks: residual blocks at the grid resolution, in the encoder and in the decoder.
         norm_groups: GroupNorm groups (reduced to a divisor of the channel count where needed).
+        local_encoder: the encoder normalises each position over its channels and uses 1x1 convs
+            after downsampling, so a node's code depends only on a 22-pixel window around its cell
+            (3 downsamplings): a change in one region leaves distant codes exactly as they were.
+            False (models saved before the field): GroupNorm and 3x3 convs, where a cell sees about
+            the whole image and one small dSprites sprite changes about 40 of the 64 codes
+            (``experiments/dsprites_code_locality/``, ``docs/edit_exactness.md``).
         reconstruction_loss: "mse" on sigmoid outputs, or "bce" on the decoder logits (good for
             binary dSprites).
 
@@ -153,6 +159,7 @@ class ModelConfig:
     hidden_dims: tuple[int, ...] = (64, 128, 256)
     num_res_blocks: int = 6
     norm_groups: int = 32
+    local_encoder: bool = False
     reconstruction_loss: str = "mse"
     # latent layout
     latent_layout: str = "grid"
@@ -227,6 +234,7 @@ class ModelConfig:
         )
         need(self.num_res_blocks >= 0, f"num_res_blocks must be >= 0, got {self.num_res_blocks}")
         need(self.norm_groups >= 1, f"norm_groups must be >= 1, got {self.norm_groups}")
+        need(isinstance(self.local_encoder, bool), f"local_encoder must be true or false, got {self.local_encoder!r}")
         need(
             self.reconstruction_loss in RECONSTRUCTION_LOSSES,
             f"reconstruction_loss must be one of {RECONSTRUCTION_LOSSES}, got {self.reconstruction_loss!r}",

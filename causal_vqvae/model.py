@@ -79,7 +79,8 @@ class CausalVQVAE(PretrainedMixin, nn.Module):
             self._build(config)
 
     def _build(self, c: ModelConfig) -> None:
-        self.encoder = Encoder(c.in_channels, c.hidden_dims, c.num_res_blocks, c.code_dim, c.norm_groups)
+        self.encoder = Encoder(c.in_channels, c.hidden_dims, c.num_res_blocks, c.code_dim, c.norm_groups,
+                               c.local_encoder)
         self.decoder = Decoder(c.in_channels, c.hidden_dims, c.num_res_blocks, c.code_dim, c.norm_groups)
         cells = c.grid_size**2
         if c.latent_layout == "tokens":

@@ -83,32 +83,32 @@ def judge_edits(
     states (both (B, F)): ``exact``, ``exact_strict``, ``unchanged``, ``two_sided``, and
     ``nearest`` (B, F), the nearest candidate. ``single_step``: ``target`` is one action from
     ``source`` (candidates around the source, see the module docstring); else a chain's end
-    (candidates around the target)."""
-    source, target = space.canonical(source), space.canonical(target).to(source.device)
+    (candidates around the target). The verdicts are on the CPU, wherever the images are."""
+    source, target = space.canonical(source.cpu()), space.canonical(target.cpu())
     around_target, _ = one_factor_away(target, space)
     target_block = torch.cat([target[:, None], around_target], 1)  # (B, 1 + M, F)
-    target_errors = nearest_renders(images, target_block, render)
+    target_errors = nearest_renders(images, target_block, render).cpu()
     if single_step:
         around_source, _ = one_factor_away(source, space)
         candidates = torch.cat([source[:, None], around_source], 1)
-        errors = nearest_renders(images, candidates, render)
+        errors = nearest_renders(images, candidates, render).cpu()
     else:  # the target and its neighbours are the chain's candidates: rendered once
         candidates = torch.cat([source[:, None], target_block], 1)
-        errors = torch.cat([nearest_renders(images, source[:, None], render), target_errors], 1)
-    nearest = candidates[torch.arange(len(candidates)), errors.argmin(1).cpu()]
+        errors = torch.cat([nearest_renders(images, source[:, None], render).cpu(), target_errors], 1)
+    nearest = candidates[torch.arange(len(candidates)), errors.argmin(1)]
     exact = factor_matches(nearest, target, space).all(-1)
     # Two-sided: nearer the target than anything one factor away from it that is not the target
     # itself (a symmetric copy of the target renders the same and does not count against it).
     to_target, around = target_errors[:, 0], target_errors[:, 1:]
     same = factor_matches(around_target.flatten(0, 1), target.repeat_interleave(around_target.shape[1], 0),
                           space).all(-1).view(around.shape)
-    closest_other = around.masked_fill(same.to(around.device), math.inf).min(1).values
+    closest_other = around.masked_fill(same, math.inf).min(1).values
     return {
         "exact": exact,
         "exact_strict": (nearest == target).all(-1),
         "unchanged": factor_matches(nearest, source, space).all(-1)
         & ~factor_matches(target, source, space).all(-1),
-        "two_sided": exact & (to_target.cpu() < closest_other.cpu()),
+        "two_sided": exact & (to_target < closest_other),
         "nearest": nearest,
     }
 

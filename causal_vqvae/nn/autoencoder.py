@@ -17,6 +17,7 @@ from .layers import TransformerBlock
 
 __all__ = [
     "group_norm",
+    "PositionNorm",
     "ResidualBlock",
     "Encoder",
     "Decoder",
@@ -30,16 +31,36 @@ def group_norm(channels: int, groups: int) -> nn.GroupNorm:
     return nn.GroupNorm(math.gcd(channels, groups), channels)
 
 
-class ResidualBlock(nn.Module):
-    """x + conv1x1(act(norm(conv3x3(act(norm(x))))))."""
+class PositionNorm(nn.Module):
+    """Normalises each position of a (B, C, H, W) map over its C channels alone (a layer norm per
+    pixel, with a learned scale and shift per channel): unlike GroupNorm, no statistic is taken
+    over the image, so one region of the input cannot shift the features of another."""
 
-    def __init__(self, channels: int, groups: int) -> None:
+    def __init__(self, channels: int, eps: float = 1e-5) -> None:
         super().__init__()
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mean = x.mean(1, keepdim=True)
+        var = (x - mean).pow(2).mean(1, keepdim=True)
+        x = (x - mean) * torch.rsqrt(var + self.eps)
+        return x * self.weight[:, None, None] + self.bias[:, None, None]
+
+
+class ResidualBlock(nn.Module):
+    """x + conv1x1(act(norm(conv3x3(act(norm(x)))))); ``local``: per-position norms and a 1x1
+    conv in place of the 3x3, so the block widens no receptive field."""
+
+    def __init__(self, channels: int, groups: int, local: bool = False) -> None:
+        super().__init__()
+        norm = (lambda: PositionNorm(channels)) if local else (lambda: group_norm(channels, groups))
         self.block = nn.Sequential(
-            group_norm(channels, groups),
+            norm(),
             nn.SiLU(),
-            nn.Conv2d(channels, channels, 3, padding=1),
-            group_norm(channels, groups),
+            nn.Conv2d(channels, channels, 1 if local else 3, padding=0 if local else 1),
+            norm(),
             nn.SiLU(),
             nn.Conv2d(channels, channels, 1),
         )
@@ -50,20 +71,28 @@ class ResidualBlock(nn.Module):
 
 class Encoder(nn.Module):
     """(B, C, H, W) -> (B, code_dim, H / 2**L, W / 2**L): L stride-2 4x4 convs, a 3x3 conv, residual
-    blocks, and a 1x1 conv to ``code_dim``."""
+    blocks, and a 1x1 conv to ``code_dim``.
+
+    ``local``: every norm is per position (:class:`PositionNorm`) and every conv after the
+    downsampling is 1x1, so a cell's features depend only on the input window of its L strided
+    convs (22 pixels, the 8-pixel cell and 7 around it, for L = 3), however many residual blocks:
+    a change in one region of the image leaves the codes of distant cells exactly as they were. With
+    GroupNorm and 3x3 convs a cell sees about the whole image, so one small sprite moves most codes."""
 
     def __init__(
-        self, in_channels: int, hidden_dims: tuple[int, ...], num_res_blocks: int, code_dim: int, groups: int
+        self, in_channels: int, hidden_dims: tuple[int, ...], num_res_blocks: int, code_dim: int, groups: int,
+        local: bool = False,
     ) -> None:
         super().__init__()
+        norm = PositionNorm if local else (lambda width: group_norm(width, groups))
         layers: list[nn.Module] = []
         channels = in_channels
         for width in hidden_dims:
-            layers += [nn.Conv2d(channels, width, 4, stride=2, padding=1), group_norm(width, groups), nn.SiLU()]
+            layers += [nn.Conv2d(channels, width, 4, stride=2, padding=1), norm(width), nn.SiLU()]
             channels = width
-        layers.append(nn.Conv2d(channels, channels, 3, padding=1))
-        layers += [ResidualBlock(channels, groups) for _ in range(num_res_blocks)]
-        layers += [group_norm(channels, groups), nn.SiLU(), nn.Conv2d(channels, code_dim, 1)]
+        layers.append(nn.Conv2d(channels, channels, 1) if local else nn.Conv2d(channels, channels, 3, padding=1))
+        layers += [ResidualBlock(channels, groups, local) for _ in range(num_res_blocks)]
+        layers += [norm(channels), nn.SiLU(), nn.Conv2d(channels, code_dim, 1)]
         self.net = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -92,3 +92,17 @@ def test_a_chain_that_ends_where_it_started_is_exact_or_not_never_unchanged():
     off[0, 3] = 4
     missed = judge_edits(render(off), start, start, space, render, single_step=False)
     assert not missed["exact"].any() and not missed["unchanged"].any()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("single_step", [True, False])
+def test_the_judge_of_images_on_a_gpu_matches_the_cpu_and_answers_on_the_cpu(single_step):
+    space, render = SPACES["shapes3d"]
+    source, _, target = pairs(space, 16)
+    images = render(target)
+    images[:4] = render(source[:4])  # four unchanged edits beside twelve exact ones
+    on_cpu = judge_edits(images, source, target, space, render, single_step=single_step)
+    on_gpu = judge_edits(images.cuda(), source.cuda(), target, space, render, single_step=single_step)
+    for key, value in on_cpu.items():
+        assert on_gpu[key].device.type == "cpu" and torch.equal(on_gpu[key], value), key
+    assert on_cpu["exact"][4:].all() and not on_cpu["exact"][:4].any()
