@@ -58,6 +58,12 @@ declare -A RUN_ARGS=(
     [dsprites_local_resample]="--data dsprites --preset small --max-steps 3000 3000 --code-pool 40000 --config benchmarks/configs/dsprites_local_resample.json"
     [shapes3d_local]="--data shapes3d --preset small --max-steps 3000 3000 --code-pool 40000 --config benchmarks/configs/shapes3d_local.json"
     [shapes3d_local_resample]="--data shapes3d --preset small --max-steps 3000 3000 --code-pool 40000 --config benchmarks/configs/shapes3d_local_resample.json"
+    # the releases' transitions fine-tuned with the decoded edit's pixel error in the loss
+    # (ModelConfig.edit_loss_weight) and read with keep_threshold 0.5
+    [shapes3d_edit100]="--data shapes3d --preset small --stage causal --init checkpoints/shapes3d_twin --config benchmarks/configs/edit_loss_100.json --code-pool 40000 --max-steps 2000"
+    [shapes3d_edit1000]="--data shapes3d --preset small --stage causal --init checkpoints/shapes3d_twin --config benchmarks/configs/edit_loss_1000.json --code-pool 40000 --max-steps 2000"
+    [dsprites_edit100]="--data dsprites --preset small --stage causal --init checkpoints/dsprites_twin --config benchmarks/configs/edit_loss_100.json --code-pool 40000 --max-steps 2000"
+    [dsprites_edit1000]="--data dsprites --preset small --stage causal --init checkpoints/dsprites_twin --config benchmarks/configs/edit_loss_1000.json --code-pool 40000 --max-steps 2000"
 )
 declare -A RUN_DATA=([shapes3d_small]=shapes3d [dsprites_small]=dsprites
                      [dsprites_small_rare_scale50]=dsprites [shapes3d_default]=shapes3d
@@ -68,7 +74,9 @@ declare -A RUN_DATA=([shapes3d_small]=shapes3d [dsprites_small]=dsprites
                      [shapes3d_change_ft]=shapes3d [shapes3d_change_ft_a8]=shapes3d [shapes3d_change_new]=shapes3d
                      [dsprites_change_ft]=dsprites [dsprites_change_ft_a16]=dsprites
                      [dsprites_change_new_a16]=dsprites [dsprites_local]=dsprites [dsprites_local_resample]=dsprites
-                     [shapes3d_local]=shapes3d [shapes3d_local_resample]=shapes3d)
+                     [shapes3d_local]=shapes3d [shapes3d_local_resample]=shapes3d
+                     [shapes3d_edit100]=shapes3d [shapes3d_edit1000]=shapes3d
+                     [dsprites_edit100]=dsprites [dsprites_edit1000]=dsprites)
 names=${RUN_ONLY:-"shapes3d_small dsprites_small dsprites_small_rare_scale50 shapes3d_default"}
 
 run() {

@@ -110,16 +110,27 @@ class ModelConfig:
             target codes, whatever the mask, so the equations keep learning on nodes whose
             intervention mask is currently closed: on every node with ``intervention="resample"``,
             on the nodes whose code changes with ``"change"`` (normalised by all nodes).
-        intervention: what an intervened node's structural equation may output. "change" (the
-            default): a new code, never the node's current one, so the intervention mask says which
-            nodes change and the equations say into what. "resample": any code, its current one
-            included (the models saved before this field existed, which load with it). With
-            "resample" the equations, trained mostly on nodes that keep their code, learned to keep
-            it: on the 3D Shapes release 19-38% of the nodes that an action intervened on and whose
-            code had to change were predicted to keep it, and its scale and orientation edits came
-            out unchanged 7.1% and 23.4% of the time (``experiments/edit_diagnosis/``). Under
-            "change" the equation term sums over the changed nodes and divides by all nodes, so a
-            changed node weighs in it as it did before and a kept node not at all.
+        intervention: what an intervened node's structural equation may output. "resample" (the
+            default): any code, its current one included. "change": a new code, never the node's
+            current one; the equation term then sums over the changed nodes and divides by all
+            nodes. Trained under "change", the mask learns to intervene only where a change is
+            near certain and closes on the nodes a small change may or may not reach: fine-tuning
+            the 3D Shapes release under it for 2,000 steps took its edits from 89% to 75% exact,
+            orientation edits 70% unchanged (``docs/edit_exactness.md``). Kept for comparison.
+        edit_loss_weight: weight of the pixel MSE between the decoded edit and the decoded target
+            codes (``CausalVQVAE.edit_error``), added to the transition loss: it trains the
+            equations and the mask by where the edit's codes send the frozen decoder, not by the
+            codes' indices. 0: not computed (the models saved before the field).
+        keep_threshold: how an intervened node's code is read off its equation at evaluation: it
+            keeps its current code only when the equation gives that code at least this
+            probability, and otherwise takes the most likely *other* code; None = the most likely
+            code, the current one included (models saved before this field). The equations of a
+            "resample" model put the current code first on 19-38% of the 3D Shapes nodes whose code
+            must change, although its probability is below 1/2 on most of them: a change spread
+            over several new codes, each less likely than staying, read one code at a time, leaves
+            the node as it was (``experiments/edit_diagnosis/``). 0.5 keeps a node exactly when
+            keeping is more likely than changing. Nothing is trained differently; retrieval does
+            not use it.
 
     Retrieval
         retrieval_head: the learned head, "conv" (a CNN on the pair's code vectors; grid layout only)
@@ -200,7 +211,9 @@ class ModelConfig:
     transition_heads: int = 8
     mixture_eps: float = 1e-3
     equation_loss_weight: float = 1.0
-    intervention: str = "change"
+    intervention: str = "resample"
+    keep_threshold: float | None = 0.5
+    edit_loss_weight: float = 0.0
     # retrieval
     retrieval_head: str | None = None
     retrieval_dim: int = 128
@@ -283,6 +296,10 @@ class ModelConfig:
         need(0.0 < self.mixture_eps < 1.0, f"mixture_eps must be in (0, 1), got {self.mixture_eps}")
         need(self.intervention in INTERVENTIONS,
              f"intervention must be one of {INTERVENTIONS}, got {self.intervention!r}")
+        need(self.keep_threshold is None or (isinstance(self.keep_threshold, (int, float))
+                                             and 0.0 < self.keep_threshold <= 1.0),
+             f"keep_threshold must be in (0, 1] or None, got {self.keep_threshold!r}")
+        need(self.edit_loss_weight >= 0.0, f"edit_loss_weight must be >= 0, got {self.edit_loss_weight}")
         need(self.retrieval_temperature > 0.0, "retrieval_temperature must be > 0")
         need(self.retrieval_score in RETRIEVAL_SCORES,
              f"retrieval_score must be one of {RETRIEVAL_SCORES}, got {self.retrieval_score!r}")

@@ -126,6 +126,7 @@ class CausalVQVAE(PretrainedMixin, nn.Module):
             mlp_ratio=c.mlp_ratio,
             seed=c.seed + 1,
             intervention=c.intervention,
+            keep_threshold=c.keep_threshold,
         )
         if c.resolved_retrieval_head == "conv":
             self.retrieval_head = ConvRetrievalHead(
@@ -165,11 +166,17 @@ class CausalVQVAE(PretrainedMixin, nn.Module):
         """Images -> codes (B, N) long."""
         return self.quantizer.nearest_codes(self.encode(x))
 
-    def decode_logits(self, quantized: torch.Tensor) -> torch.Tensor:
-        """Quantized vectors (B, N, D) -> decoder logits (B, C, H, W)."""
-        cells = quantized if self.token_decoder is None else self.token_decoder(quantized)
+    def decode_logits(self, quantized: torch.Tensor, frozen: bool = False) -> torch.Tensor:
+        """Quantized vectors (B, N, D) -> decoder logits (B, C, H, W). ``frozen``: the decoder's
+        weights enter detached, so a loss on the output trains only what made ``quantized``."""
+        def run(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+            if not frozen:
+                return module(x)
+            return torch.func.functional_call(module, {n: p.detach() for n, p in module.named_parameters()}, (x,))
+
+        cells = quantized if self.token_decoder is None else run(self.token_decoder, quantized)
         grid = rearrange(cells, "b (h w) d -> b d h w", h=self.config.grid_size)
-        return self.decoder(grid)
+        return run(self.decoder, grid)
 
     def decode(self, quantized_or_codes: torch.Tensor) -> torch.Tensor:
         """Quantized vectors (B, N, D) or codes (B, N) long -> images (B, C, H, W) in [0, 1], float32."""
@@ -256,7 +263,7 @@ class CausalVQVAE(PretrainedMixin, nn.Module):
         self._check_action_id(action)
         actions = self._actions(action, x_codes.shape[0], x_codes.device)
         output = self.transition_net(x_codes, actions, noise=noise)
-        return transition_loss(
+        loss = transition_loss(
             output, x_codes, target_codes, actions, self.graph,
             eps=c.mixture_eps,
             sparsity_mode=c.sparsity_mode,
@@ -269,6 +276,31 @@ class CausalVQVAE(PretrainedMixin, nn.Module):
             budgets=budgets,
             changed_only=c.intervention == "change",
         )
+        if c.edit_loss_weight > 0.0:
+            edit_mse = self.edit_error(output, x_codes, target_codes)
+            loss = replace(loss, loss=loss.loss + c.edit_loss_weight * edit_mse, edit_mse=edit_mse)
+        return loss
+
+    def edit_error(self, output: TransitionOutput, codes: torch.Tensor, target_codes: torch.Tensor) -> torch.Tensor:
+        """() pixel MSE between the decoded edit and the decoded target codes, the edit's codes read
+        as at evaluation (:meth:`CausalTransition.read_codes` where ``output.intervened``), with a
+        straight-through gradient to the equations' probabilities and to the intervention mask (the
+        decoder and the codebook are not trained by it). It scores an edit by where its codes send
+        the decoder, not by the codes' indices: many codes decode alike."""
+        tr = self.transition_net
+        codebooks = self.quantizer.embedding.detach().float()  # (G, K, D)
+        probs = torch.softmax(output.logits.float(), dim=-1)
+        chosen = F.one_hot(tr.read_codes(output.logits, codes), probs.shape[-1]).float()
+        weights = chosen + probs - probs.detach()  # forward: the chosen code; backward: the softmax
+        if codebooks.shape[0] == 1:
+            predicted = weights @ codebooks[0]
+        else:
+            predicted = torch.einsum("bnk,nkd->bnd", weights, codebooks[tr.node_group])
+        m = output.intervened.float().unsqueeze(-1)
+        edited = m * predicted + (1.0 - m) * self.quantizer.lookup(codes).detach()
+        with torch.no_grad():
+            target = torch.sigmoid(self.decode_logits(self.quantizer.lookup(target_codes)).float())
+        return (torch.sigmoid(self.decode_logits(edited, frozen=True).float()) - target).pow(2).mean()
 
     # Eager inside a compiled caller, and first: dynamo cannot trace a torch.Generator, and inductor
     # once returned the budgets of the progress a graph was traced at for every later progress.
@@ -379,7 +411,8 @@ class CausalVQVAE(PretrainedMixin, nn.Module):
         "target_head_dim", "target_context_layers", "target_state_bound", "sparsity_mode",
         "target_penalty_weight", "adjacency_penalty_weight", "target_budget", "target_budget_start",
         "adjacency_budget", "adjacency_budget_start", "dual_lr", "transition_dim", "transition_layers",
-        "transition_heads", "mixture_eps", "equation_loss_weight", "intervention",
+        "transition_heads", "mixture_eps", "equation_loss_weight", "intervention", "keep_threshold",
+        "edit_loss_weight",
     )
 
     # Settings that no weight depends on: how the causal stage is trained (budgets and their
@@ -388,7 +421,8 @@ class CausalVQVAE(PretrainedMixin, nn.Module):
     SETTINGS_FIELDS = (
         "gumbel_temperature", "sparsity_mode", "target_penalty_weight", "adjacency_penalty_weight",
         "target_budget", "target_budget_start", "adjacency_budget", "adjacency_budget_start", "dual_lr",
-        "mixture_eps", "equation_loss_weight", "intervention", "retrieval_temperature", "retrieval_score",
+        "mixture_eps", "equation_loss_weight", "intervention", "keep_threshold", "edit_loss_weight",
+        "retrieval_temperature", "retrieval_score",
     )
 
     def with_settings(self, **fields: Any) -> CausalVQVAE:

@@ -86,6 +86,8 @@ def read_config(directory: str | Path, expect: Mapping[str, Any] | None = None) 
     raw.setdefault("retrieval_head", "transformer")
     # Saved before an intervened node had to change its code: its equations may keep it.
     raw.setdefault("intervention", "resample")
+    # Saved before an intervened node's code was read with a threshold: the most likely code.
+    raw.setdefault("keep_threshold", None)
     defaults = ModelConfig().to_dict()
     for key, expected in (expect or {}).items():
         if key == "architecture":

@@ -76,6 +76,8 @@ class TransitionLoss:
     exact: torch.Tensor  # () fraction of examples with every node right
     intervened_fraction: torch.Tensor  # () mean of the intervention mask
     output: TransitionOutput
+    edit_mse: torch.Tensor | None = None  # () the decoded edit's pixel MSE, where trained with it
+    # (ModelConfig.edit_loss_weight; added to ``loss`` by CausalVQVAE.transition_loss)
 
 
 class ParentAttentionBlock(nn.Module):
@@ -141,6 +143,9 @@ class CausalTransition(nn.Module):
         seed: seed of the default sampling generator (one per device, created on first use).
         intervention: "change" (an intervened node's equation gives a code other than its current
             one: its current code's logit is EXCLUDED_LOGIT) or "resample" (any code).
+        keep_threshold: an intervened node keeps its current code only when the equation gives it at
+            least this probability, else takes the most likely other code; None: the most likely
+            code (see ModelConfig.keep_threshold). Used for ``predicted_codes`` alone.
     """
 
     def __init__(
@@ -153,12 +158,14 @@ class CausalTransition(nn.Module):
         heads: int = 8,
         mlp_ratio: int = 4,
         seed: int = 0,
-        intervention: str = "change",
+        intervention: str = "resample",
+        keep_threshold: float | None = None,
     ) -> None:
         super().__init__()
         if intervention not in INTERVENTIONS:
             raise ValueError(f"intervention must be one of {INTERVENTIONS}, got {intervention!r}")
         self.intervention = intervention
+        self.keep_threshold = keep_threshold
         self.graph = graph
         self.num_nodes = graph.num_nodes
         self.num_actions = graph.num_actions
@@ -189,6 +196,16 @@ class CausalTransition(nn.Module):
             return F.linear(h, self.head_weight[0], self.head_bias[0])
         weight = self.head_weight[self.node_group]  # (N, K, D)
         return torch.einsum("bnd,nkd->bnk", h, weight) + self.head_bias[self.node_group]
+
+    def read_codes(self, logits: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+        """(B, N) the code each node takes if intervened: its equation's most likely code, or with
+        ``keep_threshold`` its current code when the equation gives that code at least that
+        probability, else its most likely other code."""
+        if self.keep_threshold is None:
+            return logits.argmax(-1)
+        p_keep = torch.softmax(logits.float(), -1).gather(-1, codes.unsqueeze(-1)).squeeze(-1)
+        other = logits.scatter(-1, codes.unsqueeze(-1), EXCLUDED_LOGIT).argmax(-1)
+        return torch.where(p_keep >= self.keep_threshold, codes, other)
 
     # Eager inside a compiled caller: dynamo cannot trace a torch.Generator (each draw would split
     # the caller's graph); drawn here, first, the noise enters the rest of the step as tensors.
@@ -233,7 +250,7 @@ class CausalTransition(nn.Module):
 
         target_logits = self.graph.targets(codes, action)
         intervened = self.graph.target_mask(target_logits, sample, uniform=noise.targets if sample else None)
-        predicted = torch.where(intervened > 0.5, logits.argmax(-1), codes)
+        predicted = torch.where(intervened > 0.5, self.read_codes(logits, codes), codes)
         return TransitionOutput(
             logits=logits,
             intervened=intervened,

@@ -190,6 +190,8 @@ class CausalVQVAEModule(pl.LightningModule):
             "train/intervened_nodes": tl.expected_targets.mean(), "train/parents": tl.expected_parents.mean(),
         })
         self.log("train/retrieval_acc", rl.accuracy)
+        if tl.edit_mse is not None:
+            self.log("train/edit_mse", tl.edit_mse)
         return loss
 
     def optimizer_step(self, *args, **kwargs) -> None:

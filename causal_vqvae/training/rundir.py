@@ -38,9 +38,12 @@ def writable_directory(path: Path) -> Path:
 # (before graph_lr_scale, the graph's edge logits trained at the stage's learning rate; before
 # code_pool, every step encoded fresh pairs; before retrieval_score, validation scored retrieval by
 # transition with the NLL; before keep, every stage kept its last step's weights; before intervention,
-# an intervened node's equation could keep its code).
+# an intervened node's equation could keep its code; before keep_threshold, its most likely code was
+# read off; before local_encoder, the encoder saw the whole image; before edit_loss_weight, no decoded
+# edit was trained on).
 ADDED_SETTINGS = {"train": {"graph_lr_scale": 1.0, "code_pool": 0, "keep": "last"},
-                  "model": {"retrieval_score": "nll", "intervention": "resample"}}
+                  "model": {"retrieval_score": "nll", "intervention": "resample", "keep_threshold": None,
+                            "local_encoder": False, "edit_loss_weight": 0.0}}
 
 
 def check_same_run(path: Path, resolved: dict[str, Any]) -> None:

@@ -1,5 +1,5 @@
 """The structural equations' intervention semantics: with "change" an intervened node takes a new
-code, with "resample" any code; the losses follow the same rule."""
+code, with "resample" any code, read off with ``keep_threshold``; the losses follow the same rule."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from causal_vqvae import CausalVQVAE, ModelConfig
-from causal_vqvae.nn.transition import EXCLUDED_LOGIT, mixture_nll
+from causal_vqvae.nn.transition import EXCLUDED_LOGIT, TransitionOutput, mixture_nll
 from causal_vqvae.pretrained import save_pretrained
 
 SMALL = dict(in_channels=1, hidden_dims=(8, 16, 16), num_res_blocks=1, norm_groups=4, code_dim=8, codebook_size=4,
@@ -35,9 +35,8 @@ def codes_and_actions(m: CausalVQVAE, batch: int = 64, seed: int = 0) -> tuple[t
             torch.randint(0, c.num_actions, (batch,), generator=g))
 
 
-def test_a_new_model_changes_every_intervened_node_and_keeps_the_others():
-    m = model()  # codebook of 4: a node left to itself would keep its code 1 time in 4
-    assert m.config.intervention == "change"
+def test_under_change_every_intervened_node_changes_and_the_others_keep_their_codes():
+    m = model(intervention="change")  # codebook of 4: a node left to itself would keep its code 1 time in 4
     codes, actions = codes_and_actions(m)
     with torch.no_grad():
         out = m.transition(codes, actions, sample=False)
@@ -51,7 +50,7 @@ def test_a_new_model_changes_every_intervened_node_and_keeps_the_others():
 
 
 def test_resample_lets_an_intervened_node_keep_its_code_and_only_the_current_logit_differs():
-    change, resample = model(), model(intervention="resample")
+    change, resample = model(intervention="change"), model(intervention="resample", keep_threshold=None)
     resample.load_state_dict(change.state_dict())
     codes, actions = codes_and_actions(change)
     with torch.no_grad():
@@ -64,7 +63,7 @@ def test_resample_lets_an_intervened_node_keep_its_code_and_only_the_current_log
 
 
 def test_under_change_intervening_on_a_node_that_keeps_its_code_costs_what_keeping_a_changed_one_does():
-    m = model()
+    m = model(intervention="change")
     codes, actions = codes_and_actions(m, batch=8)
     with torch.no_grad():
         out = m.transition(codes, actions, sample=False)
@@ -96,17 +95,87 @@ def test_the_equation_term_counts_the_nodes_it_may_predict(intervention):
     assert torch.allclose(loss.loss, loss.nll + loss.equation_nll + loss.sparsity, rtol=1e-5)
 
 
-def test_models_saved_before_the_setting_load_with_resample_and_with_settings_switches_it(tmp_path):
-    m = model()
+def test_models_saved_before_the_settings_load_as_they_ran_and_with_settings_switches_them(tmp_path):
+    m = model(intervention="change")
     save_pretrained(m, tmp_path / "old")
     config = json.loads((tmp_path / "old" / "config.json").read_text())
-    assert config.pop("intervention") == "change"
+    assert config.pop("intervention") == "change" and config.pop("keep_threshold") == 0.5
     (tmp_path / "old" / "config.json").write_text(json.dumps(config))
     old = CausalVQVAE.from_pretrained(tmp_path / "old")
     assert old.config.intervention == "resample" and old.transition_net.intervention == "resample"
-    switched = old.with_settings(intervention="change")
-    assert switched.transition_net.intervention == "change"
+    assert old.config.keep_threshold is None and old.transition_net.keep_threshold is None
+    switched = old.with_settings(intervention="change", keep_threshold=0.5)
+    assert switched.transition_net.intervention == "change" and switched.transition_net.keep_threshold == 0.5
     for (key, a), b in zip(old.state_dict().items(), switched.state_dict().values()):
         assert torch.equal(a, b), key
     with pytest.raises(ValueError, match="intervention must be one of"):
         ModelConfig(**{**SMALL, "intervention": "swap"})
+    for bad in (0.0, 1.5, "half"):
+        with pytest.raises(ValueError, match="keep_threshold must be in"):
+            ModelConfig(**{**SMALL, "keep_threshold": bad})
+
+
+def test_a_new_model_resamples_and_keeps_a_node_only_when_keeping_is_more_likely_than_changing():
+    m = model()
+    assert m.config.intervention == "resample" and m.config.keep_threshold == 0.5
+    codes = torch.zeros(1, 4, dtype=torch.long)  # every node's current code is 0
+    # probabilities over the 4 codes: node 0 keeps at 0.4 (the most likely single code) but changes
+    # at 0.6 in all; node 1 keeps at 0.5; node 2 keeps at 0.1; node 3 keeps at 0.7
+    probs = torch.tensor([[[0.4, 0.3, 0.2, 0.1], [0.5, 0.1, 0.3, 0.1], [0.1, 0.2, 0.6, 0.1],
+                           [0.7, 0.1, 0.1, 0.1]]])
+    logits = probs.log()
+    net = m.transition_net
+    assert net.read_codes(logits, codes).tolist() == [[1, 0, 2, 0]]
+    net.keep_threshold = None  # the most likely code, the current one included
+    assert net.read_codes(logits, codes).tolist() == [[0, 0, 2, 0]]
+    net.keep_threshold = 1.0  # keep only a sure code
+    assert net.read_codes(logits, codes).tolist() == [[1, 2, 2, 1]]
+
+
+def test_the_threshold_reads_the_codes_of_intervened_nodes_only_and_leaves_retrieval_alone():
+    plain, read = model(keep_threshold=None), model()
+    read.load_state_dict(plain.state_dict())
+    codes, actions = codes_and_actions(plain)
+    with torch.no_grad():
+        a, b = plain.transition(codes, actions, sample=False), read.transition(codes, actions, sample=False)
+        scores = [m.retrieve_codes(codes, codes.roll(1, 0), "transition").scores for m in (plain, read)]
+    assert torch.equal(a.logits, b.logits) and torch.equal(a.intervened, b.intervened)
+    kept = a.intervened < 0.5
+    assert torch.equal(b.predicted_codes[kept], codes[kept])
+    p_keep = torch.softmax(a.logits, -1).gather(-1, codes.unsqueeze(-1)).squeeze(-1)
+    moved = ~kept & (p_keep < 0.5) & (a.predicted_codes == codes)  # argmax kept a node likelier to change
+    assert moved.any() and (b.predicted_codes[moved] != codes[moved]).all()
+    assert torch.equal(scores[0], scores[1])
+
+
+def test_the_edit_error_is_zero_for_the_target_codes_and_trains_the_equations_and_mask_not_the_decoder():
+    m = model(edit_loss_weight=10.0, sparsity_mode="none")
+    codes, actions = codes_and_actions(m, batch=8)
+    target = codes.clone()
+    target[:, 1::2] = (codes[:, 1::2] + 1) % m.config.codes_per_node  # the intervened (odd) nodes change
+    with torch.no_grad():
+        out = m.transition(codes, actions, sample=False)
+    assert torch.equal(out.intervened[:, 1::2], torch.ones_like(out.intervened[:, 1::2]))
+    sure = torch.full_like(out.logits, -20.0).scatter(-1, target.unsqueeze(-1), 20.0)  # equations that know
+    right = TransitionOutput(sure, out.intervened, target, out.target_logits, out.adjacency)
+    assert m.edit_error(right, codes, target).item() < 1e-10
+    wrong = TransitionOutput(-sure, out.intervened, codes, out.target_logits, out.adjacency)
+    assert m.edit_error(wrong, codes, target).item() > 1e-6
+
+    m.requires_grad_(True)
+    m.train()
+    loss = m.transition_loss(codes, actions, target)
+    assert loss.edit_mse is not None and loss.edit_mse.item() > 0
+    base = m.with_settings(edit_loss_weight=0.0).train()
+    # the same weights and the same sampled masks: the losses differ by the weighted edit error alone
+    torch.manual_seed(0)
+    gen = torch.Generator().manual_seed(1)
+    with_edit = m.transition_loss(codes, actions, target, generator=gen)
+    without = base.transition_loss(codes, actions, target, generator=torch.Generator().manual_seed(1))
+    assert without.edit_mse is None
+    assert torch.allclose(with_edit.loss, without.loss + 10.0 * with_edit.edit_mse, rtol=1e-5)
+    m.zero_grad()
+    with_edit.edit_mse.backward()
+    assert m.transition_net.head_weight.grad.abs().sum() > 0  # the equations
+    assert m.graph.target_logits.grad.abs().sum() > 0  # the intervention mask
+    assert all(p.grad is None or not p.grad.any() for p in m.decoder.parameters())

@@ -236,7 +236,8 @@ def test_resuming_a_run_from_before_graph_lr_scale_says_which_setting_reproduces
     (tmp_path / "config.json").write_text(json.dumps(written))
     now = json.loads(json.dumps(written))
     now["train"].update(graph_lr_scale=20.0, code_pool=0, keep="last")  # as a run writes its settings now
-    now["model"].update(retrieval_score="nll", intervention="resample")
+    now["model"].update(retrieval_score="nll", intervention="resample", keep_threshold=None, local_encoder=False,
+                        edit_loss_weight=0.0)
     with pytest.raises(SystemExit, match=r'graph_lr_scale was 1.0, now 20.0.*add \{"train": \{"graph_lr_scale": 1.0'):
         check_same_run(tmp_path / "config.json", now)
     now["train"]["graph_lr_scale"] = 1.0  # as the run ran: the same run
@@ -266,4 +267,5 @@ def test_a_checkpoint_from_before_the_intervention_setting_resumes_a_resample_mo
     checkpoint = {"hyper_parameters": {"stage": "causal", "model": saved, "train": TrainConfig().to_dict()}}
     CausalVQVAEModule(old, "causal", TrainConfig()).on_load_checkpoint(checkpoint)
     with pytest.raises(CheckpointMismatchError, match="intervention: 'resample' in the checkpoint, 'change'"):
-        CausalVQVAEModule(tiny_dsprites_model(), "causal", TrainConfig()).on_load_checkpoint(checkpoint)
+        CausalVQVAEModule(tiny_dsprites_model(intervention="change"), "causal",
+                          TrainConfig()).on_load_checkpoint(checkpoint)
