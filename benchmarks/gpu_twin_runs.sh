@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU runs behind benchmarks/results/h100/: several trainings side by side on one GPU (small
+# The GPU runs behind benchmarks/results/h100/ and h200/: several trainings side by side on one GPU (small
 # models leave most of an H100 idle, so one run alone would not fill it), each followed by its bench.
 # One device call; waits at most DEADLINE seconds, then packs whatever finished into $OUT.
 #

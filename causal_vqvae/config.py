@@ -297,6 +297,7 @@ class ModelConfig:
         need(self.intervention in INTERVENTIONS,
              f"intervention must be one of {INTERVENTIONS}, got {self.intervention!r}")
         need(self.keep_threshold is None or (isinstance(self.keep_threshold, (int, float))
+                                             and not isinstance(self.keep_threshold, bool)
                                              and 0.0 < self.keep_threshold <= 1.0),
              f"keep_threshold must be in (0, 1] or None, got {self.keep_threshold!r}")
         need(self.edit_loss_weight >= 0.0, f"edit_loss_weight must be >= 0, got {self.edit_loss_weight}")

@@ -29,6 +29,12 @@ from causal_vqvae.nn.retrieval import RETRIEVAL_SCORES  # noqa: E402
 from causal_vqvae.pretrained import CONFIG_NAME, METADATA_NAME, WEIGHTS_NAME  # noqa: E402
 
 LIMIT_BYTES = 10 * 1024 * 1024
+# How close each twin is to the real images, for the card's Limits section.
+TWIN_FIDELITY = {
+    "shapes3d": "see `benchmarks/results/shapes3d_twin_fidelity/shapes3d_twin_vs_real.png` for how close they are",
+    "dsprites": "the twin renders 146 of DeepMind's 160 labelled dSprites frames pixel for pixel, "
+                "`tests/data/test_dsprites.py`",
+}
 
 
 def _copy(source: Path, target: Path) -> None:
@@ -188,9 +194,8 @@ def model_card(name: str, run: dict[str, Any], stages: dict[str, dict[str, Any]]
         "## Limits",
         "",
         "Trained on a procedural twin, never on the real dataset: expect it to work on images that look",
-        "like the twin's renders (see `benchmarks/results/shapes3d_twin_fidelity/shapes3d_twin_vs_real.png`",
-        "for how close they are). Where these figures stand against the project's targets, and why, is in the README's",
-        "benchmark section.",
+        f"like the twin's renders ({TWIN_FIDELITY.get(model.get('dataset'), 'no comparison with real images yet')}).",
+        "Where these figures stand against the project's targets, and why, is in `docs/edit_exactness.md`.",
         "",
     ]
     return "\n".join(lines)

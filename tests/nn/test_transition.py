@@ -110,7 +110,7 @@ def test_models_saved_before_the_settings_load_as_they_ran_and_with_settings_swi
         assert torch.equal(a, b), key
     with pytest.raises(ValueError, match="intervention must be one of"):
         ModelConfig(**{**SMALL, "intervention": "swap"})
-    for bad in (0.0, 1.5, "half"):
+    for bad in (0.0, 1.5, "half", True):
         with pytest.raises(ValueError, match="keep_threshold must be in"):
             ModelConfig(**{**SMALL, "keep_threshold": bad})
 
