@@ -44,6 +44,8 @@ declare -A RUN_ARGS=(
     # the same recipes in the tokens layout (8 tokens of 16 codes; the layout's default budgets and head)
     [shapes3d_small_tokens_pool]="--data shapes3d --preset small --max-steps 4000 6000 --code-pool 40000 --config benchmarks/configs/tokens.json"
     [dsprites_small_tokens_pool]="--data dsprites --preset small --max-steps 4000 4000 --code-pool 40000 --config benchmarks/configs/tokens.json"
+    # (The runs below with --init checkpoints/*_twin started from the releases of commit 5da59d1; the
+    # releases have changed since: to repeat them, check those folders out of that commit first.)
     # intervention "change" (docs/edit_exactness.md): the releases' transitions fine-tuned under it with
     # their budgets held, and new transitions trained under it on the releases' autoencoders
     [shapes3d_change_ft]="--data shapes3d --preset small --stage causal --init checkpoints/shapes3d_twin --config benchmarks/configs/shapes3d_change_36_4.json --code-pool 40000 --max-steps 2000"

@@ -48,7 +48,7 @@ class ModelConfig:
             (3 downsamplings): a change in one region leaves distant codes exactly as they were.
             False (models saved before the field): GroupNorm and 3x3 convs, where a cell sees about
             the whole image and one small dSprites sprite changes about 40 of the 64 codes
-            (``experiments/dsprites_code_locality/``, ``docs/edit_exactness.md``).
+            (``experiments/dsprites_code_locality/``, ``docs/edit_exactness.md``). Grid layout only.
         reconstruction_loss: "mse" on sigmoid outputs, or "bce" on the decoder logits (good for
             binary dSprites).
 
@@ -129,8 +129,9 @@ class ModelConfig:
             must change, although its probability is below 1/2 on most of them: a change spread
             over several new codes, each less likely than staying, read one code at a time, leaves
             the node as it was (``experiments/edit_diagnosis/``). 0.5 keeps a node exactly when
-            keeping is more likely than changing. Nothing is trained differently; retrieval does
-            not use it.
+            keeping is more likely than changing. No weight depends on it; retrieval does not use
+            it; training reads codes with it only in the edit loss (``edit_loss_weight``) and in
+            the reported code accuracy.
 
     Retrieval
         retrieval_head: the learned head, "conv" (a CNN on the pair's code vectors; grid layout only)
@@ -248,6 +249,8 @@ class ModelConfig:
         need(self.num_res_blocks >= 0, f"num_res_blocks must be >= 0, got {self.num_res_blocks}")
         need(self.norm_groups >= 1, f"norm_groups must be >= 1, got {self.norm_groups}")
         need(isinstance(self.local_encoder, bool), f"local_encoder must be true or false, got {self.local_encoder!r}")
+        need(not (self.local_encoder and self.latent_layout == "tokens"),
+             "local_encoder needs latent_layout 'grid': the tokens layout's encoder attends over the whole image")
         need(
             self.reconstruction_loss in RECONSTRUCTION_LOSSES,
             f"reconstruction_loss must be one of {RECONSTRUCTION_LOSSES}, got {self.reconstruction_loss!r}",

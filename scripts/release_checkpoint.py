@@ -32,8 +32,8 @@ LIMIT_BYTES = 10 * 1024 * 1024
 # How close each twin is to the real images, for the card's Limits section.
 TWIN_FIDELITY = {
     "shapes3d": "see `benchmarks/results/shapes3d_twin_fidelity/shapes3d_twin_vs_real.png` for how close they are",
-    "dsprites": "the twin renders 146 of DeepMind's 160 labelled dSprites frames pixel for pixel, "
-                "`tests/data/test_dsprites.py`",
+    "dsprites": "the twin renders 146 of DeepMind's 160 labelled dSprites frames pixel for pixel: "
+                "`datamodules/dsprites/twin.py`, the README's data section",
 }
 
 

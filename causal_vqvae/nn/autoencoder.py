@@ -43,10 +43,12 @@ class PositionNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        mean = x.mean(1, keepdim=True)
-        var = (x - mean).pow(2).mean(1, keepdim=True)
-        x = (x - mean) * torch.rsqrt(var + self.eps)
-        return x * self.weight[:, None, None] + self.bias[:, None, None]
+        # In float32 whatever the autocast dtype, as autocast runs group_norm and layer_norm.
+        y = x.float()
+        mean = y.mean(1, keepdim=True)
+        var = (y - mean).pow(2).mean(1, keepdim=True)
+        y = (y - mean) * torch.rsqrt(var + self.eps)
+        return (y * self.weight.float()[:, None, None] + self.bias.float()[:, None, None]).to(x.dtype)
 
 
 class ResidualBlock(nn.Module):

@@ -55,7 +55,7 @@ class TransitionOutput:
     logits: torch.Tensor  # (B, N, K) logits over the node's codes (used where intervened); with
     # intervention "change", EXCLUDED_LOGIT at the current code
     intervened: torch.Tensor  # (B, N) 0/1 values (straight-through gradient when sampled)
-    predicted_codes: torch.Tensor  # (B, N) argmax where intervened, the current code elsewhere
+    predicted_codes: torch.Tensor  # (B, N) CausalTransition.read_codes where intervened, the current code elsewhere
     target_logits: torch.Tensor  # (B, N) intervention-target logits
     adjacency: torch.Tensor  # (B, N, N) mask used, [b, j, i] = j is a parent of i
 

@@ -81,6 +81,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--rules", nargs="+", default=list(RULES), choices=list(RULES))
     parser.add_argument("--out", type=Path)
+    argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
     torch.manual_seed(args.seed)
     base = load(args.model, device="cpu")
@@ -101,7 +102,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{name:<10}{100 * r['k1']['exact']['rate']:>8.1f}{100 * r['k1']['unchanged']['rate']:>11.1f}"
               f"{cells}{100 * r[f'k{CHAIN}_one_edit_exact']['rate']:>11.1f}")
     if args.out:
-        command = "python " + shlex.join([str(Path(sys.argv[0]).resolve().relative_to(_ROOT)), *sys.argv[1:]])
+        command = "python " + shlex.join(["experiments/edit_rules/edit_rules.py", *argv])
         write_json(args.out, {"command": command, "data": f"{args.data} procedural twin", "checkpoint": args.model,
                               "device": "cpu", "torch": torch.__version__, "seed": args.seed, "pairs": args.pairs,
                               "rules": {name: RULES[name] for name in args.rules}, "results": results})

@@ -120,8 +120,8 @@ def test_a_new_model_resamples_and_keeps_a_node_only_when_keeping_is_more_likely
     assert m.config.intervention == "resample" and m.config.keep_threshold == 0.5
     codes = torch.zeros(1, 4, dtype=torch.long)  # every node's current code is 0
     # probabilities over the 4 codes: node 0 keeps at 0.4 (the most likely single code) but changes
-    # at 0.6 in all; node 1 keeps at 0.5; node 2 keeps at 0.1; node 3 keeps at 0.7
-    probs = torch.tensor([[[0.4, 0.3, 0.2, 0.1], [0.5, 0.1, 0.3, 0.1], [0.1, 0.2, 0.6, 0.1],
+    # at 0.6 in all; node 1 keeps at 0.55; node 2 keeps at 0.1; node 3 keeps at 0.7
+    probs = torch.tensor([[[0.4, 0.3, 0.2, 0.1], [0.55, 0.1, 0.25, 0.1], [0.1, 0.2, 0.6, 0.1],
                            [0.7, 0.1, 0.1, 0.1]]])
     logits = probs.log()
     net = m.transition_net
@@ -179,3 +179,27 @@ def test_the_edit_error_is_zero_for_the_target_codes_and_trains_the_equations_an
     assert m.transition_net.head_weight.grad.abs().sum() > 0  # the equations
     assert m.graph.target_logits.grad.abs().sum() > 0  # the intervention mask
     assert all(p.grad is None or not p.grad.any() for p in m.decoder.parameters())
+
+
+def test_a_local_encoder_leaves_the_codes_of_distant_cells_exactly_as_they_were(tmp_path):
+    """A change inside one 8x8 cell reaches only the cells whose 22-pixel window covers it: the cell
+    and its 8 neighbours. The global encoder lets it reach every cell. A saved local model reloads."""
+    x = torch.zeros(2, 1, 64, 64)
+    x[:, :, 36:48, 36:48] = 1.0
+    y = x.clone()
+    y[:, :, 42:44, 42:44] = 0.0  # inside cell (5, 5)
+    changed = {}
+    for local in (True, False):
+        m = CausalVQVAE(ModelConfig(**{**SMALL, "local_encoder": local, "num_res_blocks": 2})).eval()
+        with torch.no_grad():
+            differ = (m.encode(x) - m.encode(y)).abs().amax(-1) > 0  # (B, cells)
+        changed[local] = set(differ.any(0).nonzero().flatten().tolist())
+        if local:
+            save_pretrained(m, tmp_path / "local")
+            again = CausalVQVAE.from_pretrained(tmp_path / "local")
+            assert again.config.local_encoder and torch.equal(again.encode(x), m.encode(x))
+    near = {r * 8 + c for r in (4, 5, 6) for c in (4, 5, 6)}
+    assert changed[True] <= near and 5 * 8 + 5 in changed[True]
+    assert len(changed[False]) == 64
+    with pytest.raises(ValueError, match="local_encoder needs latent_layout 'grid'"):
+        ModelConfig(**{**SMALL, "local_encoder": True, "latent_layout": "tokens"})
