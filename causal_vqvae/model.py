@@ -25,6 +25,7 @@ from .nn.retrieval import (
     ConvRetrievalHead,
     RetrievalHead,
     RetrievalOutput,
+    mixture_vectors,
     score_actions,
 )
 from .nn.transition import (
@@ -288,16 +289,11 @@ class CausalVQVAE(PretrainedMixin, nn.Module):
         decoder and the codebook are not trained by it). It scores an edit by where its codes send
         the decoder, not by the codes' indices: many codes decode alike."""
         tr = self.transition_net
-        codebooks = self.quantizer.embedding.detach().float()  # (G, K, D)
         probs = torch.softmax(output.logits.float(), dim=-1)
         chosen = F.one_hot(tr.read_codes(output.logits, codes), probs.shape[-1]).float()
         weights = chosen + probs - probs.detach()  # forward: the chosen code; backward: the softmax
-        if codebooks.shape[0] == 1:
-            predicted = weights @ codebooks[0]
-        else:
-            predicted = torch.einsum("bnk,nkd->bnd", weights, codebooks[tr.node_group])
-        m = output.intervened.float().unsqueeze(-1)
-        edited = m * predicted + (1.0 - m) * self.quantizer.lookup(codes).detach()
+        edited = mixture_vectors(weights, output.intervened, codes, self.quantizer.embedding.detach().float(),
+                                 tr.offsets)
         with torch.no_grad():
             target = torch.sigmoid(self.decode_logits(self.quantizer.lookup(target_codes)).float())
         return (torch.sigmoid(self.decode_logits(edited, frozen=True).float()) - target).pow(2).mean()

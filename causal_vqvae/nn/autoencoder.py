@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from einops import repeat
 from torch import nn
 
@@ -43,12 +44,9 @@ class PositionNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # In float32 whatever the autocast dtype, as autocast runs group_norm and layer_norm.
-        y = x.float()
-        mean = y.mean(1, keepdim=True)
-        var = (y - mean).pow(2).mean(1, keepdim=True)
-        y = (y - mean) * torch.rsqrt(var + self.eps)
-        return (y * self.weight.float()[:, None, None] + self.bias.float()[:, None, None]).to(x.dtype)
+        # layer_norm over the channels of each position (autocast runs it in float32)
+        y = F.layer_norm(x.permute(0, 2, 3, 1), (x.shape[1],), self.weight, self.bias, self.eps)
+        return y.permute(0, 3, 1, 2)
 
 
 class ResidualBlock(nn.Module):

@@ -27,7 +27,7 @@ from .layers import TransformerBlock
 from .transition import CausalTransition, TransitionOutput, mixture_nll
 
 __all__ = ["RETRIEVAL_SCORES", "RetrievalOutput", "score_actions", "output_scores", "marginal_intervention",
-           "code_distance", "scores_to_probs", "RetrievalHead", "ConvRetrievalHead"]
+           "mixture_vectors", "code_distance", "scores_to_probs", "RetrievalHead", "ConvRetrievalHead"]
 
 # How retrieval by transition scores an action (see output_scores).
 RETRIEVAL_SCORES = ("marginal_nll", "code_distance", "nll")
@@ -104,6 +104,25 @@ def marginal_intervention(output: TransitionOutput) -> TransitionOutput:
     return replace(output, intervened=torch.sigmoid(output.target_logits.float()))
 
 
+def mixture_vectors(
+    weights: torch.Tensor, intervened: torch.Tensor, codes: torch.Tensor, codebooks: torch.Tensor,
+    offsets: torch.Tensor,
+) -> torch.Tensor:
+    """(B, N, D) each node's vector under the intervention mixture: ``sum_k weights_k e_k`` over its
+    codebook where ``intervened`` (B, N) is 1, its current code's vector where it is 0 (values
+    between mix the two). ``weights`` (B, N, K); ``codebooks`` (G, K, D); ``offsets`` (N,): node n's
+    first row in the flattened (G * K, D) table (``CausalTransition.offsets``)."""
+    codes_per_node = codebooks.shape[1]
+    group = offsets // codes_per_node  # (N,)
+    if codebooks.shape[0] == 1:
+        predicted = weights @ codebooks[0]
+    else:
+        predicted = torch.einsum("bnk,nkd->bnd", weights, codebooks[group])
+    kept = F.embedding(codes + offsets, rearrange(codebooks, "g k d -> (g k) d"))
+    m = intervened.float().unsqueeze(-1)
+    return m * predicted + (1.0 - m) * kept
+
+
 def code_distance(
     output: TransitionOutput, codes: torch.Tensor, target_codes: torch.Tensor, codebooks: torch.Tensor,
     offsets: torch.Tensor,
@@ -114,20 +133,14 @@ def code_distance(
     ``sum_k softmax(logits)_k e_k`` where the node is intervened and its current code's vector where
     it is kept. ``codebooks`` (G, K, D) with K >= 2; ``offsets`` (N,): node n's first row in the
     flattened (G * K, D) table (``CausalTransition.offsets``)."""
-    num_codebooks, codes_per_node, _ = codebooks.shape
+    codes_per_node = codebooks.shape[1]
     vectors = codebooks.detach().float()
     # mean over i != j of |e_i - e_j|^2 = 2 K / (K - 1) * (total variance of the codes)
     spread = 2.0 * codes_per_node / (codes_per_node - 1) * vectors.var(dim=1, unbiased=False).sum(-1)  # (G,)
     table = rearrange(vectors, "g k d -> (g k) d")
     group = offsets // codes_per_node  # (N,)
     probs = torch.softmax(output.logits.float(), dim=-1)  # (B, N, K)
-    if num_codebooks == 1:
-        predicted = probs @ vectors[0]
-    else:
-        predicted = torch.einsum("bnk,nkd->bnd", probs, vectors[group])
-    kept = F.embedding(codes + offsets, table)
-    m = output.intervened.float().unsqueeze(-1)
-    expected = m * predicted + (1.0 - m) * kept
+    expected = mixture_vectors(probs, output.intervened, codes, vectors, offsets)
     distance = (expected - F.embedding(target_codes + offsets, table)).pow(2).sum(-1)
     return distance / spread[group].clamp_min(1e-12)
 

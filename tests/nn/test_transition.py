@@ -149,7 +149,7 @@ def test_the_threshold_reads_the_codes_of_intervened_nodes_only_and_leaves_retri
 
 
 def test_the_edit_error_is_zero_for_the_target_codes_and_trains_the_equations_and_mask_not_the_decoder():
-    m = model(edit_loss_weight=10.0, sparsity_mode="none")
+    m = model(edit_loss_weight=10.0, sparsity_mode="none", quantizer_mode="loss")  # a trainable codebook
     codes, actions = codes_and_actions(m, batch=8)
     target = codes.clone()
     target[:, 1::2] = (codes[:, 1::2] + 1) % m.config.codes_per_node  # the intervened (odd) nodes change
@@ -179,6 +179,8 @@ def test_the_edit_error_is_zero_for_the_target_codes_and_trains_the_equations_an
     assert m.transition_net.head_weight.grad.abs().sum() > 0  # the equations
     assert m.graph.target_logits.grad.abs().sum() > 0  # the intervention mask
     assert all(p.grad is None or not p.grad.any() for p in m.decoder.parameters())
+    assert isinstance(m.quantizer.embedding, torch.nn.Parameter)
+    assert m.quantizer.embedding.grad is None or not m.quantizer.embedding.grad.any()
 
 
 def test_a_local_encoder_leaves_the_codes_of_distant_cells_exactly_as_they_were(tmp_path):
