@@ -8,6 +8,7 @@ VENV ?= .venv
 # e.g. make test TORCH_SPEC="torch torchvision".
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 PY := $(VENV)/bin/python
+CLI := $(VENV)/bin/causal-vqvae
 DATA ?= dsprites
 
 .PHONY: install demo test clean
@@ -16,15 +17,15 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet $(TORCH_SPEC)
-	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet --quiet -e ".[dev]"
 	touch $@
 
 install: $(VENV)/.installed
 
 demo: install
-	$(PY) -m datamodules.preview --data $(DATA) --out out/preview_$(DATA).png --sample out/sample_$(DATA).png
-	$(PY) train.py --data $(DATA) --preset cpu-small --out out/demo_$(DATA) --no-progress
-	$(PY) -m causal_vqvae.cli.edit --model out/demo_$(DATA)/causal --image out/sample_$(DATA).png --traverse --out out/traverse_$(DATA).png
+	$(CLI) preview --data $(DATA) --out out/preview_$(DATA).png --sample out/sample_$(DATA).png
+	$(CLI) train --data $(DATA) --preset cpu-small --out out/demo_$(DATA)
+	$(CLI) edit --model out/demo_$(DATA) --image out/sample_$(DATA).png --traverse --out out/traverse_$(DATA).png
 
 test: install
 	$(PY) -m pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; rc=0; fi; exit $$rc

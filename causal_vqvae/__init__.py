@@ -4,14 +4,31 @@ The model is a plain ``torch.nn.Module`` (:class:`CausalVQVAE`, composed from :m
 training with Lightning lives in :mod:`causal_vqvae.training`, the benchmark's metrics and judges in
 :mod:`causal_vqvae.eval`, the command lines in :mod:`causal_vqvae.cli`, each imported only when asked
 for. The layers and what may import what: ``docs/architecture.md``.
+
+The names below are imported on first use (PEP 562), so that ``import causal_vqvae.cli.main`` and
+``causal-vqvae --help`` do not load torch.
 """
 
-from .api import analogy, edit, load, retrieve_action, traverse
-from .config import ModelConfig
-from .model import AutoencoderLoss, AutoencoderOutput, CausalVQVAE, RetrievalLoss
-from .nn.retrieval import RetrievalOutput
-from .nn.transition import TransitionLoss, TransitionOutput
+from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_EXPORTS = {
+    "analogy": ".api",
+    "edit": ".api",
+    "load": ".api",
+    "retrieve_action": ".api",
+    "traverse": ".api",
+    "AutoencoderLoss": ".model",
+    "AutoencoderOutput": ".model",
+    "CausalVQVAE": ".model",
+    "ModelConfig": ".config",
+    "RetrievalLoss": ".model",
+    "RetrievalOutput": ".nn.retrieval",
+    "TransitionLoss": ".nn.transition",
+    "TransitionOutput": ".nn.transition",
+}
 __all__ = [
     "analogy",
     "edit",
@@ -28,3 +45,22 @@ __all__ = [
     "TransitionOutput",
 ]
 __version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    from .api import analogy, edit, load, retrieve_action, traverse
+    from .config import ModelConfig
+    from .model import AutoencoderLoss, AutoencoderOutput, CausalVQVAE, RetrievalLoss
+    from .nn.retrieval import RetrievalOutput
+    from .nn.transition import TransitionLoss, TransitionOutput
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'causal_vqvae' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name], __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

@@ -15,10 +15,10 @@ factor name followed by ``-`` or ``+``.
 
 from __future__ import annotations
 
+import difflib
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -33,8 +33,8 @@ from .images import (
     report_conversions,
     to_batch,
 )
+from .locate import resolve_model
 from .model import CausalVQVAE
-from .pretrained import CONFIG_NAME, METADATA_NAME, WEIGHTS_NAME
 
 __all__ = [
     "ImageConversionWarning",
@@ -56,7 +56,8 @@ __all__ = [
 
 RETRIEVAL_METHODS = ("transition", "head")
 # The default, as in CausalVQVAE.retrieve: on 5,000 held-out twin pairs the released models retrieve
-# 99.96% (3D Shapes) and 99.74% (dSprites) of actions with the head, 90.0% and 17.5% by transition.
+# 99.98% (3D Shapes) and 99.86% (dSprites) of actions with the head, 99.66% and 97.54% by transition
+# (benchmarks/results/edits/bench_*_edit1000_retrieval_cpu.json).
 DEFAULT_RETRIEVAL_METHOD = "head"
 ModelLike = CausalVQVAE | str | os.PathLike
 _DIRECTIONS = {"+": 1, "-": -1, "+1": 1, "-1": -1, "plus": 1, "minus": -1}
@@ -68,23 +69,12 @@ GRID_BACKGROUND = 0.5  # grey: visible against both black (dSprites) and bright 
 def load(
     path: str | os.PathLike, device: str | torch.device | None = None, expect_dataset: str | None = None
 ) -> CausalVQVAE:
-    """Load a model directory written by ``save_pretrained``, ready to use: in eval mode, on
-    ``device`` (default: cuda if available, else cpu). ``expect_dataset`` refuses a model trained
-    for another dataset. ``path`` may also name a file inside the directory."""
-    directory = Path(path).expanduser()
-    if directory.is_file() and directory.name in (CONFIG_NAME, WEIGHTS_NAME, METADATA_NAME):
-        directory = directory.parent
-    contents = (
-        f"a model directory holds {CONFIG_NAME} and {WEIGHTS_NAME} (and {METADATA_NAME}), "
-        "as written by CausalVQVAE.save_pretrained"
-    )
-    if not directory.exists():
-        raise FileNotFoundError(f"no model at {directory}: the path does not exist; {contents}")
-    if not directory.is_dir():
-        raise FileNotFoundError(f"no model at {directory}: it is a file, not a model directory; {contents}")
-    missing = [name for name in (CONFIG_NAME, WEIGHTS_NAME) if not (directory / name).is_file()]
-    if missing:
-        raise FileNotFoundError(f"no model at {directory}: {' and '.join(missing)} missing; {contents}")
+    """Load a model, ready to use: in eval mode, on ``device`` (default: cuda if available, else
+    cpu). ``path``: a model directory written by ``save_pretrained`` (or a file inside it), a
+    training run's folder (its final stage), or a released model's name (``"shapes3d_twin"``,
+    ``"dsprites_twin"``; :func:`causal_vqvae.locate.resolve_model`). ``expect_dataset`` refuses a
+    model trained for another dataset."""
+    directory = resolve_model(path)
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     expect = None if expect_dataset is None else {"dataset": expect_dataset}
@@ -119,11 +109,13 @@ def factor_actions(model: CausalVQVAE) -> dict[str, dict[int, int]]:
     return table
 
 
-def _valid_actions(model: CausalVQVAE) -> str:
-    names = ", ".join(f"{name} ({i})" for i, name in enumerate(action_names(model)))
-    factors = factor_actions(model)
-    pairs = f"; or (factor, +1/-1) with factor in {', '.join(factors)}" if factors else ""
-    return f"valid actions: {names}{pairs}"
+def _valid_actions(model: CausalVQVAE, near: str | None = None) -> str:
+    """The valid actions by name and id; with ``near``, the names closest to it first."""
+    names = action_names(model)
+    listed = ", ".join(f"{name} ({i})" for i, name in enumerate(names))
+    close = difflib.get_close_matches(near, names, n=3, cutoff=0.5) if near else []
+    hint = f"did you mean {' or '.join(close)}? " if close else ""
+    return f"{hint}valid actions: {listed}"
 
 
 def _direction(value: Any) -> int | None:
@@ -173,7 +165,7 @@ def _single_id(model: CausalVQVAE, action: Any) -> int:
         name = action.strip()
         if name in names:
             return names.index(name)
-        if name.isdigit():
+        if name.isascii() and name.isdigit():
             return _single_id(model, int(name))
         factors = factor_actions(model)
         if name in factors:
@@ -184,9 +176,9 @@ def _single_id(model: CausalVQVAE, action: Any) -> int:
         if len(name) > 1 and name[-1] in "+-" and factors and name[:-1] not in factors:
             dataset = f"{model.config.dataset} model" if model.config.dataset else "model"
             raise ValueError(
-                f"unknown action {action!r}: this {dataset} has no factor {name[:-1]!r}; {_valid_actions(model)}"
+                f"unknown action {action!r}: this {dataset} has no factor {name[:-1]!r}; {_valid_actions(model, name)}"
             )
-        raise ValueError(f"unknown action {action!r}; {_valid_actions(model)}")
+        raise ValueError(f"unknown action {action!r}; {_valid_actions(model, name)}")
     raise TypeError(
         f"cannot read {action!r} ({type(action).__name__}) as an action: give an id, a name, a "
         f"(factor, direction) pair or a list of those; {_valid_actions(model)}"
@@ -340,13 +332,11 @@ def traverse(model: CausalVQVAE, x: torch.Tensor, steps: int = 3) -> Traversal:
 def grid_image(traversal: Traversal, pad: int = GRID_PAD) -> Image.Image:
     """One PIL image (L for 1 channel, else RGB) of the traversal's cells with ``pad`` pixels of
     grey around each: width W * S + (W + 1) * pad, height R * S + (R + 1) * pad."""
-    rows, columns, channels, side, _ = traversal.frames.shape
-    height, width = rows * side + (rows + 1) * pad, columns * side + (columns + 1) * pad
-    canvas = torch.full((channels, height, width), GRID_BACKGROUND)
-    for row in range(rows):
-        for column in range(columns):
-            top, left = pad + row * (side + pad), pad + column * (side + pad)
-            canvas[:, top:top + side, left:left + side] = traversal.frames[row, column]
+    from torchvision.utils import make_grid  # imported here: only pictures need it
+
+    columns, channels = traversal.frames.shape[1], traversal.frames.shape[2]
+    cells = rearrange(traversal.frames.float(), "r c ch h w -> (r c) ch h w")
+    canvas = make_grid(cells, nrow=columns, padding=pad, pad_value=GRID_BACKGROUND)  # 1 channel -> 3 copies
     pixels = (canvas * 255.0).round().clamp(0, 255).to(torch.uint8)
     if channels == 1:
         return Image.fromarray(pixels[0].numpy())

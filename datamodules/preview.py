@@ -10,6 +10,7 @@ dSprites / 3D Shapes: one row per factor, each row moves that factor across its 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import tempfile
@@ -98,11 +99,13 @@ def save_png_atomic(image: Image.Image, out: Path) -> None:
         raise
 
 
-def main(argv: list[str] | None = None) -> Path:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None, prog: str | None = None) -> Path:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", choices=sorted(DATASETS), default="shapes3d", help="dataset to preview")
     parser.add_argument("--data-root", default=None, help="folder or file of the real dataset; omit for the twin")
-    parser.add_argument("--out", type=Path, default=None, help="PNG path (default: preview_<data>.png)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="PNG path, or a folder to write preview_<data>.png in (default: out/)")
     parser.add_argument("--steps", type=int, default=10, help="images per row")
     parser.add_argument("--seed", type=int, default=0, help="which validation state to traverse from")
     parser.add_argument("--scale", type=int, default=2, help="pixel upscaling of each tile")
@@ -110,7 +113,8 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--twin-size", type=int, default=2000, help="CelebA twin: faces to write if absent")
     parser.add_argument("--sample", type=Path, default=None,
                         help="also write one held-out image (64x64 PNG), e.g. as input for "
-                             "python -m causal_vqvae.cli.edit")
+                             "causal-vqvae edit")
+    parser.add_argument("--json", action="store_true", help="print what was written as JSON on stdout")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
@@ -124,13 +128,24 @@ def main(argv: list[str] | None = None) -> Path:
         labels, rows = factor_traversals(dm, args.steps, args.seed)
     kind = "procedural twin" if dm.source.is_twin else "real file"
     title = f"{args.data}: {dm.description} ({kind}), seed {args.seed}"
-    out = args.out or Path(f"preview_{args.data}.png")
+    out = args.out if args.out is not None else Path("out")
+    if out.is_dir() or not out.suffix:
+        out = out / f"preview_{args.data}.png"
+    for path in (out, args.sample):
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
     save_png_atomic(grid_image(labels, rows, args.scale, title), out)
-    print(f"wrote {out} ({len(rows)} rows) from the {kind}")
+    written = {"preview": str(out), "rows": len(rows), "data": args.data, "source": kind}
+    if not args.json:
+        print(f"wrote {out} ({len(rows)} rows) from the {kind}")
     if args.sample:
         image = _to_uint8(dm.sample_batch("test", size=args.seed + 1)["image"][args.seed:])[0]
         save_png_atomic(Image.fromarray(image[..., 0] if dm.channels == 1 else image), args.sample)
-        print(f"wrote {args.sample} (a held-out test image)")
+        written["sample"] = str(args.sample)
+        if not args.json:
+            print(f"wrote {args.sample} (a held-out test image)")
+    if args.json:
+        print(json.dumps(written, indent=2))
     return out
 
 

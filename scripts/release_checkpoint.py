@@ -33,7 +33,7 @@ LIMIT_BYTES = 10 * 1024 * 1024
 TWIN_FIDELITY = {
     "shapes3d": "see `benchmarks/results/shapes3d_twin_fidelity/shapes3d_twin_vs_real.png` for how close they are",
     "dsprites": "the twin renders 146 of DeepMind's 160 labelled dSprites frames pixel for pixel: "
-                "`datamodules/dsprites/twin.py`, the README's data section",
+                "`datamodules/dsprites/twin.py`, docs/datasets.md",
 }
 
 

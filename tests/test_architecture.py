@@ -26,19 +26,21 @@ LAYERS: dict[str, set[str]] = {
     "nn": set(),
     "config": {"nn"},
     "files": set(),
+    "locate": set(),
     "pretrained": {"config", "files"},
     "model": {"nn", "config", "pretrained"},
     "images": {"files"},
-    "api": {"nn", "config", "files", "pretrained", "model", "images"},
+    "api": {"nn", "config", "files", "locate", "pretrained", "model", "images"},
     "eval": {"nn", "config", "files", "pretrained", "model", "images", "api", "datamodules"},
     "training": {"nn", "config", "files", "pretrained", "model", "images", "api", "eval", "datamodules"},
-    "cli": {"nn", "config", "files", "pretrained", "model", "images", "api", "eval", "training", "datamodules"},
+    "cli": {"nn", "config", "files", "locate", "pretrained", "model", "images", "api", "eval", "training", "datamodules"},
     "__init__": {"nn", "config", "files", "pretrained", "model", "images", "api"},
+    "__main__": {"cli"},
 }
 # Third-party packages a layer may not import, whatever the layers above allow.
 FORBIDDEN_THIRD_PARTY = {
     layer: {"pytorch_lightning", "lightning", "lightning_fabric", "datasets"}
-    for layer in ("nn", "config", "files", "pretrained", "model", "images", "api", "__init__")
+    for layer in ("nn", "config", "files", "locate", "pretrained", "model", "images", "api", "__init__")
 }
 
 

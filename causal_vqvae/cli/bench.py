@@ -1,7 +1,7 @@
 """Held-out benchmark of a trained model on a procedural twin (dSprites or 3D Shapes).
 
-    python -m causal_vqvae.cli.bench --model DIR --data dsprites [--pairs 2000] [--batch 256] [--seed 0]
-                                 [--device cpu|cuda] [--out results.json] [--no-cache]
+    causal-vqvae bench --model MODEL --data dsprites [--pairs 2000] [--batch-size 256] [--seed 0]
+                       [--device auto|cpu|cuda|cuda:N|mps] [--out DIR_OR_JSON] [--json] [--no-cache]
                                  [--baseline-steps N] [--baseline-batch B] [--skip-baseline]
                                  [--classifier-steps N] [--classifier-batch B] [--skip-classifier]
                                  [--skip-exactness]
@@ -33,7 +33,9 @@ balanced over factors whatever the model was trained on), with the model in eval
   (``exactness``, :func:`evaluate_exactness`); those figures count only if the classifier's
   held-out all-factors accuracy meets the 99.5% bar, which is printed and stored beside them.
 
-It prints a table and writes, each atomically: the JSON; one confusion-matrix PNG per method and
+(``python -m causal_vqvae.cli.bench`` is the same command.) It prints a table (``--json``: the
+results as JSON instead) and writes, each atomically: the JSON (``--out``: a ``.json`` path, or a
+folder to write ``bench_<data>.json`` in; default ``out/bench/``); one confusion-matrix PNG per method and
 for the supervised baseline (``<stem>_confusion_<name>.png``); ``<stem>_actions.png`` (every action
 applied to held-out images beside the true targets, :func:`actions_image`); ``<stem>_graph.png``
 (the learned graph, :func:`graph_image`). The supervised baseline and the factor classifier are
@@ -51,34 +53,36 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
-
-from ..eval.baseline import (
-    BaselineSettings,
-    load_or_train_baseline,
-    run_budget,
-    score_baseline,
+from .common import (
+    Parser,
+    add_device,
+    add_json,
+    add_model,
+    print_json,
+    resolve_device,
+    run_command,
 )
-from ..eval.data import DATASETS, check_model, twin_datamodule
-from ..eval.exactness import evaluate_edits, evaluate_exactness
-from ..eval.factor_classifier import ClassifierSettings, load_or_train_classifier
-from ..eval.pictures import actions_image, confusion_image, graph_image, write_png
-from ..eval.report import format_table, write_json
-from ..eval.retrieval import METHODS, evaluate
 
-__all__ = ["main"]
+__all__ = ["bench", "main"]
+
+PROG = "python -m causal_vqvae.cli.bench"
+DATASETS = ("dsprites", "shapes3d")  # causal_vqvae.eval.data.DATASETS, without importing torch
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m causal_vqvae.cli.bench", description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", required=True, help="model directory written by save_pretrained")
+def _parser(prog: str = PROG) -> argparse.ArgumentParser:
+    p = Parser(prog=prog, description=__doc__.split("\n\n")[0])
+    add_model(p)
     p.add_argument("--data", required=True, choices=DATASETS, help="procedural twin to evaluate on")
     p.add_argument("--pairs", type=int, default=2000, help="test pairs (items 0..pairs-1)")
-    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--batch-size", "--batch", dest="batch", type=int, default=256,
+                   help="pairs per batch (default 256)")
     p.add_argument("--seed", type=int, default=0,
                    help="which pairs are drawn; seeds the baseline, the classifier and the edit sequences")
-    p.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda if available")
-    p.add_argument("--out", default="results.json", help="JSON path; the PNGs go next to it")
+    add_device(p)
+    p.add_argument("--out", default=None,
+                   help="a .json path (the PNGs go next to it) or a folder to write bench_<data>.json and the PNGs "
+                        "in (default: out/bench/)")
+    add_json(p)
     p.add_argument("--no-cache", action="store_true",
                    help="train the baseline and the classifier afresh; read and write no cache")
     p.add_argument("--baseline-steps", type=int, default=None,
@@ -108,22 +112,48 @@ def _budget_value(flag: int | None, flag_name: str, from_run: int | None, defaul
     return default, "default"
 
 
-def main(argv: Sequence[str] | None = None) -> dict:
+def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
+    """Run the command; exits with status 2 (SystemExit) on a user's mistake."""
+    def run(args: Sequence[str] | None) -> int:
+        bench(args, prog)
+        return 0
+
+    code = run_command(run, argv, prog)
+    if code:
+        raise SystemExit(code)
+    return 0
+
+
+def bench(argv: Sequence[str] | None = None, prog: str = PROG) -> dict:
+    """Run the benchmark of ``argv`` (the command's flags); return what it wrote as JSON."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = _parser().parse_args(argv)
+    args = _parser(prog).parse_args(argv)
     for name in ("pairs", "batch", "baseline_steps", "baseline_batch", "classifier_steps", "classifier_batch",
                  "classifier_test_states", "picture_rows"):
         value = getattr(args, name)
         if value is not None and value < 1:
             raise SystemExit(f"--{name.replace('_', '-')} must be positive, got {value}")
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda asked for, but no GPU is available")
-    torch.manual_seed(args.seed)
+    import torch
 
     from datamodules.sources import default_cache_root
 
     from ..api import load
+    from ..eval.baseline import (
+        BaselineSettings,
+        load_or_train_baseline,
+        run_budget,
+        score_baseline,
+    )
+    from ..eval.data import check_model, twin_datamodule
+    from ..eval.exactness import evaluate_edits, evaluate_exactness
+    from ..eval.factor_classifier import ClassifierSettings, load_or_train_classifier
+    from ..eval.pictures import actions_image, confusion_image, graph_image, write_png
+    from ..eval.report import format_table, write_json
+    from ..eval.retrieval import METHODS, evaluate
+
+    device = resolve_device(args.device)
+    out = _out_path(args.out, args.data)
+    torch.manual_seed(args.seed)
 
     model = load(args.model, device=device).eval()
     dm = twin_datamodule(args.data, args.pairs, args.batch, args.seed)
@@ -163,7 +193,6 @@ def main(argv: Sequence[str] | None = None) -> dict:
             **evaluate_exactness(model, classifier, dm, args.pairs, args.batch, args.seed, device),
         }
 
-    out = Path(args.out)
     meta = {
         "data": f"{args.data} procedural twin",
         "model": str(Path(args.model).resolve()),
@@ -178,7 +207,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "train_frequency": budget.frequency,  # the model's (from its run config); the baseline trains on it
         "run_config": budget.config,
         "retrieval_score": model.config.retrieval_score,  # how retrieval by transition scored
-        "command": "python -m causal_vqvae.cli.bench " + shlex.join(argv),
+        "command": "causal-vqvae bench " + shlex.join(argv),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
     data = {"meta": meta, **results}
@@ -206,6 +235,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     data["pngs"] = pngs
     write_json(out, data)
 
+    if args.json:
+        print_json(data)
+        return data
     print(f"{meta['data']}, {args.pairs} test pairs, seed {args.seed}, {meta['device_name']}, "
           f"model {args.model}")
     print(format_table(data))
@@ -213,5 +245,16 @@ def main(argv: Sequence[str] | None = None) -> dict:
     return data
 
 
+def _out_path(out: str | None, data: str) -> Path:
+    """The JSON path of ``--out``: itself if it ends in .json, else ``bench_<data>.json`` in that folder."""
+    path = Path(out) if out is not None else Path("out") / "bench"
+    if path.suffix.lower() != ".json":
+        path = path / f"bench_{data}.json"
+    if path.parent.exists() and not path.parent.is_dir():
+        raise OSError(f"--out {out}: {path.parent} is a file, not a folder")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,9 +1,10 @@
 """Command line: which action turns image A into image B?
 
-    python -m causal_vqvae.cli.retrieve --model DIR a.png b.png [--method transition|head] [--top 5]
+    causal-vqvae retrieve --model MODEL a.png b.png [--method transition|head] [--top 5] [--json]
 
-prints a table of rank, action and probability, most likely first. Exit status 2 on a usage or
-input error.
+prints a table of rank, action and probability, most likely first (``--json``: the same as JSON).
+``python -m causal_vqvae.cli.retrieve`` is the same command. Exit status 2 on a usage or input
+error, with one line saying what was wrong.
 """
 
 from __future__ import annotations
@@ -11,9 +12,8 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from typing import NoReturn
 
-from .. import api
+from .common import Parser, add_model, print_json, resolve_device, run_command
 from .edit import _positive_int, add_method_and_device
 
 __all__ = ["format_table", "main"]
@@ -27,13 +27,12 @@ def format_table(ranked: Sequence[tuple[str, float]]) -> str:
     return "\n".join(lines)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m causal_vqvae.cli.retrieve",
-        description="Rank the actions that could have turned image A into image B.",
-    )
-    parser.add_argument("--model", required=True, metavar="DIR",
-                        help="model directory written by save_pretrained (config.json + model.safetensors)")
+PROG = "python -m causal_vqvae.cli.retrieve"
+
+
+def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
+    parser = Parser(prog=prog, description="Rank the actions that could have turned image A into image B.")
+    add_model(parser)
     parser.add_argument("image_a", metavar="A", help="the image before the action")
     parser.add_argument("image_b", metavar="B", help="the image after the action")
     parser.add_argument("--top", type=_positive_int, default=5, metavar="K",
@@ -42,20 +41,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
+    """Run the command; exits with status 2 (SystemExit) on a user's mistake."""
+    code = run_command(lambda args: _run(args, prog), argv, prog)
+    if code:
+        raise SystemExit(code)
+    return 0
 
-    def fail(message: str) -> NoReturn:
-        parser.exit(2, f"{parser.prog}: error: {message}\n")
 
-    try:
-        model = api.load(args.model, device=args.device)
-        top = min(args.top, model.config.num_actions)
-        with api.report_conversions():
-            ranked = api.retrieve_action(args.image_a, args.image_b, model, method=args.method, top_k=top)
-    except (OSError, ValueError, TypeError) as error:
-        fail(str(error))
+def _run(argv: Sequence[str] | None, prog: str) -> int:
+    args = build_parser(prog).parse_args(argv)
+    from .. import api
+
+    model = api.load(args.model, device=resolve_device(args.device))
+    top = min(args.top, model.config.num_actions)
+    with api.report_conversions():
+        ranked = api.retrieve_action(args.image_a, args.image_b, model, method=args.method, top_k=top)
+    if args.json:
+        print_json({"a": args.image_a, "b": args.image_b, "model": str(args.model), "method": args.method,
+                    "ranked": [{"action": name, "probability": prob} for name, prob in ranked]})
+        return 0
     print(f"{args.image_a} -> {args.image_b} (method {args.method})")
     print(format_table(ranked))
     return 0

@@ -45,16 +45,20 @@ import argparse
 import os
 import sys
 
+from .common import Parser, add_json, device_name, run_command
+
 __all__ = ["build_parser", "main"]
 
+PROG = "python train.py"
 
-def build_parser() -> argparse.ArgumentParser:
+
+def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     from datamodules.datamodule import DATASETS
 
     from ..training.config import COMPILE_MODES, STAGES
     from ..training.presets import PRESETS
 
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", choices=sorted(DATASETS), default="shapes3d", help="dataset (default: %(default)s)")
     p.add_argument("--data-root", default=None,
                    help="real dataset file or its folder (default: $CAUSAL_VQVAE_DATA_ROOT, else the procedural twin)")
@@ -65,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="'auto' (default): GPUs if present, else the CPU; 'cpu' trains on the CPU whatever is "
                         "present, in --devices processes (1 by default; more run the multi-process DDP path "
                         "without GPUs, for trying it out before a GPU job)")
+    p.add_argument("--device", type=device_name, default=None, metavar="DEVICE",
+                   help="auto, cpu or cuda: the same as --accelerator auto, cpu or gpu (cuda:N: run with "
+                        "CUDA_VISIBLE_DEVICES=N instead; mps is not supported for training)")
     p.add_argument("--num-nodes", type=int, default=1, help="machines for multi-node DDP (default 1)")
     p.add_argument("--precision", default=None,
                    help="Lightning precision: bf16-mixed (default on GPU), 32-true (default on CPU), 16-mixed")
@@ -109,11 +116,27 @@ def build_parser() -> argparse.ArgumentParser:
                         "as CUDA graphs (fewer kernel launches for small models), 'max-autotune' tunes kernels "
                         "longer (default: torch's default mode)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
+    add_json(p)
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: list[str] | None = None, prog: str = PROG) -> int:
+    """Run the command; exits with status 2 (SystemExit) on a user's mistake."""
+    code = run_command(lambda args: _run(args, prog), argv, prog)
+    if code:
+        raise SystemExit(code)
+    return 0
+
+
+def _run(argv: list[str] | None, prog: str) -> int:
+    args = build_parser(prog).parse_args(argv)
+    if args.device is not None:
+        if args.accelerator != "auto":
+            raise SystemExit(f"--device {args.device} and --accelerator {args.accelerator}: give one of them")
+        if args.device not in ("auto", "cpu", "cuda"):
+            raise SystemExit(f"--device {args.device}: training takes auto, cpu or cuda (for one GPU of several, "
+                             "run with CUDA_VISIBLE_DEVICES=N and --device cuda)")
+        args.accelerator = {"auto": "auto", "cpu": "cpu", "cuda": "gpu"}[args.device]
     from ..training.run import run
 
     return run(args, argv)
@@ -121,4 +144,4 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
-    sys.exit(main())
+    sys.exit(main(prog="python -m causal_vqvae.cli.train"))

@@ -1,6 +1,7 @@
 """The Lightning callbacks a training run adds to its stages beside :mod:`.monitoring`'s:
-:class:`NonFiniteGuard` (stop on a NaN or infinite loss before a damaged checkpoint is written) and
-:class:`BestWeights` (keep the weights of a stage's best validation)."""
+:class:`NonFiniteGuard` (stop on a NaN or infinite loss before a damaged checkpoint is written),
+:class:`BestWeights` (keep the weights of a stage's best validation) and :class:`StageProgressBar`
+(the stage, its step and the training loss on Lightning's progress bar)."""
 
 from __future__ import annotations
 
@@ -13,11 +14,44 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.callbacks import TQDMProgressBar
 
 from ..files import write_json
 from ..model import CausalVQVAE
 
-__all__ = ["NonFiniteLossError", "NonFiniteGuard", "BestWeights"]
+__all__ = ["NonFiniteLossError", "NonFiniteGuard", "BestWeights", "StageProgressBar"]
+
+
+class StageProgressBar(TQDMProgressBar):
+    """Lightning's progress bar (steps of the epoch, rate, time left), described by the stage and
+    its step out of the stage's steps, with the training loss read where the bar refreshes (a read
+    is a device sync, so not every step) and without Lightning's version number."""
+
+    def __init__(self, stage: str, refresh_rate: int = 10) -> None:
+        super().__init__(refresh_rate=refresh_rate)
+        self.stage = stage
+        self.loss: float | None = None
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, *args: Any) -> None:
+        super().on_train_epoch_start(trainer, *args)
+        if self.train_progress_bar is not None:
+            self.train_progress_bar.set_description(f"{self.stage} from step {trainer.global_step} of {trainer.max_steps}")
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        bar = self.train_progress_bar
+        if bar is not None and self._should_update(batch_idx + 1, bar.total):
+            loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+            if isinstance(loss, torch.Tensor):
+                self.loss = float(loss.detach())
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+    def get_metrics(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
+        items = super().get_metrics(trainer, pl_module)
+        items.pop("v_num", None)
+        if self.loss is not None:
+            items["loss"] = f"{self.loss:.4g}"
+        return items
 
 
 class NonFiniteLossError(RuntimeError):

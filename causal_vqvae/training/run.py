@@ -16,6 +16,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ from datamodules.datamodule import TRAINER_KWARGS, DataConfig, build_datamodule
 
 from ..config import ModelConfig
 from ..model import CausalVQVAE
-from .callbacks import BestWeights, NonFiniteGuard, NonFiniteLossError
+from .callbacks import BestWeights, NonFiniteGuard, NonFiniteLossError, StageProgressBar
 from .code_pool import POOL_STAGES, CodePoolDataModule
 from .config import BEST_FROM, STAGE_MONITOR, STAGES, TrainConfig
 from .devices import ddp_strategy, device_name, resolve_devices
@@ -62,6 +63,7 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
     first_rank = all(os.environ.get(name, "0") == "0" for name in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"))
     logging.basicConfig(level=logging.INFO if first_rank else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    quiet_lightning()
 
     preset = PRESETS[args.preset]
     overrides = read_overrides(args.config)
@@ -195,6 +197,8 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
             pl.callbacks.ModelCheckpoint(dirpath=checkpoints, save_last=True, every_n_train_steps=val_every,
                                          save_top_k=0),
         ]
+        if not args.no_progress:
+            callbacks.append(StageProgressBar(stage))
         best_weights = None
         if train_config.keep == "best":
             best_weights = BestWeights(checkpoints / "best", STAGE_MONITOR[stage], math.ceil(BEST_FROM * steps))
@@ -203,7 +207,7 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
             max_steps=steps, num_nodes=args.num_nodes, logger=stage_logger(stage_dir), callbacks=callbacks,
             log_every_n_steps=min(50, val_every),  # gradient clipping: CausalVQVAEModule.on_before_optimizer_step
             enable_progress_bar=not args.no_progress, default_root_dir=stage_dir,
-            num_sanity_val_steps=0, **TRAINER_KWARGS,
+            num_sanity_val_steps=0, enable_model_summary=False, **TRAINER_KWARGS,
             # Several processes (devices or nodes): DDP without its buffer copy at each step (see
             # ddp_strategy); a new strategy object per stage, as a Trainer binds its own.
             **{**device_kwargs, "strategy": ddp_strategy() if world > 1 else "auto"},
@@ -267,4 +271,29 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
                  ", ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items())))
     if summary and first_rank:
         write_run_json(out / "summary.json", summary)
+        if getattr(args, "json", False):
+            print(json.dumps({"out": str(out), "stages": list(summary), "final": str(out / stages[-1]),
+                              "summary": summary}, indent=2, default=str))
+        else:
+            print(_closing_screen(out, stages, args.data), flush=True)
     return 0
+
+
+def quiet_lightning() -> None:
+    """Keep Lightning's own chatter off the screen: its info lines (the devices, which this run logs
+    itself, and tips for cloud services) and a deprecation warning it raises itself. Its warnings
+    and errors still show."""
+    for name in ("pytorch_lightning", "lightning_fabric", "lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+
+
+def _closing_screen(out: Path, stages: list[str], data: str) -> str:
+    """What a finished run wrote and the commands to run next."""
+    twin = data in ("dsprites", "shapes3d")
+    lines = [f"done: {out}/" + ", ".join(f"{stage}/" for stage in stages) + f" (the model: {out / stages[-1]})",
+             f"  curves and pictures: {out / stages[-1] / 'pictures'}, tensorboard --logdir {out}", "next:",
+             f"  causal-vqvae edit --model {out} --image IMAGE --traverse"]
+    if twin:
+        lines.append(f"  causal-vqvae bench --model {out} --data {data} --pairs 1000 --skip-baseline --skip-classifier")
+    return "\n".join(lines)

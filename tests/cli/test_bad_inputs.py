@@ -416,7 +416,7 @@ CASES = [
     Case("cli_edit_model_dir_missing", "edit --model <a directory that does not exist>",
          lambda c: edit_cli(c, c.tmp / "out.png", model=c.tmp / "nowhere"),
          SystemExit, r"error: no model at {tmp}/nowhere: the path does not exist",
-         r"a model directory holds config\.json and model\.safetensors", untouched=out_absent),
+         r"a model folder \(config\.json and model\.safetensors", untouched=out_absent),
     Case("cli_edit_model_weights_truncated", "edit --model <a directory whose model.safetensors is cut in half>",
          lambda c: edit_cli(c, old_output(c), model=truncated_weights(c)),
          SystemExit, r"error: cannot read {tmp}/damaged_model/model\.safetensors: it is truncated or corrupt",

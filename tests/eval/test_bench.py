@@ -14,7 +14,7 @@ from PIL import Image
 
 import causal_vqvae.eval.baseline as baseline
 from causal_vqvae import CausalVQVAE, ModelConfig
-from causal_vqvae.cli.bench import _budget_value, main
+from causal_vqvae.cli.bench import _budget_value, bench
 from causal_vqvae.eval.baseline import BaselineSettings, RunBudget, load_or_train_baseline, run_budget, score_baseline
 from causal_vqvae.eval.data import twin_datamodule
 from causal_vqvae.eval.exactness import action_sequences
@@ -182,7 +182,7 @@ def test_actions_picture_shows_edits_beside_true_targets(tiny_model, dm):
 
 
 def _run(model_dir, out):
-    return main(["--model", str(model_dir), "--data", "dsprites", "--pairs", "64", "--batch", "32",
+    return bench(["--model", str(model_dir), "--data", "dsprites", "--pairs", "64", "--batch", "32",
                  "--seed", "0", "--device", "cpu", "--out", str(out), "--baseline-steps", "2",
                  "--baseline-batch", "8", "--classifier-steps", "2", "--classifier-batch", "8",
                  "--classifier-test-states", "32", "--picture-rows", "2"])

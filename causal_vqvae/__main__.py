@@ -1,0 +1,5 @@
+"""``python -m causal_vqvae``: the ``causal-vqvae`` command (:mod:`causal_vqvae.cli.main`)."""
+
+from .cli.main import entry
+
+entry()
