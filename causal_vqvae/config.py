@@ -76,6 +76,12 @@ class ModelConfig:
     Causal graph
         gumbel_temperature: temperature of the relaxed Bernoulli (Gumbel-sigmoid) samples.
         adjacency_init_logit: initial logit of every node -> node edge (high = dense start).
+        local_parent_logit: grid layout only; None (default), every edge starts at
+            ``adjacency_init_logit``. A number: the edges between cells one step apart (the 8
+            around a cell) start at this logit instead, a locality prior that training may undo. A
+            short run does not decide a graph that starts uniform (its edge probabilities stay
+            alike and below 1/2, so evaluation keeps no parent); neighbours are where a moved or
+            reshaped object's codes come from.
         target_init_logit: initial logit of every action -> node intervention target.
         state_dependent_targets: add a state-dependent term (action, code, position and a little
             context) to the global target logits; needed for the grid layout when where the object
@@ -192,6 +198,7 @@ class ModelConfig:
     # causal graph
     gumbel_temperature: float = 1.0
     adjacency_init_logit: float = 5.0
+    local_parent_logit: float | None = None
     target_init_logit: float = 5.0
     state_dependent_targets: bool = True
     target_head_dim: int = 64
@@ -249,6 +256,8 @@ class ModelConfig:
         need(self.num_res_blocks >= 0, f"num_res_blocks must be >= 0, got {self.num_res_blocks}")
         need(self.norm_groups >= 1, f"norm_groups must be >= 1, got {self.norm_groups}")
         need(isinstance(self.local_encoder, bool), f"local_encoder must be true or false, got {self.local_encoder!r}")
+        need(self.local_parent_logit is None or self.latent_layout == "grid",
+             "local_parent_logit needs latent_layout 'grid': tokens have no neighbours")
         need(not (self.local_encoder and self.latent_layout == "tokens"),
              "local_encoder needs latent_layout 'grid': the tokens layout's encoder attends over the whole image")
         need(

@@ -111,6 +111,7 @@ class CausalVQVAE(PretrainedMixin, nn.Module):
             adjacency_init_logit=c.adjacency_init_logit,
             target_init_logit=c.target_init_logit,
             temperature=c.gumbel_temperature,
+            local_parent_logit=c.local_parent_logit,
             state_dependent_targets=c.state_dependent_targets,
             head_dim=c.target_head_dim,
             context_layers=c.target_context_layers,
@@ -403,7 +404,7 @@ class CausalVQVAE(PretrainedMixin, nn.Module):
     # The causal part: its graph, sparsity and transition settings (a change to them needs a new
     # transition; the autoencoder, the codes and the retrieval head stay valid).
     TRANSITION_FIELDS = (
-        "gumbel_temperature", "adjacency_init_logit", "target_init_logit", "state_dependent_targets",
+        "gumbel_temperature", "adjacency_init_logit", "local_parent_logit", "target_init_logit", "state_dependent_targets",
         "target_head_dim", "target_context_layers", "target_state_bound", "sparsity_mode",
         "target_penalty_weight", "adjacency_penalty_weight", "target_budget", "target_budget_start",
         "adjacency_budget", "adjacency_budget_start", "dual_lr", "transition_dim", "transition_layers",

@@ -128,8 +128,41 @@ def load_pretrained(
             f"{weights} does not match its config ({config.latent_layout} layout): "
             f"missing tensors {missing}, unexpected tensors {unexpected}"
         )
+    check_weights(state, model.state_dict(), weights, config)
     model.load_state_dict(state, strict=True)
     return model.to(map_location).eval()
+
+
+def check_weights(state: Mapping[str, torch.Tensor], wanted: Mapping[str, torch.Tensor], path: Path,
+                  config: ModelConfig) -> None:
+    """Refuse weights that would load into a broken model: a tensor whose shape differs from what
+    ``config`` builds (named, with both shapes and the config that the file fits), or a floating
+    tensor with NaN or infinite values (named, with how many)."""
+    for name, tensor in state.items():
+        if tensor.shape != wanted[name].shape:
+            raise ValueError(
+                f"{path}: tensor {name} has shape {tuple(tensor.shape)}, but its config.json builds "
+                f"{tuple(wanted[name].shape)}; the weights and config.json come from different models "
+                f"(the weights fit {_fitting_config(state, config)}); save both with save_pretrained again")
+    for name, tensor in state.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise ValueError(f"{path}: tensor {name} holds {bad} NaN or infinite value(s) of {tensor.numel()}; "
+                             f"the weights are damaged (a diverged training step?); {_REDO}")
+
+
+def _fitting_config(state: Mapping[str, torch.Tensor], config: ModelConfig) -> str:
+    """The config entries that the weights' shapes show, where they differ from ``config``."""
+    found = {}
+    codebook = state.get("quantizer.embedding")
+    if codebook is not None and codebook.ndim >= 2:  # (codebooks, codes, dim) or (codes, dim)
+        found["codebook_size"], found["code_dim"] = int(codebook.shape[-2]), int(codebook.shape[-1])
+    actions = state.get("transition_net.action_embed.weight")
+    if actions is not None:
+        found["num_actions"] = int(actions.shape[0])
+        found["transition_dim"] = int(actions.shape[1])
+    differ = {k: v for k, v in found.items() if getattr(config, k, None) != v}
+    return ", ".join(f"{k}={v}" for k, v in differ.items()) if differ else "another architecture"
 
 
 class PretrainedMixin:

@@ -92,6 +92,9 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     p.add_argument("--resume", default=None,
                    help="'last' to continue an interrupted run in --out from its last checkpoint (the same "
                         "flags as the run), or a .ckpt path to continue the first stage run from")
+    p.add_argument("--overwrite", action="store_true",
+                   help="train in an --out that holds another run, removing that run's stages first (without it, "
+                        "such a folder is refused: a run is never trained over by accident)")
     p.add_argument("--seed", type=int, default=0, help="seeds weights, pair sampling and training (default 0)")
     p.add_argument("--out", default="runs/latest",
                    help="run directory: checkpoints, config, logs, pictures (default %(default)s)")

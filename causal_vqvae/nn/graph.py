@@ -13,6 +13,7 @@ Conventions:
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
@@ -30,6 +31,7 @@ __all__ = [
     "DualAscent",
     "StateTargetHead",
     "CausalGraph",
+    "grid_neighbours",
 ]
 
 
@@ -167,6 +169,17 @@ class StateTargetHead(nn.Module):
         return self.bound * torch.tanh(raw / self.bound)
 
 
+def grid_neighbours(num_nodes: int) -> torch.Tensor:
+    """(N, N) bool: [j, i] when cells j and i of the square grid of N cells (row-major) are one
+    step apart, diagonals included (the 8 around a cell; fewer at the border)."""
+    side = math.isqrt(num_nodes)
+    if side * side != num_nodes:
+        raise ValueError(f"a grid's neighbours need a square number of nodes, got {num_nodes}")
+    rows, cols = torch.arange(num_nodes) // side, torch.arange(num_nodes) % side
+    distance = torch.maximum((rows[:, None] - rows[None]).abs(), (cols[:, None] - cols[None]).abs())
+    return distance == 1
+
+
 class CausalGraph(nn.Module):
     """Adjacency logits (N, N) over nodes and intervention-target logits (A, N) per action,
     optionally plus a state-dependent target term."""
@@ -180,6 +193,7 @@ class CausalGraph(nn.Module):
         adjacency_init_logit: float = 5.0,
         target_init_logit: float = 5.0,
         temperature: float = 1.0,
+        local_parent_logit: float | None = None,
         state_dependent_targets: bool = False,
         head_dim: int = 64,
         context_layers: int = 1,
@@ -190,7 +204,10 @@ class CausalGraph(nn.Module):
         self.num_nodes = num_nodes
         self.num_actions = num_actions
         self.temperature = temperature
-        self.adjacency_logits = nn.Parameter(torch.full((num_nodes, num_nodes), float(adjacency_init_logit)))
+        adjacency = torch.full((num_nodes, num_nodes), float(adjacency_init_logit))
+        if local_parent_logit is not None:
+            adjacency[grid_neighbours(num_nodes)] = float(local_parent_logit)
+        self.adjacency_logits = nn.Parameter(adjacency)
         self.target_logits = nn.Parameter(torch.full((num_actions, num_nodes), float(target_init_logit)))
         self.register_buffer("off_diagonal", 1.0 - torch.eye(num_nodes), persistent=False)
         self.state_head = (

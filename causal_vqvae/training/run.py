@@ -10,6 +10,7 @@ exactly; its weights are then saved with ``save_pretrained`` under ``OUT/<stage>
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import math
@@ -35,7 +36,10 @@ from .module import CausalVQVAEModule, CheckpointMismatchError
 from .monitoring import MetricHistory, ValidationPictures
 from .presets import PRESETS, read_overrides
 from .rundir import (
+    RunLock,
+    check_checkpoint,
     check_same_run,
+    claim_run_folder,
     finished,
     resume_checkpoint,
     stage_logger,
@@ -57,7 +61,13 @@ def compile_options(args: argparse.Namespace) -> dict[str, Any] | None:
 
 def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
     """Train as the flags ``args`` of :func:`causal_vqvae.cli.train.build_parser` say; ``argv``
-    (default ``sys.argv``) is recorded in the run's config.json. Returns the exit status."""
+    (default ``sys.argv``) is recorded in the run's config.json. Returns the exit status. The run
+    folder is locked (:class:`RunLock`) while it trains, and released however the run ends."""
+    with contextlib.ExitStack() as cleanup:
+        return _run(args, argv, cleanup)
+
+
+def _run(args: argparse.Namespace, argv: list[str] | None, cleanup: contextlib.ExitStack) -> int:
     # Under DDP every rank runs this script; the run's own files and log lines come from the first one
     # (ranks as Lightning's launcher, torchrun or SLURM give them).
     first_rank = all(os.environ.get(name, "0") == "0" for name in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"))
@@ -155,12 +165,22 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
     log.info("data: %s | %d actions | model: %s, %s parameters", probe.description, len(actions),
              model.config.latent_layout, f"{model.parameter_counts()['total']:,}")
 
-    out = writable_directory(Path(args.out))
+    if args.resume and args.resume != "last":
+        check_checkpoint(args.resume)
+    out = writable_directory(args.out)
+    if first_rank:
+        claim_run_folder(out, args.resume, getattr(args, "overwrite", False))
+        cleanup.enter_context(RunLock(out))
     resolved = {"data": {k: v for k, v in asdict(data_config).items() if k != "extra"},
                 "model": model.config.to_dict(), "train": train_config.to_dict(), "stages": stages,
                 "devices": device_kwargs, "num_nodes": args.num_nodes, "argv": sys.argv if argv is None else argv}
     if args.resume:
         check_same_run(out / "config.json", resolved)
+        done = [s for s in stages if train_config.steps(s) > 0]
+        if (out / "summary.json").is_file() and all(finished(out / s, train_config.steps(s)) for s in done):
+            print(f"--resume: the run in {out} has finished (stages {', '.join(done)}); nothing to resume. "
+                  f"Its model: {out / done[-1]}", flush=True)
+            return 0
     if first_rank:
         write_run_json(out / "config.json", resolved)
 

@@ -1,18 +1,28 @@
-"""The run folder (``--out``): made sure writable, its resolved configuration written and checked
-again on ``--resume``, the checkpoint a stage continues from, whether a stage already finished, and
-each stage's logger."""
+"""The run folder (``--out``): made sure writable and owned by one run at a time (a lock naming the
+process and host), never trained over without ``--resume`` or ``--overwrite``, its resolved
+configuration written and checked again on ``--resume``, the checkpoint a stage continues from
+(read safely before anything is written), whether a stage already finished, and each stage's
+logger."""
 
 from __future__ import annotations
 
+import datetime
 import json
+import os
+import shutil
+import socket
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from ..files import write_json
 
-__all__ = ["ADDED_SETTINGS", "check_same_run", "finished", "resume_checkpoint", "stage_logger", "writable_directory",
-           "write_run_json"]
+__all__ = ["ADDED_SETTINGS", "LOCK_NAME", "RunLock", "check_checkpoint", "check_same_run", "claim_run_folder",
+           "finished", "resume_checkpoint", "stage_logger", "writable_directory", "write_run_json"]
+
+LOCK_NAME = ".lock"
+# What a run writes at the top of its folder, besides a folder per stage.
+RUN_FILES = ("config.json", "summary.json", LOCK_NAME)
 
 
 def write_run_json(path: Path, data: dict) -> None:
@@ -20,8 +30,11 @@ def write_run_json(path: Path, data: dict) -> None:
     write_json(path, data, default=str)
 
 
-def writable_directory(path: Path) -> Path:
-    """``path`` created if needed; a clear exit when it is a file or cannot be written."""
+def writable_directory(out: str | Path) -> Path:
+    """``out`` created if needed; a clear exit when it is empty, a file or cannot be written."""
+    if not str(out).strip():  # Path("") would be the current folder
+        raise SystemExit("--out is empty; pass the folder the run should write to, e.g. --out runs/mine")
+    path = Path(out)
     if path.exists() and not path.is_dir():
         raise SystemExit(f"--out {path}: exists and is not a directory; pass a directory for the run")
     try:
@@ -40,10 +53,10 @@ def writable_directory(path: Path) -> Path:
 # transition with the NLL; before keep, every stage kept its last step's weights; before intervention,
 # an intervened node's equation could keep its code; before keep_threshold, its most likely code was
 # read off; before local_encoder, the encoder saw the whole image; before edit_loss_weight, no decoded
-# edit was trained on).
+# edit was trained on; before local_parent_logit, every edge started alike).
 ADDED_SETTINGS = {"train": {"graph_lr_scale": 1.0, "code_pool": 0, "keep": "last"},
                   "model": {"retrieval_score": "nll", "intervention": "resample", "keep_threshold": None,
-                            "local_encoder": False, "edit_loss_weight": 0.0}}
+                            "local_encoder": False, "edit_loss_weight": 0.0, "local_parent_logit": None}}
 
 
 def check_same_run(path: Path, resolved: dict[str, Any]) -> None:
@@ -70,6 +83,118 @@ def check_same_run(path: Path, resolved: dict[str, Any]) -> None:
                                      f"add {json.dumps(older)} to the --config file)")
         raise SystemExit(f"--resume: {path} was written by a run with other settings ({details}); "
                          f"resume with the original flags{hint}, or pass a new --out to start a new run")
+
+
+def claim_run_folder(out: Path, resume: str | None, overwrite: bool) -> None:
+    """Refuse a folder that holds another run's work, unless asked to continue or replace it.
+
+    A new run needs an empty (or new) folder; a folder with a run in it (its ``config.json`` lists
+    ``stages``) takes ``--resume`` to continue it or ``--overwrite`` to replace it (its stage
+    folders and files are removed first); a folder of other files is never trained in."""
+    if not out.is_dir():
+        return
+    entries = [p for p in out.iterdir() if not p.name.startswith(".write-test-")]
+    if not entries:
+        return
+    stages = _run_stages(out)
+    if stages is None:
+        raise SystemExit(f"--out {out}: the folder is not empty and holds no training run ({len(entries)} entries, "
+                         f"e.g. {sorted(p.name for p in entries)[0]}); pass a new or empty folder for the run")
+    if resume is not None:
+        return
+    state = "a finished run" if (out / "summary.json").is_file() else "an unfinished run"
+    if not overwrite:
+        raise SystemExit(f"--out {out}: holds {state} (stages {', '.join(stages)}); continue it with --resume last, "
+                         "pass another --out, or pass --overwrite to replace it")
+    for name in [*stages, *RUN_FILES]:
+        target = out / name
+        if name == LOCK_NAME:
+            continue
+        if target.is_dir():
+            shutil.rmtree(target)
+        elif target.exists():
+            target.unlink()
+
+
+def _run_stages(out: Path) -> list[str] | None:
+    """The stages a run folder's config.json lists; None when it is not a run's."""
+    try:
+        stages = json.loads((out / "config.json").read_text()).get("stages")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return [str(stage) for stage in stages] if isinstance(stages, list) else None
+
+
+class RunLock:
+    """``OUT/.lock``, created exclusively, naming the process and host that train in the folder.
+
+    A second run on the folder is refused with who holds it. A lock left by a process that is gone
+    (killed on this host) is taken over; a lock from another host is left for a person to judge."""
+
+    def __init__(self, out: Path) -> None:
+        self.path = out / LOCK_NAME
+        self.held = False
+
+    def __enter__(self) -> RunLock:
+        me = {"pid": os.getpid(), "host": socket.gethostname(),
+              "since": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                holder = self._holder()
+                if holder.get("host") == me["host"] and not _alive(holder.get("pid")):
+                    self.path.unlink(missing_ok=True)  # its process is gone: a stale lock
+                    continue
+                raise SystemExit(
+                    f"--out {self.path.parent}: another run trains in this folder (pid {holder.get('pid', '?')} on "
+                    f"{holder.get('host', '?')}, since {holder.get('since', '?')}); wait for it or stop it, or pass "
+                    f"another --out. If no run is there (its machine went down), delete {self.path}") from None
+            with os.fdopen(fd, "w") as file:
+                json.dump(me, file)
+            self.held = True
+            return self
+        raise SystemExit(f"--out {self.path.parent}: cannot take the lock {self.path}; delete it if no run is there")
+
+    def _holder(self) -> dict[str, Any]:
+        try:
+            holder = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return {}
+        return holder if isinstance(holder, dict) else {}
+
+    def __exit__(self, *exc: object) -> None:
+        if self.held:
+            self.path.unlink(missing_ok=True)
+            self.held = False
+
+
+def _alive(pid: Any) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def check_checkpoint(path: str) -> None:
+    """Read a ``--resume`` checkpoint safely (``weights_only``) before anything is written, so a
+    file that is not a Lightning checkpoint, or one that would need unpickling, is refused cleanly."""
+    import torch
+
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # UnpicklingError, RuntimeError (not a zip), EOFError (truncated), ...
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise SystemExit(f"--resume {path}: not a checkpoint that can be read safely ({type(error).__name__}: "
+                         f"{reason[:200]}); pass 'last' or a .ckpt written by this training") from None
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise SystemExit(f"--resume {path}: not a Lightning training checkpoint (no state_dict); pass 'last' or a "
+                         ".ckpt from OUT/<stage>/checkpoints/")
 
 
 def _diff(before: Any, now: Any) -> str:

@@ -127,6 +127,27 @@ def truncated_weights(c: Ctx) -> Path:
     return model_copy(c, lambda d: truncate(d / "model.safetensors"))
 
 
+def nan_weights(c: Ctx) -> Path:
+    def damage(directory: Path) -> None:
+        from safetensors.torch import load_file, save_file
+
+        state = load_file(str(directory / "model.safetensors"))
+        state["decoder.out.weight" if "decoder.out.weight" in state else sorted(state)[0]].fill_(float("nan"))
+        save_file(state, str(directory / "model.safetensors"))
+
+    return model_copy(c, damage)
+
+
+def other_codebook_config(c: Ctx) -> Path:
+    """The weights of the model beside a config.json of another codebook size."""
+    def damage(directory: Path) -> None:
+        config = json.loads((directory / "config.json").read_text())
+        config["codebook_size"] = config["codebook_size"] * 2
+        (directory / "config.json").write_text(json.dumps(config))
+
+    return model_copy(c, damage)
+
+
 def config_not_json(c: Ctx) -> Path:
     return model_copy(c, lambda d: (d / "config.json").write_text("{not json"))
 
@@ -361,6 +382,14 @@ CASES = [
          lambda c: partial(CausalVQVAE.from_pretrained, truncated_weights(c)),
          ValueError, r"cannot read {tmp}/damaged_model/model\.safetensors: it is truncated or corrupt",
          r"save the model again"),
+    Case("load_nan_weights", "load() of a model whose weights hold NaN (all-NaN decoder weights)",
+         lambda c: partial(load, nan_weights(c), device="cpu"),
+         ValueError, r"model\.safetensors: tensor \S+ holds \d+ NaN or infinite value\(s\)",
+         r"the weights are damaged .*save the model again"),
+    Case("load_weights_of_another_config", "load() of weights beside a config.json of another codebook size",
+         lambda c: partial(load, other_codebook_config(c), device="cpu"),
+         ValueError, r"tensor quantizer\.\w+ has shape \([\d, ]+\), but its config\.json builds \([\d, ]+\)",
+         r"the weights fit codebook_size=\d+.*save both with save_pretrained again"),
     Case("load_config_not_json", "load() of a model directory whose config.json is not JSON",
          lambda c: partial(load, config_not_json(c), device="cpu"),
          ValueError, r"cannot read {tmp}/damaged_model/config\.json: not valid JSON",
