@@ -24,7 +24,7 @@ install: $(VENV)/.installed
 
 demo: install
 	$(CLI) preview --data $(DATA) --out out/preview_$(DATA).png --sample out/sample_$(DATA).png
-	$(CLI) train --data $(DATA) --preset cpu-small --out out/demo_$(DATA)
+	$(CLI) train --data $(DATA) --preset cpu-small --out out/demo_$(DATA) --overwrite
 	$(CLI) edit --model out/demo_$(DATA) --image out/sample_$(DATA).png --traverse --out out/traverse_$(DATA).png
 
 test: install

@@ -340,6 +340,11 @@ def _image_format(out: Path) -> str:
     return fmt
 
 
+def image_format(out: str | os.PathLike) -> str:
+    """The image format that ``out``'s extension names (ValueError naming the accepted ones)."""
+    return _image_format(Path(out))
+
+
 def check_output(out: Path) -> str:
     """Fail early, before any work: the image format of ``out`` and a writable directory for it."""
     fmt = _image_format(out)

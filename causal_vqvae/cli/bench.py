@@ -151,15 +151,18 @@ def bench(argv: Sequence[str] | None = None, prog: str = PROG) -> dict:
     from ..eval.report import format_table, write_json
     from ..eval.retrieval import METHODS, evaluate
 
+    from ..locate import resolve_model
+
     device = resolve_device(args.device)
+    directory = resolve_model(args.model)  # a released name or a run's folder: the model's own folder
     out = _out_path(args.out, args.data)
     torch.manual_seed(args.seed)
 
-    model = load(args.model, device=device).eval()
+    model = load(directory, device=device).eval()
     dm = twin_datamodule(args.data, args.pairs, args.batch, args.seed)
     check_model(model, dm, args.data)
     cache_root = None if args.no_cache else default_cache_root()
-    budget = run_budget(args.model)
+    budget = run_budget(directory)
     results = evaluate(model, dm, args.data, args.pairs, args.batch, device)
 
     if not args.skip_baseline:
@@ -195,7 +198,7 @@ def bench(argv: Sequence[str] | None = None, prog: str = PROG) -> dict:
 
     meta = {
         "data": f"{args.data} procedural twin",
-        "model": str(Path(args.model).resolve()),
+        "model": str(directory.resolve()),
         "seed": args.seed,
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",

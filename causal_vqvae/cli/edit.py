@@ -134,10 +134,11 @@ def _run(argv: Sequence[str] | None, prog: str) -> int:
         out = Path(args.out)
 
     from .. import api
-    from ..images import check_output, write_image
+    from ..images import check_output, image_format, write_image
 
-    if out.parent.is_dir():
-        check_output(out)  # fail before any work; a folder still to be made is made once the result exists
+    image_format(out)  # fail before any work on a format no writer has
+    if out.parent.exists():
+        check_output(out)  # and on a folder that cannot be written; a missing one is made with the result
     model = api.load(args.model, device=resolve_device(args.device))
     with api.report_conversions():
         if args.traverse:
@@ -154,7 +155,10 @@ def _run(argv: Sequence[str] | None, prog: str) -> int:
             result = api.edit(args.image, actions, model)
             applied = [api.action_names(model)[a] for a in actions]
             done = "applied " + ", ".join(applied)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise OSError(f"cannot make the output folder {out.parent}: {error.strerror or error}") from None
     check_output(out)
     try:
         write_image(result, out)

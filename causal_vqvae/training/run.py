@@ -168,9 +168,9 @@ def _run(args: argparse.Namespace, argv: list[str] | None, cleanup: contextlib.E
     if args.resume and args.resume != "last":
         check_checkpoint(args.resume)
     out = writable_directory(args.out)
-    if first_rank:
-        claim_run_folder(out, args.resume, getattr(args, "overwrite", False))
+    if first_rank:  # the lock first: a run still training in the folder is never touched
         cleanup.enter_context(RunLock(out))
+        claim_run_folder(out, args.resume, getattr(args, "overwrite", False), init=args.init)
     resolved = {"data": {k: v for k, v in asdict(data_config).items() if k != "extra"},
                 "model": model.config.to_dict(), "train": train_config.to_dict(), "stages": stages,
                 "devices": device_kwargs, "num_nodes": args.num_nodes, "argv": sys.argv if argv is None else argv}
@@ -178,8 +178,11 @@ def _run(args: argparse.Namespace, argv: list[str] | None, cleanup: contextlib.E
         check_same_run(out / "config.json", resolved)
         done = [s for s in stages if train_config.steps(s) > 0]
         if (out / "summary.json").is_file() and all(finished(out / s, train_config.steps(s)) for s in done):
-            print(f"--resume: the run in {out} has finished (stages {', '.join(done)}); nothing to resume. "
-                  f"Its model: {out / done[-1]}", flush=True)
+            if getattr(args, "json", False):
+                print(json.dumps({"out": str(out), "stages": done, "final": str(out / done[-1]), "finished": True}))
+            else:
+                print(f"--resume: the run in {out} has finished (stages {', '.join(done)}); nothing to resume. "
+                      f"Its model: {out / done[-1]}", flush=True)
             return 0
     if first_rank:
         write_run_json(out / "config.json", resolved)

@@ -18,11 +18,12 @@ from typing import Any
 from ..files import write_json
 
 __all__ = ["ADDED_SETTINGS", "LOCK_NAME", "RunLock", "check_checkpoint", "check_same_run", "claim_run_folder",
+           "run_stages",
            "finished", "resume_checkpoint", "stage_logger", "writable_directory", "write_run_json"]
 
 LOCK_NAME = ".lock"
-# What a run writes at the top of its folder, besides a folder per stage.
-RUN_FILES = ("config.json", "summary.json", LOCK_NAME)
+# What a run writes at the top of its folder, besides a folder per stage and its lock.
+RUN_FILES = ("config.json", "summary.json")
 
 
 def write_run_json(path: Path, data: dict) -> None:
@@ -85,18 +86,22 @@ def check_same_run(path: Path, resolved: dict[str, Any]) -> None:
                          f"resume with the original flags{hint}, or pass a new --out to start a new run")
 
 
-def claim_run_folder(out: Path, resume: str | None, overwrite: bool) -> None:
-    """Refuse a folder that holds another run's work, unless asked to continue or replace it.
+def claim_run_folder(out: Path, resume: str | None, overwrite: bool, init: str | None = None) -> None:
+    """Refuse a folder that holds another run's work, unless asked to continue or replace it. Call
+    it holding the folder's :class:`RunLock`, so that a run still training is never touched.
 
     A new run needs an empty (or new) folder; a folder with a run in it (its ``config.json`` lists
-    ``stages``) takes ``--resume`` to continue it or ``--overwrite`` to replace it (its stage
-    folders and files are removed first); a folder of other files is never trained in."""
+    stages) takes ``--resume`` to continue it or ``--overwrite`` to replace it (its stage folders,
+    config.json and summary.json are removed first, nothing else); a folder of other files is never
+    trained in."""
+    if resume is not None and overwrite:
+        raise SystemExit("--resume continues a run and --overwrite replaces it: give one of them")
     if not out.is_dir():
         return
-    entries = [p for p in out.iterdir() if not p.name.startswith(".write-test-")]
+    entries = [p for p in out.iterdir() if p.name != LOCK_NAME and not p.name.startswith(".write-test-")]
     if not entries:
         return
-    stages = _run_stages(out)
+    stages = run_stages(out)
     if stages is None:
         raise SystemExit(f"--out {out}: the folder is not empty and holds no training run ({len(entries)} entries, "
                          f"e.g. {sorted(p.name for p in entries)[0]}); pass a new or empty folder for the run")
@@ -106,23 +111,28 @@ def claim_run_folder(out: Path, resume: str | None, overwrite: bool) -> None:
     if not overwrite:
         raise SystemExit(f"--out {out}: holds {state} (stages {', '.join(stages)}); continue it with --resume last, "
                          "pass another --out, or pass --overwrite to replace it")
+    if init is not None and Path(init).resolve().is_relative_to(out.resolve()):
+        raise SystemExit(f"--overwrite would delete --init {init}, which is inside --out {out}; pass another --out")
     for name in [*stages, *RUN_FILES]:
         target = out / name
-        if name == LOCK_NAME:
-            continue
         if target.is_dir():
             shutil.rmtree(target)
         elif target.exists():
             target.unlink()
 
 
-def _run_stages(out: Path) -> list[str] | None:
-    """The stages a run folder's config.json lists; None when it is not a run's."""
+def run_stages(out: Path) -> list[str] | None:
+    """The stages a run folder's config.json lists; None when it is not a run's (no list of known
+    stage names)."""
+    from .config import STAGES
+
     try:
         stages = json.loads((out / "config.json").read_text()).get("stages")
     except (OSError, ValueError, AttributeError):
         return None
-    return [str(stage) for stage in stages] if isinstance(stages, list) else None
+    if not isinstance(stages, list) or not stages or not all(stage in STAGES for stage in stages):
+        return None
+    return [str(stage) for stage in stages]
 
 
 class RunLock:
@@ -164,9 +174,9 @@ class RunLock:
         return holder if isinstance(holder, dict) else {}
 
     def __exit__(self, *exc: object) -> None:
-        if self.held:
+        if self.held and self._holder().get("pid") == os.getpid():  # never another run's lock
             self.path.unlink(missing_ok=True)
-            self.held = False
+        self.held = False
 
 
 def _alive(pid: Any) -> bool:

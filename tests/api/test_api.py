@@ -454,10 +454,17 @@ def test_edit_cli_analogy_applies_the_retrieved_action(model_dir, model, tmp_pat
 def test_edit_cli_exits_2_with_a_message_when_the_output_cannot_be_written(model_dir, tmp_path, capsys, monkeypatch):
     image = _png(tmp_path, 64, 64)
     args = ["--model", str(model_dir), "--image", image, "--action", "scale+", "--device", "cpu"]
+    assert edit_main([*args, "--out", str(tmp_path / "new_dir" / "out.png")]) == 0  # a missing folder is made
+    assert (tmp_path / "new_dir" / "out.png").is_file()
+    (tmp_path / "a_file").write_text("x")
     with pytest.raises(SystemExit) as exit_info:
-        edit_main([*args, "--out", str(tmp_path / "no_such_dir" / "out.png")])
+        edit_main([*args, "--out", str(tmp_path / "a_file" / "out.png")])
     assert exit_info.value.code == 2
-    assert "does not exist" in capsys.readouterr().err
+    assert "is a file, not a directory" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:  # a format no image writer has: refused before any work
+        edit_main([*args, "--out", str(tmp_path / "new_dir2" / "out.txt")])
+    assert exit_info.value.code == 2 and not (tmp_path / "new_dir2").exists()
+    capsys.readouterr()
 
     def refuse(*args, **kwargs):
         raise PermissionError(13, "Permission denied")

@@ -100,6 +100,39 @@ def test_a_second_run_on_a_locked_folder_is_refused_with_its_holder(tmp_path, ca
     assert json.loads((out / LOCK_NAME).read_text())["pid"] == os.getppid()  # the holder's lock is kept
 
 
+def test_overwrite_never_touches_a_folder_another_run_holds(tmp_path, capsys):
+    out = tmp_path / "run"
+    (out / "vqvae").mkdir(parents=True)
+    (out / "vqvae" / "model.safetensors").write_bytes(b"weights of the live run")
+    (out / "config.json").write_text(json.dumps({"stages": ["vqvae", "causal"]}))
+    (out / LOCK_NAME).write_text(json.dumps({"pid": os.getppid(), "host": socket.gethostname(), "since": "then"}))
+    before = _snapshot(out)
+    assert _train(tmp_path, out, "--overwrite") == 2
+    assert "another run trains in this folder" in capsys.readouterr().err
+    assert _snapshot(out) == before
+
+
+@pytest.mark.parametrize("stages", [[""], ["../elsewhere"], ["data"], []])
+def test_a_config_json_whose_stages_are_not_ours_is_not_a_run(tmp_path, stages, capsys):
+    out = tmp_path / "project"
+    (out / "data").mkdir(parents=True)
+    (out / "data" / "precious.txt").write_text("keep me")
+    (out / "config.json").write_text(json.dumps({"stages": stages}))
+    assert _train(tmp_path, out, "--overwrite") == 2
+    assert "holds no training run" in capsys.readouterr().err
+    assert (out / "data" / "precious.txt").read_text() == "keep me" and (out / "config.json").is_file()
+
+
+def test_overwrite_refuses_to_delete_its_own_init(finished_run, capsys):
+    tmp, run = finished_run
+    before = _snapshot(run)
+    with pytest.raises(SystemExit, match=r"--overwrite would delete --init .*vqvae, which is inside --out"):
+        claim_run_folder(run, None, True, init=str(run / "vqvae"))
+    assert _snapshot(run) == before
+    assert _train(tmp, run, "--overwrite", "--resume", "last") == 2
+    assert "give one of them" in capsys.readouterr().err
+
+
 def test_a_lock_whose_process_is_gone_is_taken_over(tmp_path):
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
                           check=True)
@@ -115,9 +148,12 @@ def test_a_lock_of_another_host_is_left_alone(tmp_path):
         RunLock(tmp_path).__enter__()
 
 
-def test_claim_lets_an_empty_or_new_folder_through(tmp_path):
+def test_claim_lets_an_empty_or_new_folder_through_untouched(tmp_path):
     claim_run_folder(tmp_path / "new", None, False)
+    assert not (tmp_path / "new").exists()
+    (tmp_path / LOCK_NAME).write_text("{}")  # our own lock, taken just before
     claim_run_folder(tmp_path, None, False)
+    assert [p.name for p in tmp_path.iterdir()] == [LOCK_NAME]
 
 
 class Payload:
