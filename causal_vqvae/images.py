@@ -211,27 +211,66 @@ def _pil_base_mode(image: Image.Image) -> str:
     return "RGBA" if alpha else "RGB"
 
 
+# Modes read by their numbers rather than through PIL's convert, which clips them to 8 bits.
+_HIGH_DEPTH = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+
+
+def _depth_scale(image: Image.Image, array: np.ndarray) -> float:
+    """The value that stands for white in a 16-bit, 32-bit integer or float image: 65535 for 16-bit
+    modes; for "I" and "F" the smallest of 1 (floats), 255 and 65535 that holds every value, else
+    the image's maximum (its darkest value is still 0)."""
+    if image.mode.startswith("I;16"):
+        return 65535.0
+    if not np.isfinite(array).all():
+        raise ValueError(f"image of mode {image.mode} holds NaN or infinite values; give finite pixel values")
+    low, high = float(array.min()), float(array.max())
+    if low < 0:
+        raise ValueError(f"image of mode {image.mode} holds negative values (down to {low:g}); give values from 0 "
+                         "(black) up")
+    for white in ((1.0,) if image.mode == "F" else ()) + (255.0, 65535.0):
+        if high <= white:
+            return white
+    return high
+
+
 def _read_pil(image: Image.Image) -> tuple[_Pixels, bool, Callable[[torch.Tensor], Any]]:
     if image.width == 0 or image.height == 0:
         raise ValueError(f"empty image of size {image.width}x{image.height} (mode {image.mode}): "
                          "an image needs at least one pixel")
-    base = _pil_base_mode(image)
-    array = np.array(image.convert(base) if image.mode != base else image)
-    if array.ndim == 2:
-        array = array[:, :, None]
-    values = torch.from_numpy(array)[None]  # (1, H, W, C) uint8
-    pixels = _from_channels_last(values, f"image of mode {image.mode}")
-    pixels = _Pixels(pixels.pixels, pixels.alpha, image.mode)
     mode, original = image.mode, image
+    if mode in _HIGH_DEPTH:
+        numbers = np.asarray(image).astype(np.float64)
+        white = _depth_scale(image, numbers)
+        values = torch.from_numpy((numbers / white).astype(np.float32))[None, :, :, None]  # (1, H, W, 1)
+        pixels = _Pixels(rearrange(values, "b h w c -> b c h w").contiguous(), None, mode)
+    else:
+        base = _pil_base_mode(image)
+        array = np.array(image.convert(base) if image.mode != base else image)
+        if array.ndim == 2:
+            array = array[:, :, None]
+        pixels = _from_channels_last(torch.from_numpy(array)[None], f"image of mode {image.mode}")  # uint8
+        pixels = _Pixels(pixels.pixels, pixels.alpha, image.mode)
+        white = 255.0
 
     def package(images: torch.Tensor) -> Image.Image:
+        if mode in _HIGH_DEPTH:
+            values = images[0, 0].clamp(0, 1).cpu().double().numpy() * white
+            if mode == "F":
+                return Image.fromarray(values.astype(np.float32))
+            if mode.startswith("I;16"):
+                return Image.fromarray(np.round(values).astype(np.uint16))
+            return Image.fromarray(np.round(values).astype(np.int32))
         array = (images[0] * 255.0).round().clamp(0, 255).to(torch.uint8)
         array = rearrange(array, "c h w -> h w c").cpu().numpy()
         out = Image.fromarray(array[:, :, 0] if array.shape[-1] == 1 else array)
         if out.mode == mode:
             return out
         if mode == "P":
-            return out.convert("RGB").quantize(palette=original)
+            # An edit's colours need not be in the palette: a palette image comes back as RGB, or
+            # RGBA when it had a transparent colour (its alpha carried through the edit).
+            return out
+        if mode == "1":
+            return out.convert("L").point(lambda v: 255 if v >= 128 else 0).convert("1")
         return out.convert(mode)
 
     return pixels, False, package
@@ -252,6 +291,9 @@ def _read_path(path: str | os.PathLike) -> Image.Image:
             return opened.copy()
     except UnidentifiedImageError:
         raise ValueError(f"{path} is not an image file PIL can read; give a PNG, JPEG, BMP, ... file") from None
+    except Image.DecompressionBombError as error:
+        raise ValueError(f"{path} is refused: {error} Give a smaller image (the model reads "
+                         "64x64 pixels)") from None
     except PermissionError:
         raise
     except OSError as error:
@@ -268,7 +310,7 @@ def _conversion_note(pixels: _Pixels, model: nn.Module) -> str | None:
     if (height, width) != (side, side):
         stretched = " (stretched: aspect ratio not kept)" if height != width else ""
         changes.append(f"resized to {side}x{side}{stretched}")
-    same_mode = pixels.mode == target or (pixels.mode == "gray" and target == "L")
+    same_mode = pixels.mode == target or (pixels.mode in ("gray", *_HIGH_DEPTH) and target == "L")
     if not same_mode:
         if config.in_channels == 1:
             how = "luminance" if channels == 3 else "gray"
@@ -363,12 +405,17 @@ def check_output(out: Path) -> str:
     return fmt
 
 
+_PNG_MODES = ("1", "L", "LA", "I", "I;16", "P", "RGB", "RGBA")
+
+
 def write_image(image: Image.Image, out: str | os.PathLike) -> Path:
     """Save ``image`` to ``out`` atomically (a temporary file next to it, then ``os.replace``), in the
     format its extension names; JPEG gets RGB or L."""
     out = Path(out)
     fmt = _image_format(out)
-    if fmt == "JPEG" and image.mode not in ("L", "RGB"):
+    if fmt == "JPEG" and image.mode not in ("L", "RGB", "CMYK"):
         image = image.convert("RGB")
+    elif fmt == "PNG" and image.mode not in _PNG_MODES:  # e.g. CMYK, or F (floats)
+        image = image.convert("RGBA" if "A" in image.mode else "L" if image.mode == "F" else "RGB")
     atomic_write(out, lambda temp: image.save(temp, format=fmt))
     return out

@@ -58,9 +58,9 @@ from .common import (
     add_device,
     add_json,
     add_model,
+    command,
     print_json,
     resolve_device,
-    run_command,
 )
 
 __all__ = ["bench", "main"]
@@ -113,15 +113,12 @@ def _budget_value(flag: int | None, flag_name: str, from_run: int | None, defaul
 
 
 def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
-    """Run the command; exits with status 2 (SystemExit) on a user's mistake."""
+    """Run the command; a user's mistake is printed and ends in CommandExit (status 2)."""
     def run(args: Sequence[str] | None) -> int:
         bench(args, prog)
         return 0
 
-    code = run_command(run, argv, prog)
-    if code:
-        raise SystemExit(code)
-    return 0
+    return command(run, argv, prog)
 
 
 def bench(argv: Sequence[str] | None = None, prog: str = PROG) -> dict:
@@ -150,7 +147,6 @@ def bench(argv: Sequence[str] | None = None, prog: str = PROG) -> dict:
     from ..eval.pictures import actions_image, confusion_image, graph_image, write_png
     from ..eval.report import format_table, write_json
     from ..eval.retrieval import METHODS, evaluate
-
     from ..locate import resolve_model
 
     device = resolve_device(args.device)

@@ -27,6 +27,7 @@ from ..locate import RELEASED_NAMES
 
 __all__ = [
     "DEBUG_VARIABLE",
+    "CommandExit",
     "Parser",
     "UserError",
     "add_device",
@@ -35,6 +36,7 @@ __all__ = [
     "device_name",
     "print_json",
     "resolve_device",
+    "command",
     "run_command",
 ]
 
@@ -106,28 +108,51 @@ def print_json(data: Any) -> None:
 
 
 # ----------------------------------------------------------------------------------- errors
+class CommandExit(SystemExit):
+    """Exit status 2 after a user's mistake was printed; ``str()`` is the message, for a caller
+    (a test, a script) that runs a command's ``main`` in-process."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(code)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
 def run_command(main: Callable[[Sequence[str] | None], Any], argv: Sequence[str] | None, prog: str) -> int:
     """Run a command's ``main``; a user's mistake becomes one line on stderr and exit status 2.
 
     User mistakes are :class:`UserError`, ``ValueError`` (bad values), ``OSError`` (missing,
     unreadable or unwritable files) and ``SystemExit`` with a message. Anything else is a fault of
     the program and keeps its traceback. ``CAUSAL_VQVAE_DEBUG=1`` shows every traceback."""
+    try:
+        return command(main, argv, prog)
+    except SystemExit as stop:
+        return stop.code if isinstance(stop.code, int) else 0
+
+
+def command(main: Callable[[Sequence[str] | None], Any], argv: Sequence[str] | None, prog: str) -> int:
+    """As :func:`run_command`, but a mistake ends in :class:`CommandExit` (status 2, after the
+    message is printed): what each command's own ``main`` does."""
     debug = os.environ.get(DEBUG_VARIABLE, "") not in ("", "0")
     try:
         result = main(argv)
+    except CommandExit:
+        raise
     except SystemExit as stop:
         if isinstance(stop.code, str):
             if debug:
                 traceback.print_exc()
-            return _fail(prog, stop.code)
-        return stop.code if isinstance(stop.code, int) else 0
+            raise CommandExit(_fail(prog, stop.code), stop.code) from None
+        raise
     except (UserError, ValueError, OSError) as error:
         if debug:
             traceback.print_exc()
-        return _fail(prog, _message(error))
+        raise CommandExit(_fail(prog, _message(error)), _message(error)) from None
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
-        return 130
+        raise SystemExit(130) from None
     return result if isinstance(result, int) else 0
 
 

@@ -27,9 +27,9 @@ from .common import (
     add_device,
     add_json,
     add_model,
+    command,
     print_json,
     resolve_device,
-    run_command,
 )
 
 __all__ = ["MAX_STEPS", "build_parser", "main"]
@@ -106,11 +106,8 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
-    """Run the command; exits with status 2 (SystemExit) on a user's mistake."""
-    code = run_command(lambda args: _run(args, prog), argv, prog)
-    if code:
-        raise SystemExit(code)
-    return 0
+    """Run the command; a user's mistake is printed and ends in CommandExit (status 2)."""
+    return command(lambda args: _run(args, prog), argv, prog)
 
 
 def _default_out(args: argparse.Namespace) -> Path:

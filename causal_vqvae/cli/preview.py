@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from .common import run_command
+from .common import command
 
 __all__ = ["main"]
 
@@ -19,7 +19,7 @@ PROG = "python -m causal_vqvae.cli.preview"
 
 
 def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
-    """Run the command; exits with status 2 (SystemExit) on a user's mistake."""
+    """Run the command; a user's mistake is printed and ends in CommandExit (status 2)."""
 
     def run(args: Sequence[str] | None) -> int:
         from datamodules.preview import main as preview
@@ -27,10 +27,7 @@ def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
         preview(None if args is None else list(args), prog=prog)
         return 0
 
-    code = run_command(run, argv, prog)
-    if code:
-        raise SystemExit(code)
-    return 0
+    return command(run, argv, prog)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from .common import Parser, add_model, print_json, resolve_device, run_command
+from .common import Parser, add_model, command, print_json, resolve_device
 from .edit import _positive_int, add_method_and_device
 
 __all__ = ["format_table", "main"]
@@ -42,11 +42,8 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
-    """Run the command; exits with status 2 (SystemExit) on a user's mistake."""
-    code = run_command(lambda args: _run(args, prog), argv, prog)
-    if code:
-        raise SystemExit(code)
-    return 0
+    """Run the command; a user's mistake is printed and ends in CommandExit (status 2)."""
+    return command(lambda args: _run(args, prog), argv, prog)
 
 
 def _run(argv: Sequence[str] | None, prog: str) -> int:

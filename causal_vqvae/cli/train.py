@@ -45,7 +45,7 @@ import argparse
 import os
 import sys
 
-from .common import Parser, add_json, device_name, run_command
+from .common import Parser, add_json, command, device_name
 
 __all__ = ["build_parser", "main"]
 
@@ -124,11 +124,8 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None, prog: str = PROG) -> int:
-    """Run the command; exits with status 2 (SystemExit) on a user's mistake."""
-    code = run_command(lambda args: _run(args, prog), argv, prog)
-    if code:
-        raise SystemExit(code)
-    return 0
+    """Run the command; a user's mistake is printed and ends in CommandExit (status 2)."""
+    return command(lambda args: _run(args, prog), argv, prog)
 
 
 def _run(argv: list[str] | None, prog: str) -> int:

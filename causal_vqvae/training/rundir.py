@@ -196,6 +196,8 @@ def check_checkpoint(path: str) -> None:
     file that is not a Lightning checkpoint, or one that would need unpickling, is refused cleanly."""
     import torch
 
+    if not Path(path).is_file():
+        raise SystemExit(f"--resume {path}: no such checkpoint; pass 'last' or the path of a .ckpt file")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # UnpicklingError, RuntimeError (not a zip), EOFError (truncated), ...

@@ -127,6 +127,12 @@ def truncated_weights(c: Ctx) -> Path:
     return model_copy(c, lambda d: truncate(d / "model.safetensors"))
 
 
+def bomb_png(c: Ctx) -> Path:
+    path = c.tmp / "bomb.png"
+    Image.new("1", (20000, 20000)).save(path)  # 1 bit per pixel: a small file, 400 M pixels
+    return path
+
+
 def nan_weights(c: Ctx) -> Path:
     def damage(directory: Path) -> None:
         from safetensors.torch import load_file, save_file
@@ -345,6 +351,10 @@ CASES = [
     Case("edit_path_not_an_image", "a text file named notes.png",
          lambda c: edit_call(c, str(text_file(c.tmp / "notes.png", "not pixels"))),
          ValueError, r"{tmp}/notes\.png is not an image file", r"give a PNG, JPEG, BMP, \.\.\. file"),
+    Case("edit_decompression_bomb", "a 20000x20000 PNG (a decompression bomb)",
+         lambda c: edit_call(c, str(bomb_png(c))),
+         ValueError, r"{tmp}/bomb\.png is refused: Image size \(400000000 pixels\) exceeds limit",
+         r"Give a smaller image"),
     Case("edit_path_empty_file", "a 0-byte file named empty.png",
          lambda c: edit_call(c, str(text_file(c.tmp / "empty.png", ""))),
          ValueError, r"{tmp}/empty\.png is an empty file \(0 bytes\)", r"give a PNG, JPEG, BMP, \.\.\. file"),

@@ -529,8 +529,8 @@ def test_train_py_trains_several_processes_with_ddp_strategy(tmp_path, small_ove
     assert isinstance(strategy, DDPStrategy)
     sync = strategy._ddp_kwargs  # what Lightning hands to DistributedDataParallel
     assert sync.get("forward_sync_buffers", sync.get("broadcast_buffers")) is False
-    with pytest.raises(Stop):
-        train_script.main(base + ["--gpus", "0"])
+    with pytest.raises(Stop):  # the first call left an unfinished run in --out: replace it
+        train_script.main(base + ["--gpus", "0", "--overwrite"])
     assert received[-1] == "auto"
 
 

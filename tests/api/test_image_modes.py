@@ -1,0 +1,102 @@
+"""Every Pillow mode a user's file may have is read by its meaning, not clipped: 1, L, LA, P (with a
+transparent colour), I;16, I, F, CMYK, RGB and RGBA; the edit comes back in a mode that can be saved."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import tiny
+from causal_vqvae import CausalVQVAE, ModelConfig, edit
+from causal_vqvae.api import to_batch
+from causal_vqvae.images import write_image
+
+GRAY = dict(in_channels=1, dataset="dsprites", num_actions=2, action_names=("scale-", "scale+"), **tiny.TINY)
+
+
+@pytest.fixture(scope="module")
+def model() -> CausalVQVAE:
+    torch.manual_seed(0)
+    return CausalVQVAE(ModelConfig(**GRAY)).eval()
+
+
+def _ramp() -> np.ndarray:
+    """(64, 64) in [0, 1]: a horizontal ramp from black to white."""
+    return np.tile(np.linspace(0.0, 1.0, 64), (64, 1))
+
+
+def _as_mode(mode: str) -> tuple[Image.Image, np.ndarray]:
+    """An image of ``mode`` and the gray values in [0, 1] it stands for."""
+    ramp = _ramp()
+    if mode == "I;16":
+        return Image.fromarray(np.round(ramp * 65535).astype(np.uint16)), np.round(ramp * 65535) / 65535
+    if mode == "I":  # 16-bit data in a 32-bit integer image, as PIL opens many 16-bit PNGs
+        return Image.fromarray(np.round(ramp * 65535).astype(np.int32)), np.round(ramp * 65535) / 65535
+    if mode == "F":
+        return Image.fromarray(ramp.astype(np.float32)), ramp.astype(np.float32)
+    eight = np.round(ramp * 255).astype(np.uint8)
+    if mode == "1":
+        bits = eight >= 128
+        return Image.fromarray(eight).point(lambda v: 255 if v >= 128 else 0).convert("1"), bits.astype(float)
+    return Image.fromarray(eight).convert(mode), eight / 255.0
+
+
+@pytest.mark.parametrize("mode", ["I;16", "I", "F", "1", "L", "LA", "RGB", "RGBA"])
+def test_a_mode_is_read_by_its_values(model, mode):
+    image, expected = _as_mode(mode)
+    x, restore = to_batch(image, model)
+    assert x.shape == (1, 1, 64, 64)
+    assert np.abs(x[0, 0].numpy() - expected).max() < 1.5 / 255, mode  # not clipped to black or white
+    back = restore(x)
+    assert back.mode == image.mode and back.size == image.size
+
+
+@pytest.mark.parametrize("mode", ["I;16", "I", "F"])
+def test_a_high_depth_image_round_trips_at_its_depth(model, mode):
+    image, _ = _as_mode(mode)
+    x, restore = to_batch(image, model)
+    back = np.asarray(restore(x)).astype(np.float64)
+    assert np.abs(back - np.asarray(image).astype(np.float64)).max() <= (1e-6 if mode == "F" else 1.0)
+
+
+def test_a_float_image_of_0_to_255_and_bad_values(model):
+    x, _ = to_batch(Image.fromarray((_ramp() * 255).astype(np.float32)), model)
+    assert abs(float(x.max()) - 1.0) < 1e-6 and abs(float(x[0, 0, 0, 32]) - 32 / 63) < 1e-5
+    with pytest.raises(ValueError, match="negative values"):
+        to_batch(Image.fromarray(np.full((64, 64), -1.0, np.float32), mode="F"), model)
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        to_batch(Image.fromarray(np.full((64, 64), np.nan, np.float32), mode="F"), model)
+
+
+def test_cmyk_is_read_as_its_colours_and_saves_as_png(model, tmp_path):
+    white = Image.new("CMYK", (64, 64), (0, 0, 0, 0))
+    x, _ = to_batch(white, model)
+    assert float(x.min()) > 0.99  # no ink is white
+    edited = edit(white, "scale+", model)
+    assert edited.mode == "CMYK"
+    write_image(edited, tmp_path / "out.png")
+    assert Image.open(tmp_path / "out.png").mode == "RGB"
+    write_image(edited, tmp_path / "out.jpg")
+    assert Image.open(tmp_path / "out.jpg").mode == "CMYK"
+
+
+def test_a_palette_image_keeps_its_transparency(model, tmp_path):
+    palette = Image.fromarray(np.round(_ramp() * 3).astype(np.uint8), mode="P")
+    palette.putpalette([0, 0, 0, 85, 85, 85, 170, 170, 170, 255, 255, 255] + [0] * 756)
+    palette.info["transparency"] = 0  # colour 0 is transparent
+    x, restore = to_batch(palette, model)
+    assert abs(float(x[0, 0, 0, -1]) - 1.0) < 1e-6 and abs(float(x[0, 0, 0, 30]) - 85 / 255) < 1e-6
+    back = restore(x)
+    assert back.mode == "RGBA"  # an edit's colours need not be in the palette; the transparency is kept
+    alpha = np.asarray(back)[..., 3]
+    assert (alpha[:, :10] == 0).all() and (alpha[:, -10:] == 255).all()
+    write_image(back, tmp_path / "p.png")
+    assert Image.open(tmp_path / "p.png").mode == "RGBA"
+
+
+def test_a_float_edit_saves_as_png(model, tmp_path):
+    image, _ = _as_mode("F")
+    write_image(edit(image, "scale+", model), tmp_path / "f.png")
+    assert Image.open(tmp_path / "f.png").mode == "L"
