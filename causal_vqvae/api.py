@@ -52,6 +52,7 @@ __all__ = [
     "Traversal",
     "traverse",
     "grid_image",
+    "labelled_grid_image",
 ]
 
 RETRIEVAL_METHODS = ("transition", "head")
@@ -341,3 +342,44 @@ def grid_image(traversal: Traversal, pad: int = GRID_PAD) -> Image.Image:
     if channels == 1:
         return Image.fromarray(pixels[0].numpy())
     return Image.fromarray(np.ascontiguousarray(rearrange(pixels[:3], "c h w -> h w c").numpy()))
+
+
+LABEL_SCALE = 2  # a labelled grid's cells are drawn this many times larger (nearest neighbour)
+LABEL_LEFT = 120  # pixels left of the cells for the row names
+LABEL_LINE = 14  # pixels per line of text
+
+
+def labelled_grid_image(traversal: Traversal, title: str) -> Image.Image:
+    """The traversal grid (:func:`grid_image`, cells ``LABEL_SCALE`` times larger) that explains
+    itself: ``title`` above, a header naming the columns of the factor rows (the reconstruction in
+    the centre, ``-k`` / ``+k`` steps around it), each row's factor on its left, and the action
+    under each cell of the last row. Always RGB."""
+    from PIL import ImageDraw
+
+    grid = grid_image(traversal).convert("RGB")
+    grid = grid.resize((grid.width * LABEL_SCALE, grid.height * LABEL_SCALE), Image.NEAREST)
+    rows, columns = traversal.frames.shape[:2]
+    side = traversal.frames.shape[-1] * LABEL_SCALE
+    pad = GRID_PAD * LABEL_SCALE
+    top, bottom = 2 * LABEL_LINE + 4, LABEL_LINE + 4
+    canvas = Image.new("RGB", (LABEL_LEFT + grid.width, top + grid.height + bottom), "white")
+    canvas.paste(grid, (LABEL_LEFT, top))
+    draw = ImageDraw.Draw(canvas)
+    draw.text((4, 2), title, fill="black")
+    steps = (sum(1 for label in traversal.labels[0] if label) - 1) // 2 if rows > 1 else 0
+
+    def column_x(column: int) -> int:
+        return LABEL_LEFT + pad + column * (side + pad)
+
+    for offset in range(-steps, steps + 1):
+        text = "recon." if offset == 0 else f"{offset:+d}"
+        draw.text((column_x(steps + offset) + 2, LABEL_LINE + 2), text, fill="black")
+    for row, name in enumerate(traversal.rows):
+        y = top + pad + row * (side + pad) + side // 2 - LABEL_LINE // 2
+        factor = name.split(":")[0] if row < rows - 1 else "each action:"
+        draw.text((4, y), factor, fill="black")
+    last = top + pad + (rows - 1) * (side + pad) + side + 2
+    for column, label in enumerate(traversal.labels[-1]):
+        if label:
+            draw.text((column_x(column) + 2, last), label, fill="black")
+    return canvas

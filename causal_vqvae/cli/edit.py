@@ -99,6 +99,8 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
                       help="write a grid: one row per factor stepping -S..+S, then every action applied once")
     what.add_argument("--analogy", nargs=2, metavar=("A", "B"),
                       help="apply to --image the action that turns image A into image B (retrieved by the model)")
+    parser.add_argument("--plain", action="store_true",
+                        help="with --traverse: the cells alone, at the model's resolution (no title, labels or scaling)")
     parser.add_argument("--steps", type=_steps, default=3, metavar="S",
                         help=f"with --traverse: steps each way along every factor (default 3, at most {MAX_STEPS})")
     add_method_and_device(parser, "with --analogy: retrieve the action by the transition model or the learned head")
@@ -141,7 +143,9 @@ def _run(argv: Sequence[str] | None, prog: str) -> int:
         if args.traverse:
             x, _ = api.to_batch(args.image, model)
             traversal = api.traverse(model, x, args.steps)
-            result, done = api.grid_image(traversal), _legend(traversal)
+            title = f"{Path(args.image).name}: every action of {args.model}"
+            result = api.grid_image(traversal) if args.plain else api.labelled_grid_image(traversal, title)
+            done = _legend(traversal)
             applied = list(traversal.rows)
         elif args.analogy:
             result, name = api.analogy(*args.analogy, args.image, model, method=args.method)

@@ -418,7 +418,7 @@ def test_edit_cli_writes_the_edit_at_the_input_size(model_dir, model, tmp_path, 
 def test_edit_cli_traverse_writes_a_grid_of_factor_rows_and_every_action(model_dir, model, tmp_path, capsys):
     image, out, steps = _png(tmp_path, 64, 64), tmp_path / "grid.png", 2
     assert edit_main(["--model", str(model_dir), "--image", image, "--traverse", "--steps", str(steps),
-                      "--out", str(out), "--device", "cpu"]) == 0
+                      "--out", str(out), "--device", "cpu", "--plain"]) == 0
     rows, columns = 2 + 1, max(2 * steps + 1, len(NAMES))  # scale, shape, every action
     grid = np.asarray(Image.open(out))
     assert grid.shape == (rows * 64 + (rows + 1) * GRID_PAD, columns * 64 + (columns + 1) * GRID_PAD, 3)
@@ -434,6 +434,18 @@ def test_edit_cli_traverse_writes_a_grid_of_factor_rows_and_every_action(model_d
         return np.abs(cell_pixels.astype(int) - np.asarray(edited).astype(int)).max() <= 1
 
     assert same(cell(0, steps + 1), edit(image, "scale+", model))
+
+    # Without --plain: the same grid, cells twice as large, beside a title, headers and row names.
+    labelled = tmp_path / "labelled.png"
+    assert edit_main(["--model", str(model_dir), "--image", image, "--traverse", "--steps", str(steps),
+                      "--out", str(labelled), "--device", "cpu"]) == 0
+    picture = np.asarray(Image.open(labelled).convert("RGB")).astype(int)
+    top = 2 * api.LABEL_LINE + 4
+    inner = picture[top:top + grid.shape[0] * api.LABEL_SCALE, api.LABEL_LEFT:api.LABEL_LEFT + grid.shape[1] * 2]
+    assert np.abs(inner[::2, ::2] - grid.astype(int)).max() <= 1  # the plain grid, scaled by nearest neighbour
+    title_band, names_band = picture[:top], picture[top:, :api.LABEL_LEFT]
+    assert (title_band < 128).any() and (names_band < 128).any()  # black text: the title and row names
+    assert picture.shape == (top + grid.shape[0] * 2 + api.LABEL_LINE + 4, api.LABEL_LEFT + grid.shape[1] * 2, 3)
     assert same(cell(1, steps - 2), edit(image, ["shape-", "shape-"], model))
     assert same(cell(2, 3), edit(image, "shape+", model))
 
