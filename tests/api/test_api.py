@@ -31,13 +31,7 @@ TINY = dict(in_channels=3, dataset="shapes3d", num_actions=4, action_names=NAMES
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # The CPU is shared with a training job: two spinning threads make tiny convolutions 100x slower.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

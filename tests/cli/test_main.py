@@ -28,12 +28,7 @@ REPO = Path(__file__).resolve().parents[2]
 NAMES = ("scale-", "scale+", "shape-", "shape+")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -19,12 +19,7 @@ from causal_vqvae.training.rundir import LOCK_NAME, RunLock, check_checkpoint, c
 from tiny import TINY_JSON
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _train(tmp_path, out, *flags: str) -> int:

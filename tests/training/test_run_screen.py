@@ -7,19 +7,13 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from causal_vqvae.cli.main import main
 from causal_vqvae.locate import resolve_model
 from tiny import TINY_JSON
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _train(tmp_path, *flags: str) -> int:
