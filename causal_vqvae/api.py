@@ -383,3 +383,36 @@ def labelled_grid_image(traversal: Traversal, title: str) -> Image.Image:
         if label:
             draw.text((column_x(column) + 2, last), label, fill="black")
     return canvas
+
+
+@torch.no_grad()
+def retrieval_image(image_a: Any, image_b: Any, ranked: Sequence[tuple[str, float]], model: ModelLike,
+                    title: str) -> Image.Image:
+    """The picture of a retrieval: A, B, then A edited by each ranked action (``(name, probability)``
+    as :func:`retrieve_action` gives them, best first), each cell headed by what it shows and the
+    action's probability, ``title`` above. The edit that looks like B shows the answer. Always RGB."""
+    from PIL import ImageDraw
+
+    model = _resolve_model(model)
+    xa, _ = _to_batch(image_a, model, stacklevel=3)
+    xb, _ = _to_batch(image_b, model, stacklevel=3)
+    if xa.shape[0] != 1 or xb.shape[0] != 1:
+        raise ValueError("retrieval_image takes one image A and one image B, not batches")
+    ids = [parse_actions(model, name)[0] for name, _ in ranked]
+    edits = model.edit(xa.expand(len(ids), -1, -1, -1), torch.tensor(ids, device=xa.device))
+    frames = torch.cat([xa, xb, edits.to(xa.dtype)]).float().cpu().unsqueeze(0)  # (1, 2 + k, C, S, S)
+    labels = ("A", "B", *(f"{i}. {name}" for i, (name, _) in enumerate(ranked, start=1)))
+    grid = grid_image(Traversal(frames, (labels,), ("retrieval",))).convert("RGB")
+    grid = grid.resize((grid.width * LABEL_SCALE, grid.height * LABEL_SCALE), Image.NEAREST)
+    side, pad = frames.shape[-1] * LABEL_SCALE, GRID_PAD * LABEL_SCALE
+    top = 3 * LABEL_LINE + 4
+    canvas = Image.new("RGB", (max(grid.width, 8 * len(title) + 8), top + grid.height), "white")
+    canvas.paste(grid, (0, top))
+    draw = ImageDraw.Draw(canvas)
+    draw.text((4, 2), title, fill="black")
+    notes = ("before", "after", *(f"p = {prob:.3f}" for _, prob in ranked))
+    for column, (label, note) in enumerate(zip(labels, notes)):
+        x = pad + column * (side + pad) + 2
+        draw.text((x, LABEL_LINE + 2), label, fill="black")
+        draw.text((x, 2 * LABEL_LINE + 2), note, fill="black")
+    return canvas

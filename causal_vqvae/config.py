@@ -8,12 +8,13 @@ unknown keys are refused rather than silently dropped.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from .nn.retrieval import RETRIEVAL_SCORES
 from .nn.transition import INTERVENTIONS
+from .validation import build_settings
 
 __all__ = ["ModelConfig", "LATENT_LAYOUTS", "QUANTIZER_MODES", "SPARSITY_MODES", "RECONSTRUCTION_LOSSES",
            "RETRIEVAL_SCORES", "INTERVENTIONS"]
@@ -23,6 +24,15 @@ QUANTIZER_MODES = ("ema", "loss")
 SPARSITY_MODES = ("constraint", "penalty", "none")
 RECONSTRUCTION_LOSSES = ("mse", "bce")
 RETRIEVAL_HEADS = ("conv", "transformer")
+# The largest value of each size setting: far above any model this project trains, and low enough
+# that a mistyped size is refused before it allocates (codebook_size 2**31 would ask for 256 GB).
+SIZE_LIMITS = {
+    "in_channels": 64, "image_size": 4096, "num_actions": 100_000, "hidden_dims": 8192, "num_res_blocks": 64,
+    "norm_groups": 1024, "code_dim": 8192, "codebook_size": 1 << 16, "num_tokens": 4096,
+    "token_codebook_size": 1 << 16, "token_layers": 64, "token_heads": 256, "mlp_ratio": 64,
+    "target_head_dim": 8192, "target_context_layers": 64, "transition_dim": 8192, "transition_layers": 64,
+    "transition_heads": 256, "retrieval_dim": 8192, "retrieval_layers": 64, "retrieval_heads": 256,
+}
 
 
 @dataclass(frozen=True)
@@ -245,6 +255,11 @@ class ModelConfig:
             if not ok:
                 raise ValueError(f"ModelConfig: {message}")
 
+        for name, limit in SIZE_LIMITS.items():  # beyond these, a model's tensors would not fit any memory
+            value = getattr(self, name)
+            largest = max(value) if isinstance(value, tuple) and value else value
+            need(not isinstance(largest, int) or largest <= limit,
+                 f"{name} {value} is above its limit {limit}: a model this size would not fit in memory")
         need(self.in_channels >= 1, f"in_channels must be >= 1, got {self.in_channels}")
         need(len(self.hidden_dims) >= 1, "hidden_dims needs at least one width")
         need(all(h >= 1 for h in self.hidden_dims), f"hidden_dims must be positive, got {self.hidden_dims}")
@@ -371,20 +386,12 @@ class ModelConfig:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> ModelConfig:
-        """Inverse of :meth:`to_dict`; missing keys take their defaults, unknown keys are refused."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(
-                f"ModelConfig.from_dict: unknown key(s) {unknown}; known keys are {sorted(known)}. "
-                "Was this config written by a different version of causal_vqvae?"
-            )
-        kwargs = {
-            k: tuple(v) if isinstance(v, Sequence) and not isinstance(v, str) else v
-            for k, v in data.items()
-        }
-        return cls(**kwargs)
+    def from_dict(cls, data: Mapping[str, Any], where: str = "ModelConfig") -> ModelConfig:
+        """Inverse of :meth:`to_dict`; missing keys take their defaults. Every key is checked
+        (:func:`~causal_vqvae.validation.build_settings`): an unknown key, a value of the wrong
+        type or out of its range raises :class:`~causal_vqvae.validation.SettingsError` (a
+        ValueError) naming ``where`` (the file) and the key."""
+        return build_settings(cls, data, where)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)

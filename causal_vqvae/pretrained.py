@@ -76,6 +76,8 @@ def read_config(directory: str | Path, expect: Mapping[str, Any] | None = None) 
         raw = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise ValueError(f"cannot read {path}: not valid JSON ({error}); {_REDO}") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: expected a JSON object of settings, got {type(raw).__name__}; {_REDO}")
     found_format = raw.pop("format", None)
     if found_format != FORMAT_VERSION:
         raise ValueError(f"{path}: checkpoint format {found_format!r}, but this code reads format {FORMAT_VERSION}")
@@ -102,7 +104,7 @@ def read_config(directory: str | Path, expect: Mapping[str, Any] | None = None) 
                       else f"load a model saved with {key}={expected!r}")
             raise ValueError(f"{path}: the model was saved with {key}={found!r}, but {key}={expected!r} is "
                              f"needed here; {advice}, or drop that expectation")
-    return ModelConfig.from_dict(raw)
+    return ModelConfig.from_dict(raw, where=str(path))
 
 
 def load_pretrained(

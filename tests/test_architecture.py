@@ -24,23 +24,24 @@ MAX_LINES = 500
 # named by itself.
 LAYERS: dict[str, set[str]] = {
     "nn": set(),
-    "config": {"nn"},
+    "validation": set(),
+    "config": {"nn", "validation"},
     "files": set(),
     "locate": set(),
-    "pretrained": {"config", "files"},
-    "model": {"nn", "config", "pretrained"},
+    "pretrained": {"config", "files", "validation"},
+    "model": {"nn", "config", "pretrained", "validation"},
     "images": {"files"},
-    "api": {"nn", "config", "files", "locate", "pretrained", "model", "images"},
-    "eval": {"nn", "config", "files", "pretrained", "model", "images", "api", "datamodules"},
-    "training": {"nn", "config", "files", "pretrained", "model", "images", "api", "eval", "datamodules"},
-    "cli": {"nn", "config", "files", "locate", "pretrained", "model", "images", "api", "eval", "training", "datamodules"},
-    "__init__": {"nn", "config", "files", "pretrained", "model", "images", "api"},
+    "api": {"nn", "config", "files", "locate", "pretrained", "model", "images", "validation"},
+    "eval": {"nn", "config", "files", "pretrained", "model", "images", "api", "datamodules", "validation"},
+    "training": {"nn", "config", "files", "pretrained", "model", "images", "api", "eval", "datamodules", "validation"},
+    "cli": {"nn", "config", "files", "locate", "pretrained", "model", "images", "api", "eval", "training", "datamodules", "validation"},
+    "__init__": {"nn", "config", "files", "pretrained", "model", "images", "api", "validation"},
     "__main__": {"cli"},
 }
 # Third-party packages a layer may not import, whatever the layers above allow.
 FORBIDDEN_THIRD_PARTY = {
     layer: {"pytorch_lightning", "lightning", "lightning_fabric", "datasets"}
-    for layer in ("nn", "config", "files", "locate", "pretrained", "model", "images", "api", "__init__")
+    for layer in ("nn", "validation", "config", "files", "locate", "pretrained", "model", "images", "api", "__init__")
 }
 
 

@@ -56,6 +56,24 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+def whole_number(text: str, minimum: int = 0) -> int:
+    """An argparse type: a whole number >= ``minimum`` (ASCII digits only: ``int('²')`` is refused)."""
+    try:
+        value = int(text) if text.strip().isascii() else None
+    except ValueError:
+        value = None
+    if value is None:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number")
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number >= 1."""
+    return whole_number(text, 1)
+
+
 def device_name(text: str) -> str:
     """argparse type of ``--device``: the name, checked for form only (no torch import)."""
     if not _DEVICE.match(text):

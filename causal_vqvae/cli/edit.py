@@ -28,6 +28,7 @@ from .common import (
     add_json,
     add_model,
     command,
+    positive_int,
     print_json,
     resolve_device,
 )
@@ -40,20 +41,8 @@ RETRIEVAL_METHODS = ("transition", "head")  # causal_vqvae.api.RETRIEVAL_METHODS
 DEFAULT_RETRIEVAL_METHOD = "head"
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text) if text.strip().isascii() else None
-    except ValueError:
-        value = None
-    if value is None:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number")
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
 def _steps(text: str) -> int:
-    value = _positive_int(text)
+    value = positive_int(text)
     if value > MAX_STEPS:
         raise argparse.ArgumentTypeError(f"at most {MAX_STEPS} steps each way (no factor has more values), got {value}")
     return value

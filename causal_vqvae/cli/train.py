@@ -45,7 +45,7 @@ import argparse
 import os
 import sys
 
-from .common import Parser, add_json, command, device_name
+from .common import Parser, add_json, command, device_name, positive_int, whole_number
 
 __all__ = ["build_parser", "main"]
 
@@ -62,7 +62,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     p.add_argument("--data", choices=sorted(DATASETS), default="shapes3d", help="dataset (default: %(default)s)")
     p.add_argument("--data-root", default=None,
                    help="real dataset file or its folder (default: $CAUSAL_VQVAE_DATA_ROOT, else the procedural twin)")
-    p.add_argument("--gpus", "--devices", dest="gpus", type=int, default=None,
+    p.add_argument("--gpus", "--devices", dest="gpus", type=whole_number, default=None,
                    help="GPUs per machine (DDP when > 1); default: 1 if a GPU is present, else CPU; 0 forces CPU. "
                         "With --accelerator cpu: CPU processes per machine (DDP over gloo when > 1)")
     p.add_argument("--accelerator", choices=["auto", "gpu", "cpu"], default="auto",
@@ -72,15 +72,15 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     p.add_argument("--device", type=device_name, default=None, metavar="DEVICE",
                    help="auto, cpu or cuda: the same as --accelerator auto, cpu or gpu (cuda:N: run with "
                         "CUDA_VISIBLE_DEVICES=N instead; mps is not supported for training)")
-    p.add_argument("--num-nodes", type=int, default=1, help="machines for multi-node DDP (default 1)")
+    p.add_argument("--num-nodes", type=positive_int, default=1, help="machines for multi-node DDP (default 1)")
     p.add_argument("--precision", default=None,
                    help="Lightning precision: bf16-mixed (default on GPU), 32-true (default on CPU), 16-mixed")
-    p.add_argument("--batch-size", type=int, default=None, help="per-device batch size (default 64, preset may change)")
-    p.add_argument("--max-steps", type=int, nargs="+", default=None, metavar="N",
+    p.add_argument("--batch-size", type=positive_int, default=None, help="per-device batch size (default 64, preset may change)")
+    p.add_argument("--max-steps", type=positive_int, nargs="+", default=None, metavar="N",
                    help="optimiser steps per stage: one number for every stage, or one per stage run")
-    p.add_argument("--max-epochs", type=int, default=None,
+    p.add_argument("--max-epochs", type=positive_int, default=None,
                    help="alternatively, validation intervals ('epochs' of --val-every steps) per stage")
-    p.add_argument("--val-every", type=int, default=None, help="steps between validations (an epoch)")
+    p.add_argument("--val-every", type=positive_int, default=None, help="steps between validations (an epoch)")
     p.add_argument("--stage", choices=STAGES, action="append", default=None,
                    help="run only this stage (repeatable); default: vqvae then causal (then joint and head, "
                         "if they have steps)")
@@ -95,7 +95,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true",
                    help="train in an --out that holds another run, removing that run's stages first (without it, "
                         "such a folder is refused: a run is never trained over by accident)")
-    p.add_argument("--seed", type=int, default=0, help="seeds weights, pair sampling and training (default 0)")
+    p.add_argument("--seed", type=whole_number, default=0, help="seeds weights, pair sampling and training (default 0)")
     p.add_argument("--out", default="runs/latest",
                    help="run directory: checkpoints, config, logs, pictures (default %(default)s)")
     p.add_argument("--preset", choices=sorted(PRESETS), default="default", help="configuration preset")
@@ -103,8 +103,8 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     p.add_argument("--layout", choices=["grid", "tokens"], default=None, help="latent layout (model.latent_layout)")
     p.add_argument("--frequency", default=None,
                    help="pair frequency: balanced, proportional, rare:<factor>:<ratio> (the imbalanced setting)")
-    p.add_argument("--num-workers", type=int, default=None, help="DataLoader workers per device (default: auto)")
-    p.add_argument("--code-pool", type=int, default=None, metavar="N",
+    p.add_argument("--num-workers", type=whole_number, default=None, help="DataLoader workers per device (default: auto)")
+    p.add_argument("--code-pool", type=whole_number, default=None, metavar="N",
                    help="causal and head stages: train on the codes of N training pairs, encoded once by the "
                         "frozen autoencoder, rather than encoding fresh pairs every step (train.code_pool; "
                         "default 0, fresh pairs)")

@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from ..validation import build_settings
+
 __all__ = ["COMPILE_MODES", "STAGES", "FROZEN_AUTOENCODER_STAGES", "KEEP_CHOICES", "STAGE_MONITOR", "BEST_FROM",
            "TrainConfig", "check_stage"]
 
@@ -102,12 +104,10 @@ class TrainConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown TrainConfig keys {unknown}; known keys: {sorted(known)}")
-        return cls(**data)
+    def from_dict(cls, data: dict[str, Any], where: str = "TrainConfig") -> TrainConfig:
+        """The settings ``data`` checked (:func:`~causal_vqvae.validation.build_settings`: unknown
+        keys, types and ranges, named with ``where``); missing keys take their defaults."""
+        return build_settings(cls, data, where)
 
 
 def check_stage(stage: str) -> str:

@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ..validation import SettingsError, check_settings, suggest
+
 __all__ = ["PRESETS", "read_overrides"]
 
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
@@ -44,19 +46,64 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
 }
 
 
+# Model settings a run takes from its data and flags, never from a --config file.
+RUN_MODEL_FIELDS = ("in_channels", "dataset", "num_actions", "action_names", "seed")
+# Data settings a run takes from its flags (--data, --data-root, --seed) or sets itself.
+RUN_DATA_FIELDS = ("dataset", "data_root", "seed", "mode")
+SECTIONS = ("model", "train", "data")
+
+
 def read_overrides(path: str | None) -> dict[str, dict[str, Any]]:
+    """The sections of a ``--config`` file (JSON, or YAML by its suffix), each checked against the
+    configuration it overrides (:func:`~causal_vqvae.validation.check_settings`: known keys, with
+    close ones suggested, and declared types). A problem raises SettingsError (a ValueError) naming
+    the file, the section and the key. Ranges are checked when the run builds its configurations."""
     if path is None:
         return {}
+    from datamodules.datamodule import DataConfig
+
+    from ..config import ModelConfig
+    from .config import TrainConfig
+
     file = Path(path)
     if not file.is_file():
-        raise SystemExit(f"--config {file}: no such file")
-    text = file.read_text()
+        raise SettingsError(f"--config {file}: no such file" if not file.exists()
+                            else f"--config {file}: not a file; pass a JSON or YAML file")
+    try:
+        text = file.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise SettingsError(f"--config {file}: not a text file; pass a JSON or YAML file") from None
     if file.suffix in (".yaml", ".yml"):
         import yaml
 
-        data = yaml.safe_load(text)
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as error:
+            mark = getattr(error, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+            raise SettingsError(f"--config {file}: not valid YAML{where}: {problem}") from None
     else:
-        data = json.loads(text)
-    if not isinstance(data, dict) or set(data) - {"model", "train", "data"}:
-        raise SystemExit(f"--config {file}: expected a mapping with keys among model, train, data; got {data!r:.200}")
-    return data
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as error:
+            hint = "" if file.suffix == ".json" else " (name a YAML file .yaml or .yml)"
+            raise SettingsError(f"--config {file}: not valid JSON at line {error.lineno}, column {error.colno}: "
+                                f"{error.msg}{hint}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise SettingsError(f"--config {file}: expected a mapping with the sections {', '.join(SECTIONS)}, "
+                            f"got a {type(data).__name__}")
+    for key in data:
+        if key not in SECTIONS:
+            raise SettingsError(f"--config {file}: unknown section {key!r}{suggest(str(key), SECTIONS)}; "
+                                f"the sections are {', '.join(SECTIONS)}")
+    checks = {"model": (ModelConfig, RUN_MODEL_FIELDS), "train": (TrainConfig, ()),
+              "data": (DataConfig, RUN_DATA_FIELDS)}
+    sections = {}
+    for name, section in data.items():
+        cls, exclude = checks[name]
+        sections[name] = check_settings(cls, {} if section is None else section, f"--config {file}, {name}",
+                                         exclude=exclude)
+    return sections

@@ -28,6 +28,7 @@ from datamodules.datamodule import TRAINER_KWARGS, DataConfig, build_datamodule
 
 from ..config import ModelConfig
 from ..model import CausalVQVAE
+from ..validation import build_settings
 from .callbacks import BestWeights, NonFiniteGuard, NonFiniteLossError, StageProgressBar
 from .code_pool import POOL_STAGES, CodePoolDataModule
 from .config import BEST_FROM, STAGE_MONITOR, STAGES, TrainConfig
@@ -81,13 +82,14 @@ def _run(args: argparse.Namespace, argv: list[str] | None, cleanup: contextlib.E
 
     # ---- configurations: preset < --config file < flags
     train_fields = {**preset["train"], **overrides.get("train", {})}
-    if args.val_every:
+    if args.val_every is not None:
         train_fields["val_every"] = args.val_every
     if args.code_pool is not None:
         train_fields["code_pool"] = args.code_pool
     if args.keep is not None:
         train_fields["keep"] = args.keep
-    train_config = TrainConfig.from_dict(train_fields)
+    source = f"--config {args.config}" if args.config else f"--preset {args.preset}"
+    train_config = build_settings(TrainConfig, train_fields, f"{source}, train")
     stages = args.stage or [s for s in STAGES if train_config.steps(s) > 0]
     if args.max_steps:
         if len(args.max_steps) not in (1, len(stages)):
@@ -123,7 +125,8 @@ def _run(args: argparse.Namespace, argv: list[str] | None, cleanup: contextlib.E
     for flag, key in [("batch_size", "batch_size"), ("frequency", "frequency"), ("num_workers", "num_workers")]:
         if getattr(args, flag) is not None:
             data_fields[key] = getattr(args, flag)
-    data_config = DataConfig(dataset=args.data, data_root=args.data_root, seed=args.seed, **data_fields)
+    data_config = build_settings(DataConfig, data_fields, f"{source}, data", dataset=args.data,
+                                 data_root=args.data_root, seed=args.seed)
 
     if train_config.code_pool:
         devices = device_kwargs["devices"] * args.num_nodes
@@ -159,9 +162,9 @@ def _run(args: argparse.Namespace, argv: list[str] | None, cleanup: contextlib.E
         model_fields = {**preset["model"], **model_overrides}
         if args.layout:
             model_fields["latent_layout"] = args.layout
-        model = CausalVQVAE(ModelConfig(
-            in_channels=probe.channels, dataset=args.data, num_actions=len(actions),
-            action_names=tuple(actions.names), seed=args.seed, **model_fields))
+        model = CausalVQVAE(build_settings(
+            ModelConfig, model_fields, f"{source}, model", in_channels=probe.channels, dataset=args.data,
+            num_actions=len(actions), action_names=tuple(actions.names), seed=args.seed))
     log.info("data: %s | %d actions | model: %s, %s parameters", probe.description, len(actions),
              model.config.latent_layout, f"{model.parameter_counts()['total']:,}")
 

@@ -28,6 +28,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from tiny import TINY, TINY_JSON
 
 import causal_vqvae
 from causal_vqvae import CausalVQVAE, ModelConfig, load
@@ -37,7 +38,6 @@ from datamodules.celeba import CELEBA_ATTRIBUTES
 from datamodules.datamodule import DATA_ROOT_ENV, build_datamodule
 from datamodules.dsprites import DSPRITES
 from datamodules.factors import ActionSpace
-from tiny import TINY, TINY_JSON
 
 DSPRITES_FILE = "dsprites_ndarray_co1sh3sc6or40x32y32_64x64.npz"
 DSPRITES_ACTIONS = ActionSpace(DSPRITES).names  # shape-, shape+, scale-, ..., posY+ (10)
@@ -133,7 +133,7 @@ def nan_weights(c: Ctx) -> Path:
         from safetensors.torch import load_file, save_file
 
         state = load_file(str(directory / "model.safetensors"))
-        state["decoder.out.weight" if "decoder.out.weight" in state else sorted(state)[0]].fill_(float("nan"))
+        state["decoder.out.weight" if "decoder.out.weight" in state else min(state)].fill_(float("nan"))
         save_file(state, str(directory / "model.safetensors"))
 
     return model_copy(c, damage)
@@ -151,6 +151,30 @@ def other_codebook_config(c: Ctx) -> Path:
 
 def config_not_json(c: Ctx) -> Path:
     return model_copy(c, lambda d: (d / "config.json").write_text("{not json"))
+
+
+def config_changed(c: Ctx, change: Callable[[dict], Any]) -> Path:
+    """A copy of the saved model whose config.json went through ``change`` (a dict edited in place,
+    or a function returning what to write instead)."""
+    def damage(directory: Path) -> None:
+        config = json.loads((directory / "config.json").read_text())
+        replaced = change(config)
+        (directory / "config.json").write_text(json.dumps(config if replaced is None else replaced))
+
+    return model_copy(c, damage)
+
+
+def renamed_key(config: dict, old: str, new: str) -> None:
+    config[new] = config.pop(old)
+
+
+def run_config(c: Ctx, text: str, name: str = "bad.json") -> Callable[[], int]:
+    """train.py with a --config file holding ``text``."""
+    import train
+
+    path = text_file(c.tmp / name, text)
+    return lambda: train.main(["--data", "dsprites", "--gpus", "0", "--no-progress", "--out", str(c.tmp / "run"),
+                               "--max-steps", "1", "--config", str(path)])
 
 
 def dsprites_npz(c: Ctx, **arrays: np.ndarray | None) -> Path:
@@ -399,6 +423,35 @@ CASES = [
          lambda c: partial(load, config_not_json(c), device="cpu"),
          ValueError, r"cannot read {tmp}/damaged_model/config\.json: not valid JSON",
          r"save the model again with save_pretrained"),
+    Case("load_config_number_as_string", "load() of a model whose config.json says \"codebook_size\": \"64\"",
+         lambda c: partial(load, config_changed(c, lambda d: d.update(codebook_size=str(d["codebook_size"]))),
+                           device="cpu"),
+         ValueError, r"{tmp}/damaged_model/config\.json: key 'codebook_size': expected a whole number, "
+         r"got '\d+' \(a string\)", r"write it without quotes"),
+    Case("load_config_misspelt_key", "load() of a model whose config.json has 'codebok_size' for 'codebook_size'",
+         lambda c: partial(load, config_changed(c, lambda d: renamed_key(d, "codebook_size", "codebok_size")),
+                           device="cpu"),
+         ValueError, r"config\.json: unknown key 'codebok_size'", r"did you mean 'codebook_size'"),
+    Case("load_config_not_an_object", "load() of a model whose config.json is the list [1, 2]",
+         lambda c: partial(load, config_changed(c, lambda d: [1, 2]), device="cpu"),
+         ValueError, r"config\.json: expected a JSON object of settings, got list",
+         r"save the model again with save_pretrained"),
+    Case("load_config_list_is_a_number", "load() of a model whose config.json says \"hidden_dims\": 5",
+         lambda c: partial(load, config_changed(c, lambda d: d.update(hidden_dims=5)), device="cpu"),
+         ValueError, r"config\.json: key 'hidden_dims': .*got 5 \(an integer\)", r"expected a list"),
+    Case("load_config_list_item_wrong", "load() of a model whose config.json says \"hidden_dims\": [8, \"x\"]",
+         lambda c: partial(load, config_changed(c, lambda d: d.update(hidden_dims=[8, "x"])), device="cpu"),
+         ValueError, r"config\.json: key 'hidden_dims\[1\]': .*got 'x' \(a string\)", r"expected a whole number"),
+    Case("load_config_huge_codebook", "load() of a model whose config.json says codebook_size 2**31",
+         lambda c: partial(load, config_changed(c, lambda d: d.update(codebook_size=2**31)), device="cpu"),
+         ValueError, r"config\.json: codebook_size 2147483648 is above its limit 65536",
+         r"would not fit in memory"),
+    Case("load_config_negative_size", "load() of a model whose config.json says code_dim 0",
+         lambda c: partial(load, config_changed(c, lambda d: d.update(code_dim=0)), device="cpu"),
+         ValueError, r"config\.json: code_dim must be >= 1, got 0", r"must be >= 1"),
+    Case("load_config_bool_as_string", "load() of a model whose config.json says local_encoder \"yes\"",
+         lambda c: partial(load, config_changed(c, lambda d: d.update(local_encoder="yes")), device="cpu"),
+         ValueError, r"config\.json: key 'local_encoder': expected true or false, got 'yes'", r"true or false"),
     # --- dataset files and folders (build_datamodule(...).prepare_data(), as training does) ------
     Case("dsprites_data_root_without_file", "dSprites with data_root=<an empty folder>",
          lambda c: prepared("dsprites", empty_dir(c, "empty")),
@@ -508,6 +561,67 @@ CASES = [
          SystemExit, r"--resume: {tmp}/earlier/config\.json was written by a run with other settings "
          r"\(data: .*seed was 0, now 1",
          r"resume with the original flags, or pass a new --out"),
+    # --- training configuration (--config files and flags) -----------------------------------------
+    Case("train_config_unknown_section", "train.py --config with a section 'modle'",
+         lambda c: run_config(c, '{"modle": {}}'),
+         SystemExit, r"--config {tmp}/bad\.json: unknown section 'modle'", r"did you mean 'model'",
+         untouched=run_dir_absent),
+    Case("train_config_misspelt_key", "train.py --config with model.codebok_size",
+         lambda c: run_config(c, '{"model": {"codebok_size": 16}}'),
+         SystemExit, r"--config {tmp}/bad\.json, model: unknown key 'codebok_size'",
+         r"did you mean 'codebook_size'", untouched=run_dir_absent),
+    Case("train_config_number_as_string", "train.py --config with train.causal_steps \"9\"",
+         lambda c: run_config(c, '{"train": {"causal_steps": "9"}}'),
+         SystemExit, r"--config {tmp}/bad\.json, train: key 'causal_steps': expected a whole number, got '9'",
+         r"write it without quotes", untouched=run_dir_absent),
+    Case("train_config_out_of_range", "train.py --config with train.causal_steps -3",
+         lambda c: run_config(c, '{"train": {"causal_steps": -3}}'),
+         SystemExit, r"--config {tmp}/bad\.json, train: causal_steps must be >= 0, got -3", r"must be >= 0",
+         untouched=run_dir_absent),
+    Case("train_config_cross_field", "train.py --config with model.image_size 60 (not a multiple of 8)",
+         lambda c: run_config(c, '{"model": {"image_size": 60}}'),
+         SystemExit, r"--config {tmp}/bad\.json, model: image_size 60", r"must be a multiple of", 
+         untouched=run_dir_absent),
+    Case("train_config_run_key", "train.py --config with model.seed (the run's --seed sets it)",
+         lambda c: run_config(c, '{"model": {"seed": 3}}'),
+         SystemExit, r"--config {tmp}/bad\.json, model: key 'seed' cannot be set here", r"remove it",
+         untouched=run_dir_absent),
+    Case("train_config_list_item", "train.py --config with data.fractions [0.5, \"a\", 0.2]",
+         lambda c: run_config(c, '{"data": {"fractions": [0.5, "a", 0.2]}}'),
+         SystemExit, r"data: key 'fractions\[1\]': expected a number, got 'a'", r"expected a number",
+         untouched=run_dir_absent),
+    Case("train_config_section_not_a_mapping", "train.py --config with \"train\": [1]",
+         lambda c: run_config(c, '{"train": [1]}'),
+         SystemExit, r"train: expected a mapping of TrainConfig settings", r"key: value", untouched=run_dir_absent),
+    Case("train_config_not_a_mapping", "train.py --config holding the JSON list [1]",
+         lambda c: run_config(c, "[1]"),
+         SystemExit, r"--config {tmp}/bad\.json: expected a mapping", r"sections model, train, data",
+         untouched=run_dir_absent),
+    Case("train_config_bad_json", "train.py --config whose JSON ends early",
+         lambda c: run_config(c, '{"train": '),
+         SystemExit, r"--config {tmp}/bad\.json: not valid JSON at line 1, column \d+", r"Expecting value",
+         untouched=run_dir_absent),
+    Case("train_config_bad_yaml", "train.py --config whose YAML has an unclosed list",
+         lambda c: run_config(c, "model:\n  hidden_dims: [\n", name="bad.yaml"),
+         SystemExit, r"--config {tmp}/bad\.yaml: not valid YAML at line \d+, column \d+", r"expected",
+         untouched=run_dir_absent),
+    Case("train_config_missing", "train.py --config <a file that does not exist>",
+         lambda c: (lambda: __import__("train").main(["--data", "dsprites", "--out", str(c.tmp / "run"),
+                                                      "--config", str(c.tmp / "none.json")])),
+         SystemExit, r"--config {tmp}/none\.json: no such file", r"no such file", untouched=run_dir_absent),
+    Case("train_max_steps_zero", "train.py --max-steps 0",
+         lambda c: train_call(c, "--max-steps", "0"),
+         SystemExit, r"argument --max-steps: must be >= 1, got 0", r"see .* --help", untouched=run_dir_absent),
+    Case("train_val_every_zero", "train.py --val-every 0",
+         lambda c: train_call(c, "--val-every", "0"),
+         SystemExit, r"argument --val-every: must be >= 1, got 0", r"see .* --help", untouched=run_dir_absent),
+    Case("train_seed_superscript", "train.py --seed ² (a digit int() would take)",
+         lambda c: train_call(c, "--seed", "²"),
+         SystemExit, r"argument --seed: '²' is not a whole number", r"see .* --help", untouched=run_dir_absent),
+    Case("train_negative_gpus", "train.py --gpus -1",
+         lambda c: train_call(c, "--gpus", "-1"),
+         SystemExit, r"argument --gpus/--devices: must be >= 0, got -1", r"see .* --help",
+         untouched=run_dir_absent),
     Case("train_nan_loss", "train.py whose loss turns NaN at step 3 (checkpoints every 2 steps)",
          nan_at_step_3,
          SystemExit, r"stage vqvae: the training loss was not finite \(NaN or inf\) at step 3",

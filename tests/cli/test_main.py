@@ -167,6 +167,35 @@ def test_retrieve_prints_json(run_dir, image, tmp_path, capsys):
     assert [row["probability"] for row in data["ranked"]] == pytest.approx([p for _, p in expected], abs=1e-6)
 
 
+def test_retrieve_out_draws_a_b_and_the_top_three_edits(run_dir, image, tmp_path, capsys):
+    other = tmp_path / "b.png"
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(other)
+    folder = tmp_path / "pictures"
+    assert main(["retrieve", "--model", str(run_dir), str(image), str(other), "--top", "1", "--device", "cpu",
+                 "--out", str(folder), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    out = folder / "in_to_b.png"
+    assert data["out"] == str(out) and len(data["ranked"]) == 1  # --top 1 for the table; the picture has 3
+    picture = np.asarray(Image.open(out).convert("RGB")).astype(int)
+    scale, pad, top = api.LABEL_SCALE, api.GRID_PAD * api.LABEL_SCALE, 3 * api.LABEL_LINE + 4
+    side = 64 * scale
+    assert picture.shape[1] >= 5 * side + 6 * pad  # A, B and three edits
+
+    def cell(column: int) -> np.ndarray:
+        x, y = pad + column * (side + pad), top + pad
+        return picture[y:y + side:scale, x:x + side:scale]
+
+    model = load(run_dir, device="cpu")
+    x, _ = api.to_batch(str(image), model)
+    a = (x[0].permute(1, 2, 0).numpy() * 255).round()
+    assert np.abs(cell(0) - a).max() <= 1  # the first cell is A as the model sees it
+    assert cell(1).max() == 0  # B is black
+    ranked = api.retrieve_action(str(image), str(other), model, top_k=3)
+    for column, (name, _) in enumerate(ranked, start=2):  # then A edited by each of the top three
+        edited = (model.edit(x, api.parse_actions(model, name)[0])[0].permute(1, 2, 0).numpy() * 255).round()
+        assert np.abs(cell(column) - edited).max() <= 1, name
+
+
 # ------------------------------------------------------------------------------------- mistakes
 @pytest.mark.parametrize(("argv", "message"), [
     (["edit", "--image", "{image}", "--action", "scael+"], r"unknown action 'scael\+'.*; did you mean scale\+"),

@@ -448,8 +448,10 @@ def test_config_round_trips_through_dict_and_json_and_refuses_unknown_keys():
     assert ModelConfig.from_dict(config.to_dict()) == config
     assert ModelConfig.from_json(config.to_json()) == config
     assert ModelConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
-    with pytest.raises(ValueError, match=r"unknown key\(s\) \['codebook'\]"):
+    with pytest.raises(ValueError, match=r"ModelConfig: unknown key 'codebook' \(did you mean 'codebook_size'"):
         ModelConfig.from_dict({**config.to_dict(), "codebook": 3})
+    with pytest.raises(ValueError, match=r"file\.json: key 'seed': expected a whole number, got '3' \(a string\)"):
+        ModelConfig.from_dict({**config.to_dict(), "seed": "3"}, where="file.json")
     with pytest.raises(ValueError, match="action_names has 2 names but num_actions is 4"):
         tiny_config(action_names=["x", "y"])
     with pytest.raises(ValueError, match="latent_layout"):

@@ -305,8 +305,10 @@ def test_schedule_and_psnr_helpers():
     assert _warmup_cosine(10, 100, 10, 0.1) == pytest.approx(1.0)
     assert _warmup_cosine(100, 100, 10, 0.1) == pytest.approx(0.1)
     assert psnr(torch.tensor([0.01, 0.0])).tolist() == pytest.approx([20.0, 100.0])
-    with pytest.raises(ValueError, match="unknown TrainConfig keys"):
+    with pytest.raises(ValueError, match="TrainConfig: unknown key 'lr'; the known keys are .*causal_lr"):
         TrainConfig.from_dict({"lr": 1.0})
+    assert TrainConfig.from_dict({"causal_lr": 1, "vqvae_steps": 5}) == TrainConfig(causal_lr=1.0, vqvae_steps=5)
+    assert isinstance(TrainConfig.from_dict({"causal_lr": 1}).causal_lr, float)
     with pytest.raises(ValueError, match="unknown stage"):
         TrainConfig().steps("pretrain")
 
