@@ -72,9 +72,10 @@ def load(
 ) -> CausalVQVAE:
     """Load a model, ready to use: in eval mode, on ``device`` (default: cuda if available, else
     cpu). ``path``: a model directory written by ``save_pretrained`` (or a file inside it), a
-    training run's folder (its final stage), or a released model's name (``"shapes3d_twin"``,
-    ``"dsprites_twin"``; :func:`causal_vqvae.locate.resolve_model`). ``expect_dataset`` refuses a
-    model trained for another dataset."""
+    training run's folder (its final stage), a released model's name (``"shapes3d_twin"``,
+    ``"dsprites_twin"``) or a Hugging Face Hub id (``"owner/name"``, read from the Hub's cache when
+    there; :func:`causal_vqvae.locate.resolve_model`). ``expect_dataset`` refuses a model trained
+    for another dataset."""
     directory = resolve_model(path)
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -1,8 +1,12 @@
-"""Where a model name points: a model folder, a training run's folder, or a released model.
+"""Where a model name points: a model folder, a training run's folder, a released model or a model
+on the Hugging Face Hub.
 
 ``resolve_model("runs/mine")`` gives ``runs/mine/causal`` (the run's final stage),
-``resolve_model("shapes3d_twin")`` the released model in ``checkpoints/`` of the checkout, and a
-model folder (``config.json`` + ``model.safetensors``) itself. Pure path logic: no torch.
+``resolve_model("shapes3d_twin")`` the released model in ``checkpoints/`` of the checkout, a model
+folder (``config.json`` + ``model.safetensors``) itself, and a Hub id (``owner/name``, when no such
+local path exists) the model's folder in the Hub's local cache: taken from the cache first, so it
+works offline, and downloaded only when it is not there (needs the optional ``huggingface_hub``:
+``pip install "causal-vqvae[hub]"``; ``HF_HUB_OFFLINE=1`` forbids the download). No torch.
 """
 
 from __future__ import annotations
@@ -10,9 +14,10 @@ from __future__ import annotations
 import difflib
 import json
 import os
+import re
 from pathlib import Path
 
-__all__ = ["CHECKPOINTS", "MODEL_FILES", "RELEASED", "RELEASED_NAMES", "resolve_model"]
+__all__ = ["CHECKPOINTS", "HUB_FILES", "MODEL_FILES", "RELEASED", "RELEASED_NAMES", "resolve_model"]
 
 CHECKPOINTS = Path(__file__).resolve().parents[1] / "checkpoints"
 # Released models by name (folders under checkpoints/ of a checkout); a dataset's name picks its model.
@@ -20,8 +25,11 @@ RELEASED = {"shapes3d_twin": "shapes3d_twin", "dsprites_twin": "dsprites_twin",
             "shapes3d": "shapes3d_twin", "dsprites": "dsprites_twin"}
 RELEASED_NAMES = ("shapes3d_twin", "dsprites_twin")
 MODEL_FILES = ("config.json", "model.safetensors")
+HUB_FILES = (*MODEL_FILES, "metadata.json", "README.md")  # what is fetched of a Hub repository
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # owner/name, as the Hub spells repository ids
+HUB_EXTRA = 'pip install "causal-vqvae[hub]"'
 _KINDS = ("a model folder (config.json and model.safetensors, as save_pretrained writes them), a training run's "
-          "folder or a released name (" + ", ".join(RELEASED_NAMES) + ")")
+          "folder, a released name (" + ", ".join(RELEASED_NAMES) + ") or a Hugging Face Hub id (owner/name)")
 
 
 def _is_model(path: Path) -> bool:
@@ -55,10 +63,43 @@ def resolve_model(name: str | os.PathLike) -> Path:
                                 "a model folder")
     if path.exists():
         raise FileNotFoundError(f"no model at {path}: it is a file, not a model folder; give {_KINDS}")
+    if HUB_ID.match(text):
+        return _from_hub(text)
     close = difflib.get_close_matches(text, list(RELEASED), n=2)
     hint = f" (did you mean {' or '.join(close)}?)" if close else ""
     raise FileNotFoundError(f"no model at {text}: the path does not exist and no released model has that "
                             f"name{hint}; give {_KINDS}")
+
+
+def _from_hub(repo_id: str) -> Path:
+    """The Hub model ``repo_id``'s folder in the local cache, downloaded there if it is missing and
+    downloads are allowed."""
+    try:
+        from huggingface_hub import snapshot_download
+        from huggingface_hub.constants import HF_HUB_OFFLINE
+    except ImportError:
+        raise FileNotFoundError(f"no model at {repo_id}: no such folder here, and reading it as a Hugging Face "
+                                f"Hub id needs huggingface_hub ({HUB_EXTRA}); or give {_KINDS}") from None
+    try:
+        folder = Path(snapshot_download(repo_id, allow_patterns=list(HUB_FILES), local_files_only=True))
+    except (OSError, ValueError) as cached_error:
+        if HF_HUB_OFFLINE:
+            raise FileNotFoundError(
+                f"no model at {repo_id}: no such folder here, and the Hugging Face Hub model {repo_id!r} is not in "
+                f"the local cache while HF_HUB_OFFLINE is set; download it once online, or give {_KINDS}"
+            ) from cached_error
+        try:
+            folder = Path(snapshot_download(repo_id, allow_patterns=list(HUB_FILES)))
+        except Exception as error:  # the Hub's HTTP, network and authorisation errors alike
+            raise FileNotFoundError(
+                f"no model at {repo_id}: no such folder here, the Hugging Face Hub model {repo_id!r} is not in the "
+                f"local cache, and downloading it failed ({type(error).__name__}: {str(error).splitlines()[0]}); "
+                f"check the id and the network, or give {_KINDS}") from None
+    if not _is_model(folder):
+        missing = " and ".join(name for name in MODEL_FILES if not (folder / name).is_file())
+        raise FileNotFoundError(f"the Hugging Face Hub repository {repo_id!r} holds no causal_vqvae model: {missing} "
+                                f"missing (push one with CausalVQVAE.push_to_hub)")
+    return folder
 
 
 def _final_stage(run: Path) -> Path:

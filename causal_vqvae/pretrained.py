@@ -10,6 +10,7 @@ file under the real name.
 from __future__ import annotations
 
 import json
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
@@ -19,6 +20,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .card import CARD_NAME, model_card
 from .config import ModelConfig
 from .files import atomic_write, json_text, write_text
 
@@ -39,7 +41,9 @@ Model = TypeVar("Model", bound=nn.Module)
 def save_pretrained(
     model: nn.Module, directory: str | Path, extra_metadata: Mapping[str, Any] | None = None
 ) -> Path:
-    """Write ``model`` to ``directory`` (created if needed); returns the directory."""
+    """Write ``model`` to ``directory`` (created if needed): its weights, ``config.json``,
+    ``metadata.json`` and a ``README.md`` model card with the Hugging Face Hub's front matter
+    (:mod:`causal_vqvae.card`); returns the directory."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
@@ -57,12 +61,14 @@ def save_pretrained(
     # Serialise everything before writing anything: bad metadata must not leave a partial save.
     config_text = json_text(config, "the config")
     metadata_text = json_text(metadata, "extra_metadata")
+    card_text = model_card(model.config, metadata)
     atomic_write(
         directory / WEIGHTS_NAME,
         lambda temp: save_file(tensors, temp, metadata={"format": str(FORMAT_VERSION), "architecture": ARCHITECTURE}),
     )
     write_text(directory / CONFIG_NAME, config_text)
     write_text(directory / METADATA_NAME, metadata_text)
+    write_text(directory / CARD_NAME, card_text)
     return directory
 
 
@@ -176,6 +182,25 @@ class PretrainedMixin:
     def save_pretrained(self, directory: str | Path, extra_metadata: Mapping[str, Any] | None = None) -> Path:
         """Write this model to ``directory`` (created if needed); returns the directory."""
         return save_pretrained(self, directory, extra_metadata)
+
+    def push_to_hub(self, repo_id: str, *, token: str | None = None, private: bool | None = None,
+                    commit_message: str = "Upload a causal_vqvae model",
+                    extra_metadata: Mapping[str, Any] | None = None) -> str:
+        """Upload this model to the Hugging Face Hub repository ``repo_id`` (``owner/name``, made if
+        it does not exist): the files of :meth:`save_pretrained`, its ``README.md`` model card
+        included. Needs the optional ``huggingface_hub`` (``pip install "causal-vqvae[hub]"``) and a
+        token with write access (``token``, else the one ``hf auth login`` stored). Returns the
+        commit's URL. ``load(repo_id)`` reads it back, offline from the Hub's cache once fetched."""
+        try:
+            from huggingface_hub import HfApi
+        except ImportError:
+            raise ImportError('push_to_hub needs huggingface_hub: pip install "causal-vqvae[hub]"') from None
+        api = HfApi(token=token)
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix="causal_vqvae_hub_") as folder:
+            self.save_pretrained(folder, extra_metadata)
+            commit = api.upload_folder(repo_id=repo_id, folder_path=folder, commit_message=commit_message)
+        return str(getattr(commit, "commit_url", commit))
 
     @classmethod
     def from_pretrained(

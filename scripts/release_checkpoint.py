@@ -6,7 +6,8 @@
 Reads ``RUN_DIR/config.json`` (the resolved configuration and the exact command), the stage's
 ``metadata.json`` (device, wall time, seed, held-out validation metrics) and, when given, a bench
 JSON written by ``python -m causal_vqvae.cli.bench`` for the same model (held-out test metrics). Writes
-``model.safetensors``, ``config.json``, ``metadata.json`` and ``MODEL_CARD.md``, each through a
+``model.safetensors``, ``config.json``, ``metadata.json`` and ``README.md`` (the model card, with the
+Hugging Face Hub's front matter), each through a
 temporary file and a rename; refuses a model over 10 MB (the repository's limit).
 """
 
@@ -24,6 +25,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from causal_vqvae.card import CARD_NAME  # noqa: E402
+from causal_vqvae.card import model_card as hub_card  # noqa: E402
+from causal_vqvae.config import ModelConfig  # noqa: E402
 from causal_vqvae.files import atomic_write, write_json  # noqa: E402
 from causal_vqvae.nn.retrieval import RETRIEVAL_SCORES  # noqa: E402
 from causal_vqvae.pretrained import CONFIG_NAME, METADATA_NAME, WEIGHTS_NAME  # noqa: E402
@@ -62,7 +66,7 @@ def _last(kept: dict[str, Any]) -> str:
 def model_card(name: str, run: dict[str, Any], stages: dict[str, dict[str, Any]],
                benches: list[dict[str, Any]], size_bytes: int, note: str | None = None,
                released_score: str | None = None) -> str:
-    """The MODEL_CARD.md text from the run's resolved config, each stage's metadata and bench results
+    """The model card's text (README.md, below its front matter) from the run's resolved config, each stage's metadata and bench results
     (one table per bench JSON, in the order given)."""
     final = stages[list(stages)[-1]]
     argv = [str(a) for a in run.get("argv") or []]
@@ -239,7 +243,13 @@ def main(argv: list[str] | None = None) -> Path:
             config["retrieval_score"] = released_score = args.retrieval_score
             write_json(dest / CONFIG_NAME, config)
     card = model_card(args.name, run, stages, benches, size, args.note, released_score)
-    atomic_write(dest / "MODEL_CARD.md", lambda temp: Path(temp).write_text(card))
+    config = ModelConfig.from_dict({k: v for k, v in json.loads((dest / CONFIG_NAME).read_text()).items()
+                                    if k not in ("format", "architecture")})
+    text = hub_card(config, json.loads((dest / METADATA_NAME).read_text()), body=card)
+    atomic_write(dest / CARD_NAME, lambda temp: Path(temp).write_text(text))
+    stale = dest / "MODEL_CARD.md"  # the card's name before it carried the Hub's front matter
+    if stale.is_file():
+        stale.unlink()
     print(f"released {source} as {dest} ({size / 1e6:.1f} MB)")
     return dest
 

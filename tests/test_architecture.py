@@ -26,22 +26,23 @@ LAYERS: dict[str, set[str]] = {
     "nn": set(),
     "validation": set(),
     "config": {"nn", "validation"},
+    "card": {"config", "validation"},
     "files": set(),
     "locate": set(),
-    "pretrained": {"config", "files", "validation"},
-    "model": {"nn", "config", "pretrained", "validation"},
+    "pretrained": {"config", "card", "files", "validation"},
+    "model": {"nn", "config", "pretrained", "card", "validation"},
     "images": {"files"},
-    "api": {"nn", "config", "files", "locate", "pretrained", "model", "images", "validation"},
-    "eval": {"nn", "config", "files", "pretrained", "model", "images", "api", "datamodules", "validation"},
-    "training": {"nn", "config", "files", "pretrained", "model", "images", "api", "eval", "datamodules", "validation"},
-    "cli": {"nn", "config", "files", "locate", "pretrained", "model", "images", "api", "eval", "training", "datamodules", "validation"},
-    "__init__": {"nn", "config", "files", "pretrained", "model", "images", "api", "validation"},
+    "api": {"nn", "config", "files", "locate", "pretrained", "model", "images", "card", "validation"},
+    "eval": {"nn", "config", "files", "pretrained", "model", "images", "api", "datamodules", "card", "validation"},
+    "training": {"nn", "config", "files", "pretrained", "model", "images", "api", "eval", "datamodules", "card", "validation"},
+    "cli": {"nn", "config", "files", "locate", "pretrained", "model", "images", "api", "eval", "training", "datamodules", "card", "validation"},
+    "__init__": {"nn", "config", "files", "pretrained", "model", "images", "api", "card", "validation"},
     "__main__": {"cli"},
 }
 # Third-party packages a layer may not import, whatever the layers above allow.
 FORBIDDEN_THIRD_PARTY = {
     layer: {"pytorch_lightning", "lightning", "lightning_fabric", "datasets"}
-    for layer in ("nn", "validation", "config", "files", "locate", "pretrained", "model", "images", "api", "__init__")
+    for layer in ("nn", "validation", "config", "card", "files", "locate", "pretrained", "model", "images", "api", "__init__")
 }
 
 

@@ -292,7 +292,7 @@ def test_release_checkpoint_card_names_the_run_command_and_every_bench(tmp_path)
 
     dest = release.main(["--run", str(run), "--name", "tiny_twin", "--dest", str(tmp_path / "out"),
                          "--bench", str(benches[0]), "--bench", str(benches[1])])
-    card = (dest / "MODEL_CARD.md").read_text()
+    card = (dest / "README.md").read_text()
     # the run's own command, not the --resume that last invoked it
     assert ("Command: `python train.py --data dsprites --seed 0 --out runs/x` (its last invocation added "
             "`--resume last`)") in card
@@ -320,7 +320,7 @@ def test_release_checkpoint_card_names_the_run_command_and_every_bench(tmp_path)
     (tmp_path / "bench_release.json").write_text(json.dumps(record))
     dest = release.main(["--run", str(run), "--name", "tiny_twin", "--dest", str(tmp_path / "out_release"),
                          "--bench", str(tmp_path / "bench_release.json")])
-    card = (dest / "MODEL_CARD.md").read_text()
+    card = (dest / "README.md").read_text()
     assert "The bench ran on this released model (`--model checkpoints/tiny_twin`)." in card
     assert "before it was copied here" not in card
 
@@ -330,7 +330,7 @@ def test_release_checkpoint_card_names_the_run_command_and_every_bench(tmp_path)
                                    "score": 0.3, "val_last": {"val/retrieval_transition_acc": 0.28}}
     (run / "causal" / "metadata.json").write_text(json.dumps(metadata))
     dest = release.main(["--run", str(run), "--name", "tiny_twin", "--dest", str(tmp_path / "out_best")])
-    card = (dest / "MODEL_CARD.md").read_text()
+    card = (dest / "README.md").read_text()
     assert ("the part before the interruption included); it kept the weights of step 30, its best validation by "
             "`val/retrieval_transition_acc` (30.0%; 28.0% at the last step).") in card
     assert "Validation pairs at step 30, the kept weights' (5000 pairs" in card
@@ -341,7 +341,7 @@ def test_release_checkpoint_card_names_the_run_command_and_every_bench(tmp_path)
     assert ModelConfig().retrieval_score != "code_distance"
     dest = release.main(["--run", str(run), "--name", "tiny_twin", "--dest", str(tmp_path / "out_score"),
                          "--retrieval-score", "code_distance"])
-    card = (dest / "MODEL_CARD.md").read_text()
+    card = (dest / "README.md").read_text()
     assert CausalVQVAE.from_pretrained(dest).config.retrieval_score == "code_distance"
     assert ("- Released to score retrieval by transition by `code_distance` (`retrieval_score`; the run validated "
             "with `nll`). The weights are as trained.") in card

@@ -27,10 +27,14 @@ def test_released_model_loads_edits_and_retrieves(name, monkeypatch, tmp_path):
     directory = CHECKPOINTS / name
     weights = directory / "model.safetensors"
     assert weights.is_file() and weights.stat().st_size < 10 * 1024 * 1024
-    card = (directory / "MODEL_CARD.md").read_text()
+    card = (directory / "README.md").read_text()
     for needed in ("Command: `python train.py", "Device:", "seed", "Held-out metrics"):
         assert needed in card, needed
     assert not list(directory.glob("*.ckpt")) and not list(directory.glob("*.pt"))  # nothing to unpickle
+    hub = pytest.importorskip("huggingface_hub")
+    front = hub.ModelCard.load(directory / "README.md").data.to_dict()  # the Hub reads the card's front matter
+    assert front["library_name"] == "causal-vqvae" and front["datasets"] == [{"dsprites": "dsprites"}.get(
+        RELEASED[name], "3dshapes")]
 
     model = load(directory, device="cpu")
     dataset = RELEASED[name]
