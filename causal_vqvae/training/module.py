@@ -36,11 +36,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
+from collections.abc import Mapping
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
 
+from ..config import ModelConfig
 from ..model import CausalVQVAE
 from ..nn.transition import TransitionLoss
 from .config import FROZEN_AUTOENCODER_STAGES, TrainConfig, check_stage
@@ -78,9 +80,15 @@ class CausalVQVAEModule(pl.LightningModule):
     reaches the losses, which ``torch.compile(model)`` would not (it compiles ``forward`` only).
     """
 
-    def __init__(self, model: CausalVQVAE, stage: str, train_config: TrainConfig | None = None,
-                 compile_options: dict[str, Any] | None = None) -> None:
+    def __init__(self, model: CausalVQVAE | Mapping[str, Any], stage: str, train_config: TrainConfig | None = None,
+                 compile_options: dict[str, Any] | None = None, train: Mapping[str, Any] | None = None) -> None:
         super().__init__()
+        # Lightning's load_from_checkpoint calls this with the saved hyperparameters: the model's
+        # config as a dict and the TrainConfig as ``train``; the checkpoint's weights follow.
+        if isinstance(model, Mapping):
+            model = CausalVQVAE(ModelConfig.from_dict(model, where="the checkpoint's hyper_parameters, model"))
+        if train_config is None and train is not None:
+            train_config = TrainConfig.from_dict(dict(train), where="the checkpoint's hyper_parameters, train")
         # Training mode whatever the model came in (from_pretrained returns it in eval mode, and
         # Lightning keeps a module's modes): stages that freeze parts put those back in
         # on_train_epoch_start. An eval-mode transition would train on thresholded, unsampled masks

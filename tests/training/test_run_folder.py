@@ -180,3 +180,18 @@ def test_a_file_that_is_not_a_checkpoint_is_refused(tmp_path):
         pickle.dump([1, 2], file)
     with pytest.raises(SystemExit, match="not a checkpoint that can be read safely"):
         check_checkpoint(str(tmp_path / "pickle.ckpt"))
+
+
+def test_lightning_load_from_checkpoint_gives_the_trained_model(finished_run):
+    from causal_vqvae import load
+    from causal_vqvae.training.module import CausalVQVAEModule
+
+    _, run = finished_run
+    module = CausalVQVAEModule.load_from_checkpoint(run / "causal" / "checkpoints" / "last.ckpt",
+                                                    map_location="cpu", weights_only=True)
+    saved = load(run / "causal", device="cpu")
+    assert module.stage == "causal" and module.model.config == saved.config
+    assert module.train_config.causal_steps == 2
+    state, expected = module.model.state_dict(), saved.state_dict()
+    assert state.keys() == expected.keys()
+    assert all(torch.equal(state[k], expected[k]) for k in expected)
