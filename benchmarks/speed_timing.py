@@ -24,6 +24,7 @@ if str(_ROOT) not in sys.path:
     sys.path.insert(0, str(_ROOT))
 
 from causal_vqvae.config import ModelConfig  # noqa: E402
+from causal_vqvae.nn.compiling import compile_ready  # noqa: E402
 from causal_vqvae.training.config import TrainConfig  # noqa: E402
 
 from speed_steps import build_step  # noqa: E402
@@ -179,6 +180,7 @@ def measure(
     run = step
     if args.compile:
         try:
+            compile_ready()
             run = torch.compile(step, mode=None if args.compile_mode == "default" else args.compile_mode)
             for i in range(args.warmup):
                 run(inputs[i % len(inputs)])

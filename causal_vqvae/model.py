@@ -19,6 +19,7 @@ from torch import nn
 
 from .config import ModelConfig
 from .nn.autoencoder import Decoder, Encoder, TokenDecoder, TokenEncoder
+from .nn.compiling import eager
 from .nn.graph import CausalGraph, DualAscent, GraphNoise
 from .nn.quantizer import QuantizerOutput, VectorQuantizer
 from .nn.retrieval import (
@@ -302,7 +303,7 @@ class CausalVQVAE(PretrainedMixin, nn.Module):
     # Eager inside a compiled caller, and first: dynamo cannot trace a torch.Generator, and inductor
     # once returned the budgets of the progress a graph was traced at for every later progress.
     # Made here, the draws and the budgets enter the rest of a compiled loss as inputs (one graph).
-    @torch.compiler.disable
+    @eager
     def _transition_loss_inputs(
         self, batch: int, device: torch.device, progress: float, generator: torch.Generator | None
     ) -> tuple[GraphNoise | None, tuple[float, float]]:

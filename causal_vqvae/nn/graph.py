@@ -20,6 +20,7 @@ import torch
 from einops import rearrange, repeat
 from torch import nn
 
+from .compiling import eager
 from .layers import TransformerBlock
 
 __all__ = [
@@ -113,7 +114,7 @@ class DualAscent(nn.Module):
 
     # Eager even inside a compiled caller: a graph traced by inductor (torch 2.14, CPU) returned the
     # budget of the progress it was traced at for every later progress, so dual ascent went wrong.
-    @torch.compiler.disable
+    @eager
     def budget_at(self, progress: float) -> float:
         return linear_budget(progress, self.budget_start, self.budget)
 

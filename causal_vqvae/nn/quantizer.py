@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from .compiling import eager
 from .seeding import DeviceGenerators
 
 __all__ = ["QuantizerOutput", "VectorQuantizer", "perplexity"]
@@ -194,7 +195,7 @@ class VectorQuantizer(nn.Module):
 
     # Eager inside a compiled caller: dynamo cannot trace a torch.Generator, so a draw inside a
     # compiled loss would split its graph; drawn first, the scores enter it as a tensor.
-    @torch.compiler.disable
+    @eager
     def draw_restart_scores(
         self, num_encodings: int, device: torch.device, generator: torch.Generator | None = None
     ) -> torch.Tensor | None:

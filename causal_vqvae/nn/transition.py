@@ -28,6 +28,7 @@ from torch import nn
 
 from .graph import CausalGraph, DualAscent, GraphNoise, node_code_offsets
 from .layers import FeedForward
+from .compiling import eager
 from .seeding import DeviceGenerators
 
 __all__ = [
@@ -209,7 +210,7 @@ class CausalTransition(nn.Module):
 
     # Eager inside a compiled caller: dynamo cannot trace a torch.Generator (each draw would split
     # the caller's graph); drawn here, first, the noise enters the rest of the step as tensors.
-    @torch.compiler.disable
+    @eager
     def draw_noise(self, batch: int, device: torch.device, generator: torch.Generator | None = None) -> GraphNoise:
         """The uniform draws of one sampled pair of graph masks for ``batch`` examples, made with
         ``generator`` (default: this module's own on ``device``): what :meth:`forward` draws when it

@@ -44,6 +44,7 @@ import torch
 
 from ..config import ModelConfig
 from ..model import CausalVQVAE
+from ..nn.compiling import compile_ready
 from ..nn.transition import TransitionLoss
 from .config import FROZEN_AUTOENCODER_STAGES, TrainConfig, check_stage
 from .rundir import ADDED_SETTINGS
@@ -96,6 +97,7 @@ class CausalVQVAEModule(pl.LightningModule):
         self.model = model.train()
         functions = {name: getattr(model, name) for name in STEP_FUNCTIONS}
         if compile_options is not None:
+            compile_ready()  # the methods that must stay eager inside the compiled losses
             functions = {name: torch.compile(fn, **compile_options) for name, fn in functions.items()}
         self._step_functions = functions
         self._compiled = compile_options is not None
