@@ -1,9 +1,16 @@
 """Where images come from: a procedural twin that renders factor classes, or a real file.
 
 Real files are converted once into a plain ``.npy`` memory-map cache (uint8 images ``(N, H, W, C)``,
-int64 labels ``(N, L)``) beside a small JSON; random batches afterwards read only the memmap. The
-cache is built in a temporary folder and renamed into place, so an interrupted conversion never
-leaves a half-written cache behind.
+int64 labels ``(N, L)``) beside a small JSON; random batches afterwards read only the memmap.
+
+:func:`cached_arrays` is the way in. It checks a cache when it opens it (``meta.json`` readable and of
+this version, both arrays present, whole and of the shapes it records); a damaged cache is named in a
+warning, removed and built again. A build writes into a temporary folder beside the cache, in the
+cache's own directory, and renames it into place only when complete, so an interrupted conversion
+never leaves a half-written cache; the temporary folders of builds that were killed are removed by
+the next build. Builds of one cache hold a file lock beside it: processes that share the cache
+folder (the ranks of a machine, or every machine on a shared file system) build it once, the others
+wait and open it.
 """
 
 from __future__ import annotations
@@ -26,7 +33,8 @@ from .factors import FactorSpace
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TwinSource", "ArraySource", "build_memmap_cache", "open_memmap_cache", "to_float_images"]
+__all__ = ["TwinSource", "ArraySource", "build_memmap_cache", "cache_damage", "cached_arrays", "open_memmap_cache",
+           "to_float_images"]
 
 CACHE_VERSION = 1
 
@@ -155,6 +163,89 @@ def build_memmap_cache(
         raise
     log.info("wrote cache %s (%d rows)", cache_dir, num_rows)
     return cache_dir
+
+
+def _temporary_folders(cache_dir: Path) -> list[Path]:
+    """The temporary folders builds of ``cache_dir`` made (and, if they were killed, left)."""
+    return sorted(cache_dir.parent.glob(f".{cache_dir.name}.tmp-*"))
+
+
+def cache_damage(cache_dir: Path) -> str | None:
+    """None when ``cache_dir`` holds a complete cache of this version; "missing" when there is none;
+    otherwise what is wrong with it (a file missing, unreadable or cut short, or shapes unlike its
+    meta.json)."""
+    cache_dir = Path(cache_dir)
+    if not cache_dir.exists():
+        return "missing"
+    meta_path = cache_dir / "meta.json"
+    if not meta_path.is_file():
+        return "meta.json is missing (an interrupted or damaged cache)"
+    try:
+        meta = json.loads(meta_path.read_text())
+        rows, shape = int(meta["num_rows"]), tuple(meta["image_shape"])
+        version = meta.get("cache_version")
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        return f"meta.json is unreadable ({type(error).__name__}: {error})"
+    if version != CACHE_VERSION:
+        return f"it was written as cache version {version!r}, and this code reads version {CACHE_VERSION}"
+    for name, expected in (("images.npy", (rows, *shape)), ("labels.npy", None)):
+        try:
+            array = np.load(cache_dir / name, mmap_mode="r")
+        except FileNotFoundError:
+            return f"{name} is missing"
+        except (OSError, ValueError) as error:  # cut short, or not an .npy file
+            return f"{name} is unreadable ({error})"
+        if (expected is not None and array.shape != expected) or array.shape[0] != rows:
+            return f"{name} has shape {array.shape}, but meta.json records {rows} rows" + (
+                f" of {shape}" if expected is not None else "")
+    return None
+
+
+def _remove(cache_dir: Path) -> None:
+    """Remove a damaged cache: renamed aside first (atomic), so no reader sees it half removed,
+    and under a temporary folder's name, so a removal cut short is finished by the next build."""
+    aside = cache_dir.parent / f".{cache_dir.name}.tmp-removed-{os.getpid()}"
+    os.rename(cache_dir, aside)
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def cached_arrays(cache_dir: Path, build: Callable[[], object]) -> tuple[np.ndarray, np.ndarray, dict]:
+    """``(images, labels, meta)`` of the cache at ``cache_dir``, built first by ``build()`` (which
+    calls :func:`build_memmap_cache` for ``cache_dir``) when it is missing or damaged. A damaged
+    cache is named in a warning and removed before it is built again; leftover temporary folders of
+    killed builds are removed. The build holds a file lock beside the cache, so processes sharing
+    the folder build it once."""
+    cache_dir = Path(cache_dir)
+    for folder in (cache_dir.parent, cache_dir):
+        if folder.exists() and not folder.is_dir():
+            raise NotADirectoryError(f"the cache folder {folder} is a file; move it away, or set "
+                                     "$CAUSAL_VQVAE_CACHE (or cache_root) to a folder")
+    if cache_damage(cache_dir) is not None:
+        from filelock import FileLock
+
+        try:
+            cache_dir.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise OSError(f"cannot make the cache folder {cache_dir.parent}: {error.strerror or error}; set "
+                          "$CAUSAL_VQVAE_CACHE (or cache_root) to a folder you can write") from None
+        lock = cache_dir.parent / f".{cache_dir.name}.lock"
+        try:
+            with FileLock(str(lock)):
+                damage = cache_damage(cache_dir)  # another process may have built it while this one waited
+                if damage is not None:
+                    if damage != "missing":
+                        log.warning("cache %s is damaged (%s): building it again", cache_dir, damage)
+                        _remove(cache_dir)
+                    for leftover in _temporary_folders(cache_dir):  # builds killed before their rename
+                        log.info("removing %s, left by an interrupted cache build", leftover)
+                        shutil.rmtree(leftover, ignore_errors=True)
+                    build()
+        finally:
+            # The lock file goes with the build. A process still waiting on it then holds a lock no
+            # newcomer sees; harmless: both find the cache complete, and were both to build it, each
+            # builds in its own temporary folder and the second rename keeps the first one's cache.
+            lock.unlink(missing_ok=True)
+    return open_memmap_cache(cache_dir)
 
 
 def open_memmap_cache(cache_dir: Path) -> tuple[np.ndarray, np.ndarray, dict]:

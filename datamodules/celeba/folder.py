@@ -22,6 +22,8 @@ import numpy as np
 from ..sources import (
     ArraySource,
     build_memmap_cache,
+    cache_damage,
+    cached_arrays,
     default_cache_root,
     open_memmap_cache,
 )
@@ -120,7 +122,7 @@ def read_celeba_folder(
     key += f"|pre={PREPROCESS_VERSION}"
     cache_dir = Path(cache_root or default_cache_root()) / f"celeba-{split}-{_short_hash(key)}"
     description = f"CelebA folder {root} ({split})"
-    if (cache_dir / "meta.json").exists():
+    if cache_damage(cache_dir) is None:
         images, labels, _ = open_memmap_cache(cache_dir)
         log.info("%s: using cache %s", description, cache_dir)
         return ArraySource(images, labels, description=description, space=None)
@@ -173,29 +175,31 @@ def read_celeba_folder(
     labels = bits[rows].astype(np.int64)
     paths = [img_dir / f for f in split_files]
 
-    with ThreadPoolExecutor(max_workers=_num_workers()) as pool:
+    def build() -> None:
+        with ThreadPoolExecutor(max_workers=_num_workers()) as pool:
 
-        def read_chunk(start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
-            imgs = np.stack(list(pool.map(_decode_file, paths[start:stop])))
-            return imgs, labels[start:stop]
+            def read_chunk(start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+                imgs = np.stack(list(pool.map(_decode_file, paths[start:stop])))
+                return imgs, labels[start:stop]
 
-        build_memmap_cache(
-            cache_dir,
-            num_rows=len(rows),
-            image_shape=(IMAGE_SIZE, IMAGE_SIZE, 3),
-            num_labels=len(CELEBA_ATTRIBUTES),
-            read_chunk=read_chunk,
-            meta={
-                "dataset": "celeba",
-                "source": "folder",
-                "root": str(root.resolve()),
-                "split": split,
-                "attributes": list(CELEBA_ATTRIBUTES),
-                "preprocess": f"centre crop 140/178, BOX resize to {IMAGE_SIZE} (v{PREPROCESS_VERSION})",
-                "filenames": split_files,
-            },
-            chunk=1024,
-            desc=f"CelebA {split}: decoding",
-        )
-    images, labels_mm, _ = open_memmap_cache(cache_dir)
+            build_memmap_cache(
+                cache_dir,
+                num_rows=len(rows),
+                image_shape=(IMAGE_SIZE, IMAGE_SIZE, 3),
+                num_labels=len(CELEBA_ATTRIBUTES),
+                read_chunk=read_chunk,
+                meta={
+                    "dataset": "celeba",
+                    "source": "folder",
+                    "root": str(root.resolve()),
+                    "split": split,
+                    "attributes": list(CELEBA_ATTRIBUTES),
+                    "preprocess": f"centre crop 140/178, BOX resize to {IMAGE_SIZE} (v{PREPROCESS_VERSION})",
+                    "filenames": split_files,
+                },
+                chunk=1024,
+                desc=f"CelebA {split}: decoding",
+            )
+
+    images, labels_mm, _ = cached_arrays(cache_dir, build)
     return ArraySource(images, labels_mm, description=description, space=None)

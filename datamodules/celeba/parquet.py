@@ -18,6 +18,8 @@ from PIL import Image
 from ..sources import (
     ArraySource,
     build_memmap_cache,
+    cache_damage,
+    cached_arrays,
     default_cache_root,
     open_memmap_cache,
 )
@@ -158,7 +160,7 @@ def read_celeba_parquet(
     key += f"|{sorted(mapping.items())}|pre={PREPROCESS_VERSION}"
     cache_dir = cache_root / f"celeba-parquet-{split}-{_short_hash(key)}"
     description = f"CelebA parquet {', '.join(files_of_split)} ({split})"
-    if (cache_dir / "meta.json").exists():
+    if cache_damage(cache_dir) is None:
         images, labels, _ = open_memmap_cache(cache_dir)
         return ArraySource(images, labels, description=description, space=None)
 
@@ -202,31 +204,33 @@ def read_celeba_parquet(
         images_only = images_only.cast_column(img_col, datasets.Image(decode=False))
     images_only = images_only.with_format("arrow")
 
-    with ThreadPoolExecutor(max_workers=_num_workers()) as pool:
+    def build() -> None:
+        with ThreadPoolExecutor(max_workers=_num_workers()) as pool:
 
-        def read_chunk(start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
-            cells = images_only[start:stop][img_col].to_pylist()
-            where = [f"row {start + i} of {split}" for i in range(len(cells))]
-            imgs = np.stack(list(pool.map(_image_bytes, cells, where)))
-            return imgs, labels[start:stop]
+            def read_chunk(start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+                cells = images_only[start:stop][img_col].to_pylist()
+                where = [f"row {start + i} of {split}" for i in range(len(cells))]
+                imgs = np.stack(list(pool.map(_image_bytes, cells, where)))
+                return imgs, labels[start:stop]
 
-        build_memmap_cache(
-            cache_dir,
-            num_rows=len(ds),
-            image_shape=(IMAGE_SIZE, IMAGE_SIZE, 3),
-            num_labels=len(CELEBA_ATTRIBUTES),
-            read_chunk=read_chunk,
-            meta={
-                "dataset": "celeba",
-                "source": "parquet",
-                "files": [str(Path(f).resolve()) for f in files_of_split],
-                "split": split,
-                "columns": mapping,
-                "attributes": list(CELEBA_ATTRIBUTES),
-                "preprocess": f"centre crop 140/178, BOX resize to {IMAGE_SIZE} (v{PREPROCESS_VERSION})",
-            },
-            chunk=1024,
-            desc=f"CelebA parquet {split}: decoding",
-        )
-    images, labels_mm, _ = open_memmap_cache(cache_dir)
+            build_memmap_cache(
+                cache_dir,
+                num_rows=len(ds),
+                image_shape=(IMAGE_SIZE, IMAGE_SIZE, 3),
+                num_labels=len(CELEBA_ATTRIBUTES),
+                read_chunk=read_chunk,
+                meta={
+                    "dataset": "celeba",
+                    "source": "parquet",
+                    "files": [str(Path(f).resolve()) for f in files_of_split],
+                    "split": split,
+                    "columns": mapping,
+                    "attributes": list(CELEBA_ATTRIBUTES),
+                    "preprocess": f"centre crop 140/178, BOX resize to {IMAGE_SIZE} (v{PREPROCESS_VERSION})",
+                },
+                chunk=1024,
+                desc=f"CelebA parquet {split}: decoding",
+            )
+
+    images, labels_mm, _ = cached_arrays(cache_dir, build)
     return ArraySource(images, labels_mm, description=description, space=None)

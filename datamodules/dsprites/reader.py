@@ -18,10 +18,10 @@ import numpy as np
 from ..sources import (
     ArraySource,
     build_memmap_cache,
+    cached_arrays,
     check_row_count,
     default_cache_root,
     file_cache_key,
-    open_memmap_cache,
 )
 from .space import DSPRITES, IMAGE_SIZE
 
@@ -248,14 +248,10 @@ def read_dsprites(path: str | Path, cache_root: str | Path | None = None, *,
         )
     cache_dir = Path(cache_root or default_cache_root()) / file_cache_key("dsprites", path)
     description = f"dSprites real file {path}"
-    if (cache_dir / "meta.json").exists():
-        images, labels, meta = open_memmap_cache(cache_dir)
-        check_row_count(path, len(images), DSPRITES.num_states, allow_subset, dataset="dSprites",
-                        hint="Use the original DeepMind file")
-    else:
+    def build() -> None:
         with _open_reader(path) as reader:
             check_row_count(path, reader.num_rows, DSPRITES.num_states, allow_subset, dataset="dSprites",
-                        hint="Use the original DeepMind file")
+                            hint="Use the original DeepMind file")
             full = reader.num_rows == DSPRITES.num_states
             classes = _check_classes(path, reader.classes, full=full)
 
@@ -289,7 +285,10 @@ def read_dsprites(path: str | Path, cache_root: str | Path | None = None, *,
                 chunk=_READ_CHUNK,
                 desc=f"caching {path.name}",
             )
-        images, labels, meta = open_memmap_cache(cache_dir)
+
+    images, labels, _ = cached_arrays(cache_dir, build)
+    check_row_count(path, len(images), DSPRITES.num_states, allow_subset, dataset="dSprites",
+                    hint="Use the original DeepMind file")
     # Only a full file has rows in factor-space order (row == DSPRITES.ravel(classes)).
     space = DSPRITES if len(images) == DSPRITES.num_states else None
     return ArraySource(images, labels, description=description, space=space)

@@ -16,10 +16,10 @@ import torch
 from ..sources import (
     ArraySource,
     build_memmap_cache,
+    cached_arrays,
     check_row_count,
     default_cache_root,
     file_cache_key,
-    open_memmap_cache,
 )
 from .space import IMAGE_SIZE, SHAPES3D
 
@@ -99,9 +99,7 @@ def read_shapes3d(path: str | Path, cache_root: str | Path | None = None, *,
             "point --data-root at it or its folder. Without --data-root the procedural twin is used."
         )
     cache_dir = Path(cache_root or default_cache_root()) / file_cache_key("shapes3d", path)
-    if not (cache_dir / "meta.json").exists():
-        _convert(path, cache_dir, allow_subset)
-    images, labels, _ = open_memmap_cache(cache_dir)
+    images, labels, _ = cached_arrays(cache_dir, lambda: _convert(path, cache_dir, allow_subset))
     check_row_count(path, len(images), SHAPES3D.num_states, allow_subset, dataset="3D Shapes",
                     hint=f"Use the original {FILE_NAME}")
     return ArraySource(images=images, labels=labels, description=f"3D Shapes real file {path}", space=SHAPES3D)

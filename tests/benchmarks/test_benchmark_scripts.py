@@ -24,6 +24,7 @@ SCRIPTS = {
     **{name: f"experiments/{name}/{name}.py" for name in (
         "graph_lr", "retrieval_head_variants", "transition_scores", "eval_graph_rules", "step_times")},
     "release_checkpoint": "scripts/release_checkpoint.py",
+    "start_time": "benchmarks/start_time.py",
 }
 
 
@@ -453,3 +454,20 @@ def test_step_times_takes_the_median_step_time_between_logged_points(tmp_path):
     assert json.loads((tmp_path / "times.json").read_text())["rows"][0]["median_s_per_step"] == pytest.approx(0.5)
     with pytest.raises(SystemExit, match="no TensorBoard log"):
         step_times.main([str(tmp_path / "missing")])
+
+
+def test_start_time_times_each_command_in_fresh_processes(tmp_path, monkeypatch, capsys):
+    start_time = _load("start_time")
+    monkeypatch.setattr(start_time, "CASES", [("causal-vqvae --help", ["--help"], 1.0),
+                                              ("fails", ["edit", "--help"], 0.0)])
+    out = tmp_path / "start.json"
+    result = start_time.main(["--repeat", "2", "--threads", "1", "--out", str(out)])
+    assert json.loads(out.read_text()) == result
+    first, second = result["rows"]
+    assert first["command"] == "causal-vqvae --help" and len(first["runs_s"]) == 2
+    assert first["median_s"] == pytest.approx(sum(first["runs_s"]) / 2, abs=2e-3)
+    assert first["fastest_s"] == min(first["runs_s"]) > 0
+    assert first["met"] == (first["median_s"] < 1.0)
+    assert second["met"] is False  # nothing starts in 0 s
+    table = capsys.readouterr().out
+    assert re.search(r"causal-vqvae --help\s+\d+\.\d\d\s+\d+\.\d\d\s+1\.0\s+(yes|no)", table)
