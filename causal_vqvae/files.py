@@ -23,6 +23,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], Any]) -> None:
     os.close(fd)
     try:
         write(temp)
+        with open(temp, "rb+") as written:  # on disk before the rename: a crash keeps the old file
+            os.fsync(written.fileno())
         os.chmod(temp, 0o644)  # mkstemp makes 0600 files; what we write is meant to be shared
         os.replace(temp, path)
     except BaseException:

@@ -15,11 +15,29 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import TQDMProgressBar
+from pytorch_lightning.plugins.io import TorchCheckpointIO
 
-from ..files import write_json
+from ..files import atomic_write, write_json
 from ..model import CausalVQVAE
 
-__all__ = ["NonFiniteLossError", "NonFiniteGuard", "BestWeights", "StageProgressBar"]
+__all__ = ["NonFiniteLossError", "NonFiniteGuard", "BestWeights", "RunFolderCheckpointIO", "StageProgressBar"]
+
+
+class RunFolderCheckpointIO(TorchCheckpointIO):
+    """Lightning checkpoints written where they live: to a temporary file beside the checkpoint,
+    flushed to disk, then renamed over it. Lightning's own writer stages the file elsewhere and
+    moves it, a copy across file systems that a full disk or a kill can leave half-written under
+    the checkpoint's real name; here the previous checkpoint stays whole until the new one is."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | os.PathLike,
+                        storage_options: Any | None = None) -> None:
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} takes no storage_options, got {storage_options!r}")
+        try:
+            atomic_write(path, lambda temp: torch.save(checkpoint, temp))
+        except OSError as error:
+            raise OSError(f"cannot write the checkpoint {path}: {error.strerror or error}; the last complete "
+                          "checkpoint is kept: make room, then continue with --resume last") from None
 
 
 class StageProgressBar(TQDMProgressBar):

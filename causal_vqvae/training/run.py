@@ -29,7 +29,7 @@ from datamodules.datamodule import TRAINER_KWARGS, DataConfig, build_datamodule
 from ..config import ModelConfig
 from ..model import CausalVQVAE
 from ..validation import build_settings
-from .callbacks import BestWeights, NonFiniteGuard, NonFiniteLossError, StageProgressBar
+from .callbacks import BestWeights, NonFiniteGuard, NonFiniteLossError, RunFolderCheckpointIO, StageProgressBar
 from .code_pool import POOL_STAGES, CodePoolDataModule
 from .config import BEST_FROM, STAGE_MONITOR, STAGES, TrainConfig
 from .devices import ddp_strategy, device_name, resolve_devices
@@ -233,7 +233,7 @@ def _run(args: argparse.Namespace, argv: list[str] | None, cleanup: contextlib.E
             max_steps=steps, num_nodes=args.num_nodes, logger=stage_logger(stage_dir), callbacks=callbacks,
             log_every_n_steps=min(50, val_every),  # gradient clipping: CausalVQVAEModule.on_before_optimizer_step
             enable_progress_bar=not args.no_progress, default_root_dir=stage_dir,
-            num_sanity_val_steps=0, enable_model_summary=False, **TRAINER_KWARGS,
+            num_sanity_val_steps=0, enable_model_summary=False, plugins=[RunFolderCheckpointIO()], **TRAINER_KWARGS,
             # Several processes (devices or nodes): DDP without its buffer copy at each step (see
             # ddp_strategy); a new strategy object per stage, as a Trainer binds its own.
             **{**device_kwargs, "strategy": ddp_strategy() if world > 1 else "auto"},

@@ -155,3 +155,45 @@ def test_two_processes_build_a_shared_cache_once(shared, tmp_path):
     assert counter.read_text().count("built") == (1 if shared else 2)
     for folder in set(folders):
         assert sorted(p.name for p in folder.parent.iterdir()) == ["entry"]
+
+
+SLOW_WORKER = textwrap.dedent("""
+    import sys, time
+    from pathlib import Path
+    import numpy as np
+    from datamodules.sources import build_memmap_cache, cached_arrays
+
+    cache_dir = Path(sys.argv[1])
+    images = np.arange(10 * 16).reshape(10, 4, 4, 1).astype(np.uint8)
+    labels = np.arange(20, dtype=np.int64).reshape(10, 2)
+
+    def read_chunk(a, b):
+        time.sleep(0.5)  # a slow file: the build is killed between chunks
+        return images[a:b], labels[a:b]
+
+    cached_arrays(cache_dir, lambda: build_memmap_cache(cache_dir, num_rows=10, image_shape=(4, 4, 1), num_labels=2,
+                                                        read_chunk=read_chunk, meta={}, chunk=2))
+""")
+
+
+@pytest.mark.skipif(not hasattr(__import__("signal"), "SIGKILL"), reason="needs SIGKILL (POSIX)")
+def test_a_build_killed_midway_leaves_no_cache_and_the_next_run_builds_it_whole(tmp_path):
+    import signal
+    import time
+
+    cache_dir = tmp_path / "entry"
+    root = Path(__file__).resolve().parents[2]
+    worker = subprocess.Popen([sys.executable, "-c", SLOW_WORKER, str(cache_dir)], cwd=root,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not list(tmp_path.glob(".entry.tmp-*/images.npy")):
+        time.sleep(0.01)
+    worker.send_signal(signal.SIGKILL)
+    worker.wait(timeout=60)
+    assert worker.returncode == -signal.SIGKILL
+    assert cache_damage(cache_dir) == "missing" and list(tmp_path.glob(".entry.tmp-*"))  # a killed build's leftover
+    images, labels, _ = cached_arrays(cache_dir, Builder(cache_dir))
+    expected_images, expected_labels = _images()
+    np.testing.assert_array_equal(images, expected_images)
+    np.testing.assert_array_equal(labels, expected_labels)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["entry"]  # the leftover is gone

@@ -269,3 +269,60 @@ def test_a_checkpoint_from_before_the_intervention_setting_resumes_a_resample_mo
     with pytest.raises(CheckpointMismatchError, match="intervention: 'resample' in the checkpoint, 'change'"):
         CausalVQVAEModule(tiny_dsprites_model(intervention="change"), "causal",
                           TrainConfig()).on_load_checkpoint(checkpoint)
+
+
+# Runs train.py with one write made fatal: the N-th call of torch.save (a Lightning checkpoint) or of
+# safetensors' save_file (a stage's saved model) writes part of its file, then the process SIGKILLs itself.
+DYING_WRITE = """
+import os, signal, sys
+import safetensors.torch
+import torch
+fault, nth = sys.argv[1], int(sys.argv[2])
+calls = []
+def dying(real):
+    def write(obj, path, *args, **kwargs):
+        calls.append(path)
+        if len(calls) == nth:
+            with open(path, "wb") as part:
+                part.write(b"\\0" * 100)
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real(obj, path, *args, **kwargs)
+    return write
+if fault == "checkpoint":
+    torch.save = dying(torch.save)
+else:
+    safetensors.torch.save_file = dying(safetensors.torch.save_file)
+sys.path.insert(0, os.getcwd())
+import train
+sys.exit(train.main(sys.argv[3:]))
+"""
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL (POSIX)")
+def test_a_run_killed_inside_a_checkpoint_write_or_a_model_save_resumes_to_the_unbroken_weights(tmp_path):
+    config = tmp_path / "tiny.json"
+    config.write_text(json.dumps(CONFIG))
+    env = _env(tmp_path)
+    straight = tmp_path / "straight"
+    subprocess.run(_command(config, straight), cwd=ROOT, env=env, check=True, capture_output=True)
+    # the 2nd checkpoint of the vqvae stage (step 4); the vqvae stage's model.safetensors
+    for fault, nth in (("checkpoint", 2), ("model", 1)):
+        broken = tmp_path / f"broken_{fault}"
+        flags = _command(config, broken)[2:]  # train.py's flags
+        killed = subprocess.run([sys.executable, "-c", DYING_WRITE, fault, str(nth), *flags], cwd=ROOT, env=env,
+                                capture_output=True, text=True)
+        assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+        leftovers = [p.name for p in (broken / "vqvae").rglob(".*.tmp")]
+        assert leftovers, "the kill came in the middle of a write"
+        checkpoint = broken / "vqvae" / "checkpoints" / "last.ckpt"
+        torch.load(checkpoint, map_location="cpu", weights_only=True)  # the last complete checkpoint, whole
+        assert not (broken / "vqvae" / "model.safetensors").exists()
+        done = subprocess.run(_command(config, broken, "--resume", "last"), cwd=ROOT, env=env, capture_output=True,
+                              text=True)
+        assert done.returncode == 0, done.stderr[-3000:]
+        for stage in ("vqvae", "causal"):
+            expected, resumed = _weights(straight, stage), _weights(broken, stage)
+            assert expected.keys() == resumed.keys()
+            for name in expected:
+                assert torch.allclose(expected[name].float(), resumed[name].float(), atol=1e-6, rtol=0), (
+                    fault, stage, name)

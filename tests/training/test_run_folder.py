@@ -195,3 +195,34 @@ def test_lightning_load_from_checkpoint_gives_the_trained_model(finished_run):
     state, expected = module.model.state_dict(), saved.state_dict()
     assert state.keys() == expected.keys()
     assert all(torch.equal(state[k], expected[k]) for k in expected)
+
+
+def test_a_full_disk_during_a_checkpoint_keeps_the_last_complete_one(tmp_path, monkeypatch, capsys):
+    import errno
+
+    real_save = torch.save
+    calls = []
+
+    def disk_fills_on_the_second_checkpoint(obj, f, *args, **kwargs):
+        calls.append(f)
+        if len(calls) == 2:
+            with open(f, "wb") as half:  # part of the file, then the disk is full
+                half.write(b"\0" * 1000)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", disk_fills_on_the_second_checkpoint)
+    out = tmp_path / "run"
+    assert _train(tmp_path, out, "--stage", "vqvae", "--max-steps", "4") == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    checkpoint = out / "vqvae" / "checkpoints" / "last.ckpt"
+    assert f"cannot write the checkpoint {checkpoint}: No space left on device; the last complete checkpoint " \
+           "is kept: make room, then continue with --resume last" in err
+    assert all(str(f).startswith(str(checkpoint.parent / ".last.ckpt.")) for f in calls)  # written beside it
+    kept = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    assert kept["global_step"] == 2  # the checkpoint before the disk filled, whole
+    assert sorted(p.name for p in checkpoint.parent.iterdir()) == ["last.ckpt"]  # no temporary file left
+    monkeypatch.setattr(torch, "save", real_save)
+    assert _train(tmp_path, out, "--stage", "vqvae", "--max-steps", "4", "--resume", "last") == 0
+    assert torch.load(checkpoint, map_location="cpu", weights_only=True)["global_step"] == 4
