@@ -100,3 +100,42 @@ def test_a_float_edit_saves_as_png(model, tmp_path):
     image, _ = _as_mode("F")
     write_image(edit(image, "scale+", model), tmp_path / "f.png")
     assert Image.open(tmp_path / "f.png").mode == "L"
+
+
+@pytest.mark.parametrize("kind", ["png", "jpeg", "pil"])
+def test_a_large_image_is_read_reduced_and_given_back_at_its_size(model, tmp_path, kind):
+    from causal_vqvae import images
+
+    side = 2400  # 5.8M pixels, above images.LARGE_PIXELS: read reduced
+    ramp = np.tile(np.linspace(0, 255, side), (side, 1)).astype(np.uint8)
+    picture = Image.fromarray(ramp)
+    if kind == "pil":
+        source = picture
+    else:
+        source = tmp_path / f"large.{kind}"
+        picture.save(source)
+        read, size = images._read_path(source, 64)
+        assert size == (side, side) and read.width < side // 4  # decoded at a smaller scale, or reduced
+    with pytest.warns(images.ImageConversionWarning, match=r"image 2400x2400 L resized to 64x64"):
+        x, restore = to_batch(source, model)
+    assert x.shape == (1, 1, 64, 64)
+    # what the model reads is the image resized to 64x64, as from the full-size pixels
+    small = np.asarray(picture.resize((64, 64), Image.BICUBIC), dtype=np.float64) / 255
+    assert np.abs(x[0, 0].numpy() - small).mean() < 0.01
+    with pytest.warns(images.ImageConversionWarning):
+        edited = edit(source, "scale+", model)
+    assert edited.size == (side, side) and edited.mode == "L"
+    # given back at its size: the model's 64x64 output enlarged, equal to enlarging it by hand
+    with pytest.warns(images.ImageConversionWarning):
+        x, restore = to_batch(source, model)
+    out = model.edit(x, 1)
+    by_hand = Image.fromarray((out[0, 0].numpy() * 255).round().astype(np.uint8)).resize((side, side), Image.BICUBIC)
+    assert np.abs(np.asarray(edited, dtype=int) - np.asarray(by_hand, dtype=int)).mean() < 2.0
+
+
+def test_a_small_image_is_not_reduced(tmp_path):
+    from causal_vqvae import images
+
+    Image.new("RGB", (2048, 2048)).save(tmp_path / "edge.png")
+    read, size = images._read_path(tmp_path / "edge.png", 64)
+    assert read.size == size == (2048, 2048)

@@ -458,8 +458,8 @@ def test_step_times_takes_the_median_step_time_between_logged_points(tmp_path):
 
 def test_start_time_times_each_command_in_fresh_processes(tmp_path, monkeypatch, capsys):
     start_time = _load("start_time")
-    monkeypatch.setattr(start_time, "CASES", [("causal-vqvae --help", ["--help"], 1.0),
-                                              ("fails", ["edit", "--help"], 0.0)])
+    monkeypatch.setattr(start_time, "CASES", [("causal-vqvae --help", ["--help"], 1.0, None),
+                                              ("fails", ["edit", "--help"], 0.0, 100_000)])
     out = tmp_path / "start.json"
     result = start_time.main(["--repeat", "2", "--threads", "1", "--out", str(out)])
     assert json.loads(out.read_text()) == result
@@ -469,5 +469,7 @@ def test_start_time_times_each_command_in_fresh_processes(tmp_path, monkeypatch,
     assert first["fastest_s"] == min(first["runs_s"]) > 0
     assert first["met"] == (first["median_s"] < 1.0)
     assert second["met"] is False  # nothing starts in 0 s
+    assert 10 < first["peak_mb"] < 100_000 and second["target_mb"] == 100_000
     table = capsys.readouterr().out
-    assert re.search(r"causal-vqvae --help\s+\d+\.\d\d\s+\d+\.\d\d\s+1\.0\s+(yes|no)", table)
+    assert re.search(r"causal-vqvae --help\s+\d+\.\d\d\s+\d+\.\d\d\s+\d+\s+< 1 s\s+(yes|no)", table)
+    assert re.search(r"fails\s+.*< 0 s and < 100000 MB\s+no", table)
