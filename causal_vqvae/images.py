@@ -25,6 +25,7 @@ from einops import rearrange
 from PIL import Image, UnidentifiedImageError
 from torch import nn
 
+from .familiarity import UnfamiliarImageWarning, check_familiar
 from .files import atomic_write
 
 __all__ = ["ImageConversionWarning", "Restore", "report_conversions", "to_batch", "check_output", "write_image"]
@@ -45,18 +46,22 @@ class ImageConversionWarning(UserWarning):
 @contextlib.contextmanager
 def report_conversions(stream: TextIO | None = None) -> Iterator[None]:
     """For command lines: print every :class:`ImageConversionWarning` raised inside as a plain
-    ``note: ...`` line on ``stream`` (default stderr) instead of a warning with a source line;
+    ``note: ...`` line and every :class:`~causal_vqvae.familiarity.UnfamiliarImageWarning` as a
+    ``warning: ...`` line on ``stream`` (default stderr), instead of a warning with a source line;
     other warnings are shown as usual."""
     caught: list[warnings.WarningMessage] = []
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", ImageConversionWarning)
+            warnings.simplefilter("always", UnfamiliarImageWarning)
             yield
     finally:
         # Shown after the recording context is left: inside it, showwarning would record again.
         for item in caught:
             if issubclass(item.category, ImageConversionWarning):
                 print(f"note: {item.message}", file=stream or sys.stderr)
+            elif issubclass(item.category, UnfamiliarImageWarning):
+                print(f"warning: {item.message}", file=stream or sys.stderr)
             else:
                 warnings.showwarning(item.message, item.category, item.filename, item.lineno)
 
@@ -412,6 +417,7 @@ def _to_batch(image: Any, model: nn.Module, stacklevel: int) -> tuple[torch.Tens
     if (height, width) != (side, side):
         x = F.interpolate(x, size=(side, side), mode="bicubic", antialias=True, align_corners=False).clamp(0.0, 1.0)
     restore = Restore(batched, batch, (height, width), channels, pixels.alpha, package)
+    check_familiar(model, x, stacklevel=stacklevel)
     return x.contiguous(), restore
 
 

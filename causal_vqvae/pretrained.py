@@ -138,7 +138,18 @@ def load_pretrained(
         )
     check_weights(state, model.state_dict(), weights, config)
     model.load_state_dict(state, strict=True)
+    model.pretrained_metadata = read_metadata(directory)
     return model.to(map_location).eval()
+
+
+def read_metadata(directory: str | Path) -> dict[str, Any]:
+    """``metadata.json`` of a model folder (what it was trained on, how, its calibration), or {}
+    when it is missing or unreadable: nothing a model needs to run is in it."""
+    try:
+        metadata = json.loads((Path(directory) / METADATA_NAME).read_text())
+    except (OSError, ValueError):
+        return {}
+    return metadata if isinstance(metadata, dict) else {}
 
 
 def check_weights(state: Mapping[str, torch.Tensor], wanted: Mapping[str, torch.Tensor], path: Path,
@@ -178,6 +189,9 @@ class PretrainedMixin:
     :class:`ModelConfig` held as ``self.config``."""
 
     config: ModelConfig
+    # metadata.json of the folder the model was loaded from ({} for a model built in Python): what it
+    # was trained on and how, and its calibration (causal_vqvae.familiarity).
+    pretrained_metadata: dict[str, Any] = {}  # noqa: RUF012 - replaced, never changed in place
 
     def save_pretrained(self, directory: str | Path, extra_metadata: Mapping[str, Any] | None = None) -> Path:
         """Write this model to ``directory`` (created if needed); returns the directory."""

@@ -27,22 +27,23 @@ LAYERS: dict[str, set[str]] = {
     "validation": set(),
     "config": {"nn", "validation"},
     "card": {"config", "validation"},
+    "familiarity": set(),
     "files": set(),
     "locate": set(),
     "pretrained": {"config", "card", "files", "validation"},
     "model": {"nn", "config", "pretrained", "card", "validation"},
-    "images": {"files"},
-    "api": {"nn", "config", "files", "locate", "pretrained", "model", "images", "card", "validation"},
-    "eval": {"nn", "config", "files", "pretrained", "model", "images", "api", "datamodules", "card", "validation"},
-    "training": {"nn", "config", "files", "pretrained", "model", "images", "api", "eval", "datamodules", "card", "validation"},
-    "cli": {"nn", "config", "files", "locate", "pretrained", "model", "images", "api", "eval", "training", "datamodules", "card", "validation"},
-    "__init__": {"nn", "config", "files", "pretrained", "model", "images", "api", "card", "validation"},
+    "images": {"files", "familiarity"},
+    "api": {"nn", "config", "files", "locate", "pretrained", "model", "images", "familiarity", "card", "validation"},
+    "eval": {"nn", "config", "files", "pretrained", "model", "images", "api", "datamodules", "familiarity", "card", "validation"},
+    "training": {"nn", "config", "files", "pretrained", "model", "images", "api", "eval", "datamodules", "familiarity", "card", "validation"},
+    "cli": {"nn", "config", "files", "locate", "pretrained", "model", "images", "api", "eval", "training", "datamodules", "familiarity", "card", "validation"},
+    "__init__": {"nn", "config", "files", "pretrained", "model", "images", "api", "familiarity", "card", "validation"},
     "__main__": {"cli"},
 }
 # Third-party packages a layer may not import, whatever the layers above allow.
 FORBIDDEN_THIRD_PARTY = {
     layer: {"pytorch_lightning", "lightning", "lightning_fabric", "datasets"}
-    for layer in ("nn", "validation", "config", "card", "files", "locate", "pretrained", "model", "images", "api", "__init__")
+    for layer in ("nn", "validation", "config", "card", "familiarity", "files", "locate", "pretrained", "model", "images", "api", "__init__")
 }
 
 

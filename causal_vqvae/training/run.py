@@ -27,6 +27,7 @@ import pytorch_lightning as pl
 from datamodules.datamodule import TRAINER_KWARGS, DataConfig, build_datamodule
 
 from ..config import ModelConfig
+from ..familiarity import METADATA_KEY, calibrate
 from ..model import CausalVQVAE
 from ..validation import build_settings
 from .callbacks import BestWeights, NonFiniteGuard, NonFiniteLossError, RunFolderCheckpointIO, StageProgressBar
@@ -51,6 +52,8 @@ from .rundir import (
 __all__ = ["compile_options", "run"]
 
 log = logging.getLogger("train")
+# Held-out images a saved model's reconstruction errors are calibrated on (causal_vqvae.familiarity).
+CALIBRATION_IMAGES = 1024
 
 
 def compile_options(args: argparse.Namespace) -> dict[str, Any] | None:
@@ -58,6 +61,19 @@ def compile_options(args: argparse.Namespace) -> dict[str, Any] | None:
     if not (args.compile or args.compile_mode):
         return None
     return {} if args.compile_mode in (None, "default") else {"mode": args.compile_mode}
+
+
+def familiarity_record(model: CausalVQVAE, data: str, config: DataConfig, description: str) -> dict[str, Any]:
+    """The reconstruction errors of held-out images of the run's data (:func:`calibrate`): what
+    ``edit`` compares an input with to say it looks unlike the training data."""
+    images = build_datamodule(data, config=replace(config, mode="images")).sample_batch(
+        "val", size=min(CALIBRATION_IMAGES, config.val_length))["image"]
+    was_training = model.training
+    model.eval()
+    try:
+        return calibrate(model, images.to(next(model.parameters()).device), f"{description}, validation images")
+    finally:
+        model.train(was_training)
 
 
 def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
@@ -291,7 +307,8 @@ def _run(args: argparse.Namespace, argv: list[str] | None, cleanup: contextlib.E
             model.save_pretrained(stage_dir, extra_metadata={
                 "stage": stage, "steps": steps, "seed": args.seed, "data": probe.description,
                 "device": device_name(device_kwargs), "wall_seconds": round(seconds, 1), "val_metrics": metrics,
-                "summary": summary[stage],
+                "summary": summary[stage], METADATA_KEY: familiarity_record(model, args.data, data_config,
+                                                                            probe.description),
             })
         log.info("stage %s done in %.0f s: %s", stage, seconds,
                  ", ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items())))
