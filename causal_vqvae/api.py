@@ -76,6 +76,10 @@ def load(
     ``"dsprites_twin"``) or a Hugging Face Hub id (``"owner/name"``, read from the Hub's cache when
     there; :func:`causal_vqvae.locate.resolve_model`). ``expect_dataset`` refuses a model trained
     for another dataset."""
+    if not isinstance(path, (str, os.PathLike)) or not str(path).strip():
+        raise TypeError(f"load() takes a model folder, a training run's folder, a released name or a Hugging Face "
+                        f"Hub id, got {path!r}" + (" (an empty name)" if isinstance(path, str) else
+                                                   f" ({type(path).__name__})"))
     directory = resolve_model(path)
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -198,6 +202,12 @@ def parse_actions(model: CausalVQVAE, action: Any) -> list[int]:
     if isinstance(action, (list, tuple)):
         if not action:
             raise ValueError(f"empty action sequence: give at least one action; {_valid_actions(model)}")
+        factors = factor_actions(model)
+        if isinstance(action, tuple) and isinstance(action[0], str) and action[0].strip() in factors:
+            # a (factor, direction) pair whose direction is not one: say so, not "a factor, not an action"
+            shown = f"({', '.join(repr(a) for a in action)})"
+            raise ValueError(f"{shown} is not a (factor, direction) pair: the direction must be +1, -1, '+' or '-' "
+                             f"after one factor, e.g. ({action[0].strip()!r}, +1); {_valid_actions(model)}")
         return [action_id for item in action for action_id in parse_actions(model, item)]
     return [_single_id(model, action)]
 

@@ -314,6 +314,9 @@ def _reduced(image: Image.Image, side: int) -> Image.Image:
 def _read_path(path: str | os.PathLike, side: int | None = None) -> tuple[Image.Image, tuple[int, int]]:
     """The image at ``path`` and its size (W, H) in the file; with ``side`` (the model's), a large
     image comes back reduced (:func:`_reduced`; JPEG decoded at a smaller scale)."""
+    if str(path).startswith(("http://", "https://", "ftp://")):
+        raise ValueError(f"{path} is a URL: images are read from files, nothing is downloaded; download it and "
+                         "give the file's path")
     path = Path(path).expanduser()
     if not path.exists():
         where = "" if path.is_absolute() else f" (looked for {path.absolute()})"

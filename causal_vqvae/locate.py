@@ -112,7 +112,8 @@ def _final_stage(run: Path) -> Path:
     if not isinstance(stages, list) or not stages:
         missing = " and ".join(name for name in MODEL_FILES if not (run / name).is_file())
         raise FileNotFoundError(f"no model at {run}: {missing} missing; a model folder holds "
-                                f"{' and '.join(MODEL_FILES)}, as written by save_pretrained")
+                                f"{' and '.join(MODEL_FILES)}, as written by save_pretrained: copy the whole "
+                                "folder again, or save the model again")
     final = run / str(stages[-1])
     if _is_model(final):
         return final

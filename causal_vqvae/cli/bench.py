@@ -59,8 +59,10 @@ from .common import (
     add_json,
     add_model,
     command,
+    positive_int,
     print_json,
     resolve_device,
+    whole_number,
 )
 
 __all__ = ["bench", "main"]
@@ -73,10 +75,10 @@ def _parser(prog: str = PROG) -> argparse.ArgumentParser:
     p = Parser(prog=prog, description=__doc__.split("\n\n")[0])
     add_model(p)
     p.add_argument("--data", required=True, choices=DATASETS, help="procedural twin to evaluate on")
-    p.add_argument("--pairs", type=int, default=2000, help="test pairs (items 0..pairs-1)")
-    p.add_argument("--batch-size", "--batch", dest="batch", type=int, default=256,
+    p.add_argument("--pairs", type=positive_int, default=2000, help="test pairs (items 0..pairs-1)")
+    p.add_argument("--batch-size", "--batch", dest="batch", type=positive_int, default=256,
                    help="pairs per batch (default 256)")
-    p.add_argument("--seed", type=int, default=0,
+    p.add_argument("--seed", type=whole_number, default=0,
                    help="which pairs are drawn; seeds the baseline, the classifier and the edit sequences")
     add_device(p)
     p.add_argument("--out", default=None,
@@ -85,21 +87,21 @@ def _parser(prog: str = PROG) -> argparse.ArgumentParser:
     add_json(p)
     p.add_argument("--no-cache", action="store_true",
                    help="train the baseline and the classifier afresh; read and write no cache")
-    p.add_argument("--baseline-steps", type=int, default=None,
+    p.add_argument("--baseline-steps", type=positive_int, default=None,
                    help="supervised CNN steps (default: train.causal_steps of MODEL/../config.json, else 2000)")
-    p.add_argument("--baseline-batch", type=int, default=None,
+    p.add_argument("--baseline-batch", type=positive_int, default=None,
                    help="supervised CNN batch (default: the run's global data.batch_size, else 32)")
     p.add_argument("--skip-baseline", action="store_true", help="no supervised CNN baseline")
-    p.add_argument("--classifier-steps", type=int, default=None,
+    p.add_argument("--classifier-steps", type=positive_int, default=None,
                    help="factor classifier steps (default: dSprites 8000, 3D Shapes 500)")
-    p.add_argument("--classifier-batch", type=int, default=None,
+    p.add_argument("--classifier-batch", type=positive_int, default=None,
                    help="factor classifier batch (default: dSprites 128, 3D Shapes 64)")
-    p.add_argument("--classifier-test-states", type=int, default=5000,
+    p.add_argument("--classifier-test-states", type=positive_int, default=5000,
                    help="held-out TEST-split states the classifier is measured on")
     p.add_argument("--skip-classifier", action="store_true",
                    help="judge edit exactness by the nearest render only (no factor classifier to train)")
     p.add_argument("--skip-exactness", action="store_true", help="no edit exactness at all (neither judge)")
-    p.add_argument("--picture-rows", type=int, default=6, help="held-out images in <stem>_actions.png")
+    p.add_argument("--picture-rows", type=positive_int, default=6, help="held-out images in <stem>_actions.png")
     return p
 
 
@@ -125,11 +127,6 @@ def bench(argv: Sequence[str] | None = None, prog: str = PROG) -> dict:
     """Run the benchmark of ``argv`` (the command's flags); return what it wrote as JSON."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser(prog).parse_args(argv)
-    for name in ("pairs", "batch", "baseline_steps", "baseline_batch", "classifier_steps", "classifier_batch",
-                 "classifier_test_states", "picture_rows"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            raise SystemExit(f"--{name.replace('_', '-')} must be positive, got {value}")
     import torch
 
     from datamodules.sources import default_cache_root
@@ -247,6 +244,9 @@ def bench(argv: Sequence[str] | None = None, prog: str = PROG) -> dict:
 def _out_path(out: str | None, data: str) -> Path:
     """The JSON path of ``--out``: itself if it ends in .json, else ``bench_<data>.json`` in that folder."""
     path = Path(out) if out is not None else Path("out") / "bench"
+    if path.suffix and path.suffix.lower() != ".json" and not path.is_dir():
+        raise SystemExit(f"--out {out}: the results are JSON; give a path ending in .json, or a folder to write "
+                         f"bench_{data}.json in")
     if path.suffix.lower() != ".json":
         path = path / f"bench_{data}.json"
     if path.parent.exists() and not path.parent.is_dir():

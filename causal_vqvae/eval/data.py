@@ -82,7 +82,8 @@ def check_model(model, dm, name: str) -> None:
     c = model.config
     actions = dm.actions
     if c.dataset and c.dataset != name:
-        raise ValueError(f"the model was trained on {c.dataset!r}, not {name!r}")
+        raise ValueError(f"the model was trained on {c.dataset!r}, not {name!r}: bench it with --data {c.dataset}, "
+                         f"or give a model trained on {name}")
     if c.num_actions != len(actions):
         raise ValueError(f"the model has {c.num_actions} actions, {name} has {len(actions)}")
     if c.action_names and tuple(c.action_names) != tuple(actions.names):

@@ -92,6 +92,8 @@ def _run(args: argparse.Namespace, argv: list[str] | None, cleanup: contextlib.E
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     quiet_lightning()
 
+    if args.resume and getattr(args, "overwrite", False):  # refused before anything is made or read
+        raise SystemExit("--resume continues a run and --overwrite replaces it: give one of them")
     preset = PRESETS[args.preset]
     overrides = read_overrides(args.config)
     device_kwargs = resolve_devices(args.gpus, args.precision, args.accelerator)
@@ -223,7 +225,8 @@ def _run(args: argparse.Namespace, argv: list[str] | None, cleanup: contextlib.E
             continue
         val_every = min(train_config.val_every, steps)
         epoch_length = data_config.batch_size * world * val_every
-        pool = train_config.code_pool if stage in POOL_STAGES else 0
+        # A pool larger than the pairs the stage trains on would encode pairs never drawn.
+        pool = min(train_config.code_pool, steps * data_config.batch_size * world) if stage in POOL_STAGES else 0
         stage_data = replace(data_config, mode="images" if stage == "vqvae" else "pairs",
                              train_length=pool or epoch_length)
         dm = build_datamodule(args.data, config=stage_data)
