@@ -50,6 +50,27 @@ __all__ = [
 DATA_ROOT_ENV = "CAUSAL_VQVAE_DATA_ROOT"
 
 
+# The split a parquet file holds, by the start of its name (Hugging Face's layout: train-00000-of-00002.parquet).
+_PARQUET_SPLITS = {"train": "train", "valid": "valid", "validation": "valid", "val": "valid", "test": "test"}
+
+
+def _parquet_splits(files: list[Path], root: Path) -> dict[str, list[str]]:
+    """CelebA parquet files by split, from their names; a clear error when a split has none."""
+    splits: dict[str, list[str]] = {}
+    for file in files:
+        prefix = file.name.split("-")[0].split(".")[0].lower()
+        if prefix in _PARQUET_SPLITS:
+            splits.setdefault(_PARQUET_SPLITS[prefix], []).append(str(file))
+    missing = [split for split in ("train", "valid", "test") if split not in splits]
+    if missing:
+        raise ValueError(
+            f"celeba: --data-root {root}: the parquet files must say their split by name, as Hugging Face "
+            f"writes them (train-*.parquet, validation-*.parquet, test-*.parquet); none is for "
+            f"{', '.join(missing)} among {', '.join(f.name for f in files[:5])}. Put the three splits' files in "
+            "one folder and point --data-root at it (or use read_celeba_parquet(..., split=...) from Python)")
+    return splits
+
+
 # --------------------------------------------------------------------------------------------
 # Datasets with a factor space: dSprites and 3D Shapes
 # --------------------------------------------------------------------------------------------
@@ -253,8 +274,8 @@ class CelebADataModule(_BaseDataModule):
         file_split = {"train": "train", "val": "valid", "test": "test"}[split]
         if kind == "folder":
             return self._celeba.read_celeba_folder(path, split=file_split, cache_root=cache)
-        files = sorted(str(p) for p in path.glob("*.parquet")) if path.is_dir() else [str(path)]
-        return self._celeba.read_celeba_parquet(files, split=file_split, cache_root=cache)
+        files = sorted(path.glob("*.parquet")) if path.is_dir() else [path]
+        return self._celeba.read_celeba_parquet(_parquet_splits(files, path), split=file_split, cache_root=cache)
 
     def _make_source(self):
         self._sources = {split: self._read(split) for split in SPLITS}

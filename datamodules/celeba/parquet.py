@@ -174,7 +174,14 @@ def read_celeba_parquet(
         ) from e
 
     load_files = {split: files_of_split}
-    dd = datasets.load_dataset("parquet", data_files=load_files, cache_dir=str(cache_root / "hf-datasets"))
+    try:
+        dd = datasets.load_dataset("parquet", data_files=load_files, cache_dir=str(cache_root / "hf-datasets"))
+    except Exception as error:  # pyarrow's ArrowInvalid and datasets' own errors: the file is not readable parquet
+        if isinstance(error, ImportError):
+            raise
+        raise ValueError(f"cannot read the parquet file(s) {', '.join(files_of_split)}: {type(error).__name__}: "
+                         f"{str(error).splitlines()[0] if str(error) else error!r}; the file is damaged, cut short or "
+                         "not parquet: download it again") from None
     ds = dd[split]
     available = list(ds.column_names)
     missing = {ours: theirs for ours, theirs in mapping.items() if theirs not in available}

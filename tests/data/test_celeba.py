@@ -300,6 +300,34 @@ def test_read_parquet_matches_folder(twin, tmp_path):
 
 
 @pytest.mark.skipif(not HAS_DATASETS, reason=NO_DATASETS)
+def test_training_data_from_a_folder_of_parquet_files_named_by_split(twin, tmp_path, monkeypatch):
+    from datamodules.datamodule import build_datamodule
+
+    monkeypatch.setenv("CAUSAL_VQVAE_CACHE", str(tmp_path / "cache"))
+    folder = tmp_path / "hub"
+    folder.mkdir()
+    for name in ("train-00000-of-00001", "validation-00000-of-00001", "test-00000-of-00001"):
+        shutil.copy(twin / "celeba_twin.parquet", folder / f"{name}.parquet")
+    dm = build_datamodule("celeba", data_root=str(folder), mode="images", num_workers=0, val_length=4,
+                          test_length=4)
+    dm.prepare_data()
+    dm.setup()
+    assert dm.sample_batch("val", size=4)["image"].shape == (4, 3, 64, 64)
+    single = build_datamodule("celeba", data_root=str(twin / "celeba_twin.parquet"), mode="images", num_workers=0)
+    with pytest.raises(ValueError, match=r"the parquet files must say their split by name.*none is for train, "
+                                         r"valid, test among celeba_twin\.parquet"):
+        single.prepare_data()
+        single.setup()
+    (folder / "train-00000-of-00001.parquet").write_bytes(b"PAR1 not parquet PAR1")
+    broken = build_datamodule("celeba", data_root=str(folder), mode="images", num_workers=0,
+                              cache_root=str(tmp_path / "other_cache"))
+    with pytest.raises(ValueError, match=r"cannot read the parquet file\(s\) .*train-00000-of-00001\.parquet: "
+                                         r"\w+: .*download it again"):
+        broken.prepare_data()
+        broken.setup()
+
+
+@pytest.mark.skipif(not HAS_DATASETS, reason=NO_DATASETS)
 def test_read_parquet_columns(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
