@@ -28,7 +28,7 @@ import random
 import re
 import threading
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -295,7 +295,8 @@ def build_app(default_model: str | None = None, device: str = "cpu") -> gradio.B
 
             @gr.render(inputs=loaded)
             def action_buttons(name: str | None) -> None:
-                """One button per action of the model in use, re-drawn when another is loaded."""
+                """One button per action of the model in use, drawn on page load and again when another
+                model is loaded (by then ``steps``, the gallery below, exists)."""
                 if name not in models:
                     gr.Markdown("Load a model to see its actions.")
                     return
