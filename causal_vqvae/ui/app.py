@@ -264,7 +264,8 @@ def build_app(default_model: str | None = None, device: str = "cpu") -> gradio.B
 
     released_default = default_model if default_model in RELEASED_NAMES else None
     typed_default = default_model if default_model is not None and released_default is None else ""
-    image_options = dict(type="pil", image_mode=None, format="png")  # the image as given, served as PNG
+    # the image as given (its own mode), served as PNG: lossless, so the page shows the API's pixels
+    image_options = dict(type="pil", image_mode=None, format="png", height=280)
     with gr.Blocks(title="causal-vqvae editor", analytics_enabled=False) as app:
         gr.Markdown("# causal-vqvae: edit images by causal intervention on VQ-VAE codes")
         loaded = gr.State(default_model)
@@ -305,7 +306,8 @@ def build_app(default_model: str | None = None, device: str = "cpu") -> gradio.B
                         gr.Button(action, size="sm", min_width=70).click(
                             functools.partial(on_action, action), [history, loaded], [history, result, steps])
 
-            steps = gr.Gallery(label="history (the input, then each action)", columns=8, format="png",
+            steps = gr.Gallery(label="history (the input, then each action)", columns=8, height=200, object_fit="contain",
+                               format="png",
                                elem_id="history")
 
         with gr.Tab("retrieve"):

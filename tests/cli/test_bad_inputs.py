@@ -643,6 +643,12 @@ def _message(error: BaseException, capsys: pytest.CaptureFixture[str]) -> str:
 
 @pytest.mark.parametrize("case", [pytest.param(case, id=case.id, marks=case.marks) for case in CASES])
 def test_bad_input_gets_a_clear_error(case: Case, ctx: Ctx, capsys: pytest.CaptureFixture[str]) -> None:
+    check_case(case, ctx, capsys)
+
+
+def check_case(case: Case, ctx: Ctx, capsys: pytest.CaptureFixture[str]) -> None:
+    """Run ``case``: it must raise its exception, with a message saying what was wrong and what to do,
+    and leave what it must leave untouched."""
     call = case.arrange(ctx)
     capsys.readouterr()  # only what the failing call prints counts
     with pytest.raises(case.raises) as caught:

@@ -21,7 +21,7 @@ from test_bad_inputs import (  # the first table's fixtures and helpers
     VALID_ACTIONS,
     Case,
     Ctx,
-    _message,
+    check_case,
     config_changed,
     ctx,  # noqa: F401 - a fixture
     edit_call,
@@ -449,19 +449,7 @@ def _binary(path: Path) -> Path:
 
 @pytest.mark.parametrize("case", [pytest.param(case, id=case.id, marks=case.marks) for case in CASES])
 def test_bad_input_gets_a_clear_error(case: Case, ctx: Ctx, capsys: pytest.CaptureFixture[str]) -> None:  # noqa: F811
-    call = case.arrange(ctx)
-    capsys.readouterr()
-    with pytest.raises(case.raises) as caught:
-        call()
-    message = _message(caught.value, capsys)
-
-    def pattern(text: str) -> str:
-        return text.replace("{model_dir}", re.escape(str(ctx.model_dir))).replace("{tmp}", re.escape(str(ctx.tmp)))
-
-    assert re.search(pattern(case.wrong), message, re.DOTALL), f"does not say what was wrong:\n{message}"
-    if case.untouched is not None:
-        case.untouched(ctx)
-    assert re.search(pattern(case.todo), message, re.DOTALL), f"does not say what to do:\n{message}"
+    check_case(case, ctx, capsys)
 
 
 def test_the_tables_hold_150_cases_with_unique_ids() -> None:
