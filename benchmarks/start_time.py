@@ -13,7 +13,6 @@ image under 1 GB (of which ``import torch`` alone takes about 0.65 GB on the pro
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics

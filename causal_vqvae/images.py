@@ -242,7 +242,7 @@ def _read_pil(image: Image.Image) -> tuple[_Pixels, bool, Callable[[torch.Tensor
     if image.width == 0 or image.height == 0:
         raise ValueError(f"empty image of size {image.width}x{image.height} (mode {image.mode}): "
                          "an image needs at least one pixel")
-    mode, original = image.mode, image
+    mode = image.mode
     if mode in _HIGH_DEPTH:
         numbers = np.asarray(image).astype(np.float64)
         white = _depth_scale(image, numbers)
