@@ -1,7 +1,7 @@
 # Two commands do all the set-up on a fresh machine:
 #   make demo   venv + torch + the project, then the main job on the embedded default (procedural twin):
 #               a data preview, the CPU training preset (a few minutes), and a traversal of every action
-#   make test   venv + torch + the project and its test extra, then the test suite
+#   make test   venv + torch + the project and its test and web-editor extras, then the test suite
 PYTHON ?= python3
 VENV ?= .venv
 # The torch pins that install on the project's CPU machines (from local disk); override elsewhere,
@@ -27,7 +27,12 @@ demo: install
 	$(CLI) train --data $(DATA) --preset cpu-small --out out/demo_$(DATA) --overwrite
 	$(CLI) edit --model out/demo_$(DATA) --image out/sample_$(DATA).png --traverse --out out/traverse_$(DATA).png
 
-test: install
+# The test suite covers the web editor too: Gradio, and Playwright for its browser test.
+$(VENV)/.installed-ui: $(VENV)/.installed
+	$(PY) -m pip install --quiet --quiet -e ".[dev,ui,uitest]"
+	touch $@
+
+test: install $(VENV)/.installed-ui
 	$(PY) -m pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; rc=0; fi; exit $$rc
 
 clean:

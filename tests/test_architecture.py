@@ -36,7 +36,8 @@ LAYERS: dict[str, set[str]] = {
     "api": {"nn", "config", "files", "locate", "pretrained", "model", "images", "familiarity", "card", "validation"},
     "eval": {"nn", "config", "files", "pretrained", "model", "images", "api", "datamodules", "familiarity", "card", "validation"},
     "training": {"nn", "config", "files", "pretrained", "model", "images", "api", "eval", "datamodules", "familiarity", "card", "validation"},
-    "cli": {"nn", "config", "files", "locate", "pretrained", "model", "images", "api", "eval", "training", "datamodules", "familiarity", "card", "validation"},
+    "ui": {"nn", "config", "files", "locate", "pretrained", "model", "images", "api", "datamodules", "familiarity", "card", "validation"},
+    "cli": {"nn", "config", "files", "locate", "pretrained", "model", "images", "api", "eval", "training", "ui", "datamodules", "familiarity", "card", "validation"},
     "__init__": {"nn", "config", "files", "pretrained", "model", "images", "api", "familiarity", "card", "validation"},
     "__main__": {"cli"},
 }

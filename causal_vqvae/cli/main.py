@@ -5,6 +5,7 @@
     causal-vqvae retrieve --model shapes3d_twin a.png b.png
     causal-vqvae bench    --model shapes3d_twin --data shapes3d --pairs 1000
     causal-vqvae preview  --data shapes3d
+    causal-vqvae ui       --model shapes3d_twin      (the web editor; pip install "causal-vqvae[ui]")
 
 ``python -m causal_vqvae`` is the same command; ``python train.py`` is ``causal-vqvae train``. A
 subcommand's module is imported only when it runs, so ``--help`` answers without loading torch.
@@ -30,6 +31,7 @@ COMMANDS = {
     "retrieve": ("causal_vqvae.cli.retrieve", "rank the actions that could have turned image A into image B"),
     "bench": ("causal_vqvae.cli.bench", "benchmark retrieval and edit exactness of a model on a procedural twin"),
     "preview": ("causal_vqvae.cli.preview", "draw a dataset's factors of variation (and write a sample image)"),
+    "ui": ("causal_vqvae.cli.ui", "serve the web editor: edit step by step and retrieve actions in a browser"),
 }
 
 

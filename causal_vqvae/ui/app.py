@@ -24,9 +24,11 @@ yet, a model that will not load) is a message on the page, never a traceback.
 from __future__ import annotations
 
 import functools
+import html
 import random
 import re
 import threading
+import time
 import warnings
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -46,6 +48,7 @@ if TYPE_CHECKING:
     from ..model import CausalVQVAE
 
 __all__ = [
+    "CSS",
     "INPUT",
     "SAMPLE_POOL",
     "TOP_K",
@@ -69,6 +72,12 @@ INPUT = "input"  # the name of a history's first step
 SAMPLE_POOL = 64  # held-out twin images "draw a sample" picks from (rendered once per dataset)
 TOP_K = 3  # actions a retrieval lists
 USER_ERRORS = (ValueError, TypeError, OSError)  # mistakes in what was given, shown as a message
+# The page's style (Gradio takes it at launch: ``build_app(...).launch(css=CSS)``): images fill their
+# box, drawn with square pixels (a 64x64 image is otherwise a stamp in a large frame, or a blur).
+CSS = """
+#input img, #result img, #image-a img, #image-b img { width: 100%; height: 100%; object-fit: contain; }
+#input img, #result img, #image-a img, #image-b img, #history img, #retrieval img { image-rendering: pixelated; }
+"""
 
 History = list[tuple[str, Image.Image]]  # (the input or the action that made it, the image)
 _COMPUTE = threading.Lock()  # one model call (or twin rendering) at a time
@@ -144,7 +153,8 @@ def to_pil(x: torch.Tensor) -> Image.Image:
 @functools.lru_cache(maxsize=4)
 def twin_images(dataset: str) -> torch.Tensor:
     """``SAMPLE_POOL`` held-out images (N, C, S, S) of ``dataset``'s procedural twin (of the real
-    files where ``$CAUSAL_VQVAE_DATA_ROOT`` holds them), rendered once per process."""
+    files where ``$CAUSAL_VQVAE_DATA_ROOT`` holds them), rendered once per process (the CelebA twin
+    is written to its cache folder on first use, which takes minutes)."""
     from datamodules.datamodule import build_datamodule  # the data layer: only this button needs it
 
     module = build_datamodule(dataset, mode="images", num_workers=0, test_length=SAMPLE_POOL)
@@ -164,7 +174,7 @@ def draw_sample(model: CausalVQVAE, seed: int) -> Image.Image:
 
 def retrieval(image_a: Image.Image | None, image_b: Image.Image | None, model: CausalVQVAE,
               title: str) -> tuple[list[list[Any]], Image.Image, list[str]]:
-    """The ``TOP_K`` most likely actions from A to B as table rows ``[action, probability]``, the
+    """The ``TOP_K`` most likely actions from A to B as table rows ``[action, "0.9876"]``, the
     picture of A, B and A edited by each, and the notes the model calls raised."""
     if image_a is None or image_b is None:
         raise ValueError("give both images: A (before) and B (after)")
@@ -175,7 +185,7 @@ def retrieval(image_a: Image.Image | None, image_b: Image.Image | None, model: C
         return ranked, api.retrieval_image(image_a, image_b, ranked, model, title)
 
     (ranked, picture), notes = _noted(both)
-    return [[name, round(probability, 4)] for name, probability in ranked], picture, notes
+    return [[name, f"{probability:.4f}"] for name, probability in ranked], picture, notes
 
 
 def _plain(text: str) -> str:
@@ -221,7 +231,7 @@ def build_app(default_model: str | None = None, device: str = "cpu") -> gradio.B
 
     def show(history: History, notes: Sequence[str] = ()) -> tuple[History, Image.Image | None, list]:
         for note in notes:
-            gr.Warning(_plain(note))
+            gr.Warning(html.escape(note))
         return history, current(history), gallery(history)
 
     def on_load(name: str | None, loaded: str | None) -> tuple[str | None, str]:
@@ -232,9 +242,9 @@ def build_app(default_model: str | None = None, device: str = "cpu") -> gradio.B
         try:
             with _COMPUTE:
                 models[name] = api.load(name, device=device)
-        except Exception as error:  # whatever a file, a folder or the Hub got wrong: say it, keep going
+        except Exception as error:  # noqa: BLE001 (whatever a file, a folder or the Hub got wrong: say it, go on)
             message = str(error) or type(error).__name__
-            gr.Warning(f"could not load {_plain(name)}")
+            gr.Warning(f"could not load {html.escape(name)}")
             kept = f" (still using **{_plain(loaded)}**)" if loaded in models else ""
             return loaded, f"**Could not load {_plain(name)}**{kept}: {_plain(message)}"
         return name, describe(name, models[name])
@@ -253,7 +263,7 @@ def build_app(default_model: str | None = None, device: str = "cpu") -> gradio.B
                     name: str | None) -> tuple[list[list[Any]], Image.Image]:
         rows, picture, notes = retrieval(image_a, image_b, model_of(name), f"{name}: which action turns A into B?")
         for note in notes:
-            gr.Warning(_plain(note))
+            gr.Warning(html.escape(note))
         return rows, picture
 
     @shown_errors
@@ -265,7 +275,7 @@ def build_app(default_model: str | None = None, device: str = "cpu") -> gradio.B
     released_default = default_model if default_model in RELEASED_NAMES else None
     typed_default = default_model if default_model is not None and released_default is None else ""
     # the image as given (its own mode), served as PNG: lossless, so the page shows the API's pixels
-    image_options = dict(type="pil", image_mode=None, format="png", height=280)
+    image_options = {"type": "pil", "image_mode": None, "format": "png", "height": 280}
     with gr.Blocks(title="causal-vqvae editor", analytics_enabled=False) as app:
         gr.Markdown("# causal-vqvae: edit images by causal intervention on VQ-VAE codes")
         loaded = gr.State(default_model)
@@ -306,20 +316,22 @@ def build_app(default_model: str | None = None, device: str = "cpu") -> gradio.B
                         gr.Button(action, size="sm", min_width=70).click(
                             functools.partial(on_action, action), [history, loaded], [history, result, steps])
 
-            steps = gr.Gallery(label="history (the input, then each action)", columns=8, height=200, object_fit="contain",
-                               format="png",
-                               elem_id="history")
+            steps = gr.Gallery(label="history (the input, then each action)", columns=8, fit_columns=False,
+                               height=200, object_fit="contain", format="png", elem_id="history")
 
         with gr.Tab("retrieve"):
             with gr.Row():
-                image_a = gr.Image(label="A (before)", sources=["upload", "clipboard"], **image_options)
-                image_b = gr.Image(label="B (after)", sources=["upload", "clipboard"], **image_options)
+                image_a = gr.Image(label="A (before)", sources=["upload", "clipboard"], elem_id="image-a",
+                                   **image_options)
+                image_b = gr.Image(label="B (after)", sources=["upload", "clipboard"], elem_id="image-b",
+                                   **image_options)
             with gr.Row():
                 editor_button = gr.Button("take A and B from the editor (its input and result)")
                 retrieve_button = gr.Button("which action turns A into B?", variant="primary")
             ranking = gr.Dataframe(headers=["action", "probability"], interactive=False,
                                    label=f"the {TOP_K} most likely actions")
-            picture = gr.Image(label="A, B, and A edited by each action", interactive=False, **image_options)
+            picture = gr.Image(label="A, B, and A edited by each action", interactive=False, elem_id="retrieval",
+                               **image_options)
 
         released.input(on_load, [released, loaded], [loaded, status])
         load_button.click(on_load, [typed, loaded], [loaded, status])
@@ -338,13 +350,16 @@ def launch(model: str | None = "shapes3d_twin", device: str = "cpu", host: str =
     """Serve the editor of ``model`` at ``host:port`` (and a public gradio.live link with
     ``share``), print its address, and return when interrupted (Ctrl+C)."""
     app = build_app(model, device)
-    _, local_url, share_url = app.launch(server_name=host, server_port=port, share=share,
-                                         prevent_thread_lock=True, quiet=True)
-    print(f"causal-vqvae editor of {model or 'no model yet'} ({device}) at {local_url}", flush=True)
-    if share_url:
-        print(f"public link: {share_url}", flush=True)
-    print("press Ctrl+C to stop", flush=True)
     try:
-        app.block_thread()
+        _, local_url, share_url = app.launch(server_name=host, server_port=port, share=share, css=CSS,
+                                             prevent_thread_lock=True, quiet=True)
+        print(f"causal-vqvae editor of {model or 'no model yet'} ({device}) at {local_url}", flush=True)
+        if share_url:
+            print(f"public link: {share_url}", flush=True)
+        print("press Ctrl+C to stop", flush=True)
+        while app.is_running:
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        print("stopped", flush=True)
     finally:
         app.close(verbose=False)

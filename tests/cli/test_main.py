@@ -61,12 +61,12 @@ def test_help_lists_every_subcommand_without_loading_torch():
         "assert rc == 0, rc\nassert 'torch' not in sys.modules, 'torch was imported'\n"
     )
     assert result.returncode == 0, result.stderr
-    for name in ("train", "edit", "retrieve", "bench", "preview"):
+    for name in ("train", "edit", "retrieve", "bench", "preview", "ui"):
         assert f"\n  {name} " in result.stdout
-    assert set(COMMANDS) == {"train", "edit", "retrieve", "bench", "preview"}
+    assert set(COMMANDS) == {"train", "edit", "retrieve", "bench", "preview", "ui"}
 
 
-@pytest.mark.parametrize("name", ["edit", "retrieve", "bench"])
+@pytest.mark.parametrize("name", ["edit", "retrieve", "bench", "ui"])
 def test_subcommand_help_does_not_load_torch(name):
     result = _quiet_subprocess(
         "import sys\nfrom causal_vqvae.cli.main import main\n"
