@@ -17,7 +17,7 @@ import sys
 from collections.abc import Sequence
 
 from ..locate import RELEASED_NAMES
-from .common import Parser, UserError, add_device, command, positive_int, resolve_device
+from .common import Parser, UserError, add_device, add_json, command, positive_int, resolve_device
 
 __all__ = ["DEFAULT_MODEL", "DEFAULT_PORT", "build_parser", "main"]
 
@@ -50,6 +50,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
                         help=f"port to serve at (default {DEFAULT_PORT})")
     parser.add_argument("--share", action="store_true",
                         help="also serve at a temporary public gradio.live address (off by default)")
+    add_json(parser)
     return parser
 
 
@@ -66,7 +67,8 @@ def _run(argv: Sequence[str] | None, prog: str) -> int:
         import_gradio()
     except ImportError as error:
         raise UserError(str(error)) from None
-    launch(args.model, device=str(resolve_device(args.device)), host=args.host, port=args.port, share=args.share)
+    launch(args.model, device=str(resolve_device(args.device)), host=args.host, port=args.port, share=args.share,
+           json_output=args.json)
     return 0
 
 

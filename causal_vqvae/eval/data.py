@@ -61,20 +61,27 @@ def encode_pair_pools(
 
 
 @torch.no_grad()
-def encode_pairs(model, dm, dataset, count: int, batch: int, device: torch.device) -> dict[str, torch.Tensor]:
+def encode_pairs(model, dm, dataset, count: int, batch: int, device: torch.device,
+                 desc: str | None = None) -> dict[str, torch.Tensor]:
     """Codes of items 0..count-1 of ``dataset`` (a pair dataset of the DataModule ``dm``, which
     renders or converts its images) under ``model``: "codes" and "target" (B, N) on the CPU, int16
-    where the codebook allows (compact for pools of 100k pairs), "action" (B,) long."""
+    where the codebook allows (compact for pools of 100k pairs), "action" (B,) long. ``desc``: a
+    progress bar of that name on a terminal (pairs per second, time left)."""
+    from tqdm.auto import tqdm
+
     if count > len(dataset):
         raise ValueError(f"asked for the codes of {count} pairs, but the dataset holds {len(dataset)}")
     dtype = torch.int16 if model.quantizer.codebook_size <= torch.iinfo(torch.int16).max + 1 else torch.int32
     out: dict[str, list[torch.Tensor]] = {"codes": [], "target": [], "action": []}
+    bar = tqdm(total=count, desc=desc, unit="pair", disable=None if desc else True, leave=False)
     for start in range(0, count, batch):
         raw = dataset.__getitems__(list(range(start, min(start + batch, count))))
         b = dm.prepare_batch({k: v.to(device) for k, v in raw.items()})
         out["codes"].append(model.encode_codes(b["image"]).to(dtype).cpu())
         out["target"].append(model.encode_codes(b["image_next"]).to(dtype).cpu())
         out["action"].append(b["action"].cpu())
+        bar.update(min(batch, count - start))
+    bar.close()
     return {k: torch.cat(v) for k, v in out.items()}
 
 

@@ -163,7 +163,8 @@ class CodePoolDataModule(pl.LightningDataModule):
             start = time.perf_counter()
             try:
                 with precision:
-                    data = encode_pairs(self.model, self.images, dataset, self.pool_size, self.encode_batch, device)
+                    data = encode_pairs(self.model, self.images, dataset, self.pool_size, self.encode_batch, device,
+                                        desc="encoding the code pool")
             finally:
                 for m, training in modes.items():
                     m.train(training)

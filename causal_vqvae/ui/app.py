@@ -346,17 +346,24 @@ def build_app(default_model: str | None = None, device: str = "cpu") -> gradio.B
 
 
 def launch(model: str | None = "shapes3d_twin", device: str = "cpu", host: str = "127.0.0.1", port: int = 7860,
-           share: bool = False) -> None:
+           share: bool = False, json_output: bool = False) -> None:
     """Serve the editor of ``model`` at ``host:port`` (and a public gradio.live link with
-    ``share``), print its address, and return when interrupted (Ctrl+C)."""
+    ``share``), print its address (with ``json_output``, as one JSON line: ``url``,
+    ``share_url``, ``model``, ``device``), and return when interrupted (Ctrl+C)."""
     app = build_app(model, device)
     try:
         _, local_url, share_url = app.launch(server_name=host, server_port=port, share=share, css=CSS,
                                              prevent_thread_lock=True, quiet=True)
-        print(f"causal-vqvae editor of {model or 'no model yet'} ({device}) at {local_url}", flush=True)
-        if share_url:
-            print(f"public link: {share_url}", flush=True)
-        print("press Ctrl+C to stop", flush=True)
+        if json_output:
+            import json
+
+            print(json.dumps({"url": local_url, "share_url": share_url, "model": model, "device": device}),
+                  flush=True)
+        else:
+            print(f"causal-vqvae editor of {model or 'no model yet'} ({device}) at {local_url}", flush=True)
+            if share_url:
+                print(f"public link: {share_url}", flush=True)
+            print("press Ctrl+C to stop", flush=True)
         while app.is_running:
             time.sleep(0.2)
     except KeyboardInterrupt:

@@ -391,7 +391,7 @@ def test_save_load_round_trip_is_bit_identical(tmp_path):
     model.eval()
     save_pretrained(model, tmp_path / "ckpt", extra_metadata={"seed": 7, "data": "squares"})
     written = sorted(p.name for p in (tmp_path / "ckpt").iterdir())
-    assert written == ["config.json", "metadata.json", "model.safetensors"]
+    assert written == ["README.md", "config.json", "metadata.json", "model.safetensors"]
     loaded = CausalVQVAE.from_pretrained(tmp_path / "ckpt", expect={"dataset": "tiny", "architecture": "CausalVQVAE"})
     assert loaded.config == model.config and not loaded.training
     assert json.loads((tmp_path / "ckpt" / "metadata.json").read_text())["seed"] == 7

@@ -101,7 +101,8 @@ def test_train_py_trains_the_causal_stage_on_a_code_pool(tmp_path, caplog):
               "--val-every", "2", "--batch-size", "8", "--gpus", "0", "--no-progress", "--config", str(overrides)]
     with caplog.at_level("INFO", logger="causal_vqvae.training.code_pool"):
         assert train_script.main(common + ["--code-pool", "40", "--out", str(out)]) == 0
-    assert "code pool: 40 training pairs encoded" in caplog.text
+    # 4 steps of 8 pairs draw 32 pairs: a larger pool would encode pairs never drawn
+    assert "code pool: 32 training pairs encoded" in caplog.text
     assert json.loads((out / "config.json").read_text())["train"]["code_pool"] == 40
     trained = CausalVQVAE.from_pretrained(out / "causal")
     changed = {k for k, v in base.state_dict().items() if not torch.equal(trained.state_dict()[k], v)}

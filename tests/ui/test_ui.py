@@ -9,6 +9,7 @@ downloaded). Without one of them it is skipped, saying which; with CAUSAL_VQVAE_
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -220,3 +221,24 @@ def test_the_page_edits_step_by_step_and_undoes_in_a_real_browser(tmp_path, mode
                 browser.close()
     finally:
         app.close(verbose=False)
+
+
+def test_the_address_is_printed_as_one_json_line(monkeypatch, capsys):
+    from causal_vqvae.ui import app
+
+    class FakeApp:
+        is_running = False
+
+        def launch(self, **kwargs):
+            self.kwargs = kwargs
+            return None, "http://127.0.0.1:7999/", None
+
+        def close(self, verbose=True):
+            self.closed = True
+
+    fake = FakeApp()
+    monkeypatch.setattr(app, "build_app", lambda model, device: fake)
+    app.launch("dsprites_twin", device="cpu", port=7999, json_output=True)
+    assert json.loads(capsys.readouterr().out) == {"url": "http://127.0.0.1:7999/", "share_url": None,
+                                                   "model": "dsprites_twin", "device": "cpu"}
+    assert fake.kwargs["server_port"] == 7999 and fake.closed
