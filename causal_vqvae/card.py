@@ -33,7 +33,7 @@ def front_matter(config: ModelConfig, metadata: Mapping[str, Any] | None = None)
     tags = [LIBRARY, "vq-vae", "causal-representation-learning", "image-editing", "pytorch"]
     if dataset:
         tags.append(dataset)
-    val = (metadata or {}).get("summary", {}).get("val", {})
+    val = _validation(metadata)
     data = {"library_name": LIBRARY, "license": LICENSE, "pipeline_tag": "image-to-image", "tags": tags}
     if dataset:
         data["datasets"] = [dataset]
@@ -48,6 +48,15 @@ def model_card(config: ModelConfig, metadata: Mapping[str, Any] | None = None, b
 
     header = yaml.safe_dump(front_matter(config, metadata), sort_keys=False, allow_unicode=True)
     return f"---\n{header}---\n\n{(body if body is not None else _body(config, metadata or {})).strip()}\n"
+
+
+def _validation(metadata: Mapping[str, Any] | None) -> dict[str, float]:
+    """The numeric validation figures of ``metadata["summary"]["val"]``; {} where there are none."""
+    summary = (metadata or {}).get("summary")
+    val = summary.get("val") if isinstance(summary, Mapping) else None
+    if not isinstance(val, Mapping):
+        return {}
+    return {k: float(v) for k, v in val.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
 def _body(config: ModelConfig, metadata: Mapping[str, Any]) -> str:
@@ -68,7 +77,7 @@ def _body(config: ModelConfig, metadata: Mapping[str, Any]) -> str:
         'edited = edit("image.png", "' + (config.action_names[0] if config.action_names else "0") + '", model)',
         "```",
     ]
-    val = metadata.get("summary", {}).get("val", {})
+    val = _validation(metadata)
     rows = [(label, value) for key, (_, label) in METRICS.items() if (value := val.get(key)) is not None]
     if rows:
         lines += ["", "## Validation at the end of training", "", "| metric | value |", "|---|---|"]

@@ -283,8 +283,9 @@ def _read_pil(image: Image.Image) -> tuple[_Pixels, bool, Callable[[torch.Tensor
 
 # Images above this many pixels are reduced while they are read (JPEG: decoded at 1/2, 1/4 or 1/8
 # scale; others: a box filter) to about WORK_SIDES model sides, and the result is enlarged back to
-# the input's size with PIL in 8 bits: a 10000x10000 photo is edited in well under 1 GB, where
-# float copies at full size took 4.5 GB. The model reads 64x64 pixels either way.
+# the input's size with PIL in 8 bits: a 10000x10000 PNG is edited in 0.96 GB at the most (import
+# torch included; benchmarks/start_time.py), where float copies at full size took 4.5 GB. The model
+# reads 64x64 pixels either way.
 LARGE_PIXELS = 2048 * 2048
 WORK_SIDES = 4
 
@@ -326,7 +327,9 @@ def _read_path(path: str | os.PathLike, side: int | None = None) -> tuple[Image.
     if path.stat().st_size == 0:
         raise ValueError(f"{path} is an empty file (0 bytes), not an image; give a PNG, JPEG, BMP, ... file")
     try:
-        with Image.open(path) as opened:
+        with warnings.catch_warnings(), Image.open(path) as opened:
+            # PIL warns above 89M pixels; such an image is read reduced here (a bomb still raises)
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             size = opened.size
             if side is not None and _reduction(size, side) > 1 and opened.format == "JPEG":
                 wanted = _reduction(size, side)

@@ -64,6 +64,11 @@ def resolve_model(name: str | os.PathLike) -> Path:
     if path.exists():
         raise FileNotFoundError(f"no model at {path}: it is a file, not a model folder; give {_KINDS}")
     if HUB_ID.match(text):
+        parent = path.parent
+        if parent.is_dir():  # a folder here that lacks the child: a mistyped local path, not a Hub id
+            close = difflib.get_close_matches(path.name, [p.name for p in parent.iterdir() if p.is_dir()], n=2)
+            hint = f" (did you mean {' or '.join(str(parent / c) for c in close)}?)" if close else ""
+            raise FileNotFoundError(f"no model at {text}: {parent} has no folder {path.name!r}{hint}; give {_KINDS}")
         return _from_hub(text)
     close = difflib.get_close_matches(text, list(RELEASED), n=2)
     hint = f" (did you mean {' or '.join(close)}?)" if close else ""
@@ -93,7 +98,8 @@ def _from_hub(repo_id: str) -> Path:
         except Exception as error:  # the Hub's HTTP, network and authorisation errors alike
             raise FileNotFoundError(
                 f"no model at {repo_id}: no such folder here, the Hugging Face Hub model {repo_id!r} is not in the "
-                f"local cache, and downloading it failed ({type(error).__name__}: {str(error).splitlines()[0]}); "
+                f"local cache, and downloading it failed ({type(error).__name__}: "
+                f"{(str(error).strip().splitlines() or [''])[0]}); "
                 f"check the id and the network, or give {_KINDS}") from None
     if not _is_model(folder):
         missing = " and ".join(name for name in MODEL_FILES if not (folder / name).is_file())

@@ -36,6 +36,8 @@ _REDO = "save the model again with save_pretrained, or copy the whole directory 
 
 
 Model = TypeVar("Model", bound=nn.Module)
+# metadata.json keys save_pretrained writes itself (extra_metadata may not set them).
+RESERVED_METADATA = ("format", "architecture", "torch_version", "parameters")
 
 
 def save_pretrained(
@@ -211,8 +213,11 @@ class PretrainedMixin:
             raise ImportError('push_to_hub needs huggingface_hub: pip install "causal-vqvae[hub]"') from None
         api = HfApi(token=token)
         api.create_repo(repo_id, private=private, exist_ok=True)
+        # What the model was loaded with (training record, calibration) travels with it.
+        metadata = {k: v for k, v in self.pretrained_metadata.items() if k not in RESERVED_METADATA}
+        metadata.update(extra_metadata or {})
         with tempfile.TemporaryDirectory(prefix="causal_vqvae_hub_") as folder:
-            self.save_pretrained(folder, extra_metadata)
+            self.save_pretrained(folder, metadata)
             commit = api.upload_folder(repo_id=repo_id, folder_path=folder, commit_message=commit_message)
         return str(getattr(commit, "commit_url", commit))
 

@@ -20,7 +20,9 @@ import json
 import logging
 import os
 import shutil
+import socket
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -128,7 +130,9 @@ def build_memmap_cache(
     if (cache_dir / "meta.json").exists():
         return cache_dir
     cache_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{cache_dir.name}.tmp-", dir=cache_dir.parent))
+    # The builder's host and pid in the name: a later build removes the folder only once they are gone.
+    tmp = Path(tempfile.mkdtemp(prefix=f".{cache_dir.name}.tmp-{socket.gethostname()}-{os.getpid()}-",
+                                dir=cache_dir.parent))
     try:
         images = np.lib.format.open_memmap(tmp / "images.npy", mode="w+", dtype=np.uint8,
                                            shape=(num_rows, *image_shape))
@@ -165,9 +169,38 @@ def build_memmap_cache(
     return cache_dir
 
 
-def _temporary_folders(cache_dir: Path) -> list[Path]:
-    """The temporary folders builds of ``cache_dir`` made (and, if they were killed, left)."""
-    return sorted(cache_dir.parent.glob(f".{cache_dir.name}.tmp-*"))
+# A temporary folder of another machine's build is taken for a leftover after this long.
+FOREIGN_LEFTOVER_SECONDS = 24 * 3600
+
+
+def _leftovers(cache_dir: Path) -> list[Path]:
+    """The temporary folders of builds of ``cache_dir`` that were killed: their process is gone (on
+    this machine), or, another machine's, they are a day old. A live build's folder is never one."""
+    host = socket.gethostname()
+    found = []
+    for folder in sorted(cache_dir.parent.glob(f".{cache_dir.name}.tmp-*")):
+        name = folder.name[len(f".{cache_dir.name}.tmp-"):]
+        owner, _, rest = name.rpartition("-")[0].rpartition("-")
+        pid = rest if owner else ""
+        if owner == host and pid.isdigit():
+            if not _alive(int(pid)):
+                found.append(folder)
+        elif owner and pid.isdigit():
+            if time.time() - folder.stat().st_mtime > FOREIGN_LEFTOVER_SECONDS:
+                found.append(folder)
+        else:  # no owner in its name: a removed cache set aside, or a build of an older version
+            found.append(folder)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
 
 
 def cache_damage(cache_dir: Path) -> str | None:
@@ -236,7 +269,7 @@ def cached_arrays(cache_dir: Path, build: Callable[[], object]) -> tuple[np.ndar
                     if damage != "missing":
                         log.warning("cache %s is damaged (%s): building it again", cache_dir, damage)
                         _remove(cache_dir)
-                    for leftover in _temporary_folders(cache_dir):  # builds killed before their rename
+                    for leftover in _leftovers(cache_dir):  # builds killed before their rename
                         log.info("removing %s, left by an interrupted cache build", leftover)
                         shutil.rmtree(leftover, ignore_errors=True)
                     build()

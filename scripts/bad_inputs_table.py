@@ -38,8 +38,9 @@ FAULTS = [
      "run", "tests/training/test_resume.py::test_a_run_killed_twice_and_resumed_ends_like_an_unbroken_one"),
     ("SIGKILL during a cache build", "no cache is left; the next run removes the leftover and builds it whole",
      "tests/data/test_cache.py::test_a_build_killed_midway_leaves_no_cache_and_the_next_run_builds_it_whole"),
-    ("A full disk while a checkpoint is written", "`cannot write the checkpoint ...: No space left on device; the "
-     "last complete checkpoint is kept: make room, then continue with --resume last`",
+    ("A full disk while a checkpoint is written (torch's own error, or an OSError)", "`cannot write the checkpoint "
+     "...: <the error>; the last complete checkpoint is kept: make room (a full disk?), then continue with "
+     "--resume last`",
      "tests/training/test_run_folder.py::test_a_full_disk_during_a_checkpoint_keeps_the_last_complete_one"),
     ("A damaged cache (8 kinds: meta.json missing, unreadable or of another version, an array missing or cut short, "
      "rows unlike meta.json)", "a warning naming the damage; the cache is built again",

@@ -35,9 +35,12 @@ class RunFolderCheckpointIO(TorchCheckpointIO):
             raise TypeError(f"{type(self).__name__} takes no storage_options, got {storage_options!r}")
         try:
             atomic_write(path, lambda temp: torch.save(checkpoint, temp))
-        except OSError as error:
-            raise OSError(f"cannot write the checkpoint {path}: {error.strerror or error}; the last complete "
-                          "checkpoint is kept: make room, then continue with --resume last") from None
+        # torch.save reports a full disk as a RuntimeError of its zip writer ("file write failed")
+        except (OSError, RuntimeError) as error:
+            text = str(error).strip()
+            reason = getattr(error, "strerror", None) or (text.splitlines()[0] if text else type(error).__name__)
+            raise OSError(f"cannot write the checkpoint {path}: {reason}; the last complete checkpoint is kept: "
+                          "make room (a full disk?), then continue with --resume last") from None
 
 
 class StageProgressBar(TQDMProgressBar):

@@ -148,10 +148,11 @@ def _run(args: argparse.Namespace, argv: list[str] | None, cleanup: contextlib.E
 
     if train_config.code_pool:
         devices = device_kwargs["devices"] * args.num_nodes
+        given = "--code-pool" if args.code_pool is not None else f"{source}: train.code_pool"
         if train_config.code_pool < data_config.batch_size * devices:
-            raise SystemExit(f"--code-pool {train_config.code_pool} is smaller than one batch "
+            raise SystemExit(f"{given} {train_config.code_pool} is smaller than one batch "
                              f"({data_config.batch_size} pairs x {devices} device(s)): pass a larger pool, e.g. 40000")
-        if not set(stages) & set(POOL_STAGES):
+        if not set(stages) & set(POOL_STAGES) and args.code_pool is not None:
             log.warning("--code-pool is for the %s stages, and this run has none: it trains on images",
                         " and ".join(POOL_STAGES))
 
@@ -307,12 +308,15 @@ def _run(args: argparse.Namespace, argv: list[str] | None, cleanup: contextlib.E
         summary[stage] = {"seconds": seconds, "training_seconds": round(history.elapsed(), 3), "samples_per_s": rate,
                           "val": metrics, "kept": kept, "resumed_from": ckpt}
         if trainer.is_global_zero:
-            model.save_pretrained(stage_dir, extra_metadata={
-                "stage": stage, "steps": steps, "seed": args.seed, "data": probe.description,
-                "device": device_name(device_kwargs), "wall_seconds": round(seconds, 1), "val_metrics": metrics,
-                "summary": summary[stage], METADATA_KEY: familiarity_record(model, args.data, data_config,
-                                                                            probe.description),
-            })
+            record = {"stage": stage, "steps": steps, "seed": args.seed, "data": probe.description,
+                      "device": device_name(device_kwargs), "wall_seconds": round(seconds, 1), "val_metrics": metrics,
+                      "summary": summary[stage]}
+            try:  # a calibration that fails must not cost the stage's weights
+                record[METADATA_KEY] = familiarity_record(model, args.data, data_config, probe.description)
+            except Exception as error:  # noqa: BLE001 - any failure: saved without the record, and said
+                log.warning("stage %s: no reconstruction-error record (%s: %s); the model is saved without it, and "
+                            "edit will not warn on unfamiliar images", stage, type(error).__name__, error)
+            model.save_pretrained(stage_dir, extra_metadata=record)
         log.info("stage %s done in %.0f s: %s", stage, seconds,
                  ", ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items())))
     if summary and first_rank:

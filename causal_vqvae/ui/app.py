@@ -51,6 +51,7 @@ __all__ = [
     "CSS",
     "INPUT",
     "SAMPLE_POOL",
+    "MAX_MODELS",
     "TOP_K",
     "UI_EXTRA",
     "History",
@@ -71,6 +72,7 @@ UI_EXTRA = 'pip install "causal-vqvae[ui]"'
 INPUT = "input"  # the name of a history's first step
 SAMPLE_POOL = 64  # held-out twin images "draw a sample" picks from (rendered once per dataset)
 TOP_K = 3  # actions a retrieval lists
+MAX_MODELS = 4  # models a page keeps loaded at once
 USER_ERRORS = (ValueError, TypeError, OSError)  # mistakes in what was given, shown as a message
 # The page's style (Gradio takes it at launch: ``build_app(...).launch(css=CSS)``): images fill their
 # box, drawn with square pixels (a 64x64 image is otherwise a stamp in a large frame, or a blur).
@@ -203,12 +205,15 @@ def describe(name: str, model: CausalVQVAE) -> str:
 
 
 # ------------------------------------------------------------------------------------- the page
-def build_app(default_model: str | None = None, device: str = "cpu") -> gradio.Blocks:
+def build_app(default_model: str | None = None, device: str = "cpu", any_model: bool = True) -> gradio.Blocks:
     """The editor as a Gradio app (call ``.launch()`` on it). ``default_model`` (a released name, a
     model folder, a run's folder or a Hub id) is loaded now, so a wrong one fails here; models are
-    loaded on ``device``. Raises ImportError (saying how to install it) without Gradio."""
+    loaded on ``device``. ``any_model=False`` (a page served beyond this machine) offers only the
+    released models and ``default_model``: visitors cannot make the server read a path of theirs.
+    Raises ImportError (saying how to install it) without Gradio."""
     gr = import_gradio()
     models: dict[str, CausalVQVAE] = {}  # by the name they were loaded by, shared by all sessions
+    allowed = None if any_model else {*RELEASED_NAMES, *([default_model] if default_model else [])}
     if default_model is not None:
         models[default_model] = api.load(default_model, device=device)
 
@@ -239,8 +244,12 @@ def build_app(default_model: str | None = None, device: str = "cpu") -> gradio.B
         name = (name or "").strip()
         if not name:
             return loaded, "Choose a released model, or type a model folder, a run's folder or a Hub id."
+        if allowed is not None and name not in allowed:
+            return loaded, f"**This page loads only {', '.join(sorted(allowed))}**: it is served beyond its machine."
         try:
             with _COMPUTE:
+                while len(models) >= MAX_MODELS:  # the oldest loaded model that no session started with goes
+                    models.pop(next(k for k in models if k != default_model))
                 models[name] = api.load(name, device=device)
         except Exception as error:  # noqa: BLE001 (whatever a file, a folder or the Hub got wrong: say it, go on)
             message = str(error) or type(error).__name__
@@ -283,7 +292,8 @@ def build_app(default_model: str | None = None, device: str = "cpu") -> gradio.B
         with gr.Row(equal_height=True):
             released = gr.Dropdown(list(RELEASED_NAMES), value=released_default, label="released model")
             typed = gr.Textbox(value=typed_default, label="or a model folder, a training run's folder or a "
-                               "Hugging Face Hub id (owner/name)", placeholder="runs/mine", scale=2)
+                               "Hugging Face Hub id (owner/name)", placeholder="runs/mine", scale=2,
+                               visible=any_model)
             load_button = gr.Button("load", scale=0, min_width=80)
         status = gr.Markdown(describe(default_model, models[default_model]) if default_model else
                              "No model loaded yet: choose a released model, or type a folder and press load.",
@@ -350,7 +360,10 @@ def launch(model: str | None = "shapes3d_twin", device: str = "cpu", host: str =
     """Serve the editor of ``model`` at ``host:port`` (and a public gradio.live link with
     ``share``), print its address (with ``json_output``, as one JSON line: ``url``,
     ``share_url``, ``model``, ``device``), and return when interrupted (Ctrl+C)."""
-    app = build_app(model, device)
+    # Served beyond this machine (another host, or a public link): visitors choose among the
+    # released models and the one given here, never a path or Hub id of their own.
+    any_model = host in ("127.0.0.1", "localhost", "::1") and not share
+    app = build_app(model, device, any_model=any_model)
     try:
         _, local_url, share_url = app.launch(server_name=host, server_port=port, share=share, css=CSS,
                                              prevent_thread_lock=True, quiet=True)

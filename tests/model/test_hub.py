@@ -4,6 +4,7 @@ uploads exactly what save_pretrained writes."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -104,3 +105,33 @@ def test_push_to_hub_uploads_what_save_pretrained_writes(saved, monkeypatch):
     assert files["config.json"] == (saved / "config.json").read_bytes()
     card = huggingface_hub.ModelCard(files["README.md"].decode())
     assert card.data.to_dict()["library_name"] == "causal-vqvae"
+
+
+def test_a_card_is_written_whatever_the_extra_metadata_holds(tmp_path):
+    config = ModelConfig(in_channels=1, dataset="dsprites", num_actions=4, action_names=NAMES, **TINY)
+    for extra in ({"summary": "final"}, {"summary": {"val": "none"}}, {"summary": {"val": {"val/psnr": "high"}}}):
+        CausalVQVAE(config).save_pretrained(tmp_path / "m", extra_metadata=extra)
+        card = huggingface_hub.ModelCard.load(tmp_path / "m" / "README.md")
+        assert card.data.to_dict()["metrics"] == ["psnr", "accuracy"]  # no figure recorded: the defaults
+        assert "## Validation" not in card.text
+
+
+def test_push_to_hub_keeps_what_the_model_was_loaded_with(saved, monkeypatch):
+    uploaded = {}
+
+    class FakeApi:
+        def __init__(self, token=None):
+            pass
+
+        def create_repo(self, repo_id, private=None, exist_ok=False):
+            pass
+
+        def upload_folder(self, repo_id, folder_path, commit_message):
+            uploaded["metadata"] = json.loads((Path(folder_path) / "metadata.json").read_text())
+            return "https://hub.example/commit"
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    model = load(saved, device="cpu")
+    model.push_to_hub("owner/tiny", extra_metadata={"note": "pushed"})
+    assert uploaded["metadata"]["seed"] == 3 and uploaded["metadata"]["stage"] == "causal"
+    assert uploaded["metadata"]["summary"]["val"]["val/psnr"] == 31.25 and uploaded["metadata"]["note"] == "pushed"

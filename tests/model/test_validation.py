@@ -62,3 +62,12 @@ def test_ranges_are_the_dataclass_own_and_fixed_keys_cannot_be_set():
 def test_suggestions_name_close_words_only():
     assert suggest("codebok_size", ["codebook_size", "code_dim"]) == " (did you mean 'codebook_size'?)"
     assert suggest("xyz", ["codebook_size"]) == ""
+
+
+def test_a_yaml_config_reads_exponents_as_numbers(tmp_path):
+    from causal_vqvae.training.presets import read_overrides
+
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  causal_lr: 3e-3\n  vqvae_lr: 2.0E-3\n  causal_steps: 100\nmodel:\n  dataset_note: x\n"
+                    .replace("model:\n  dataset_note: x\n", ""))
+    assert read_overrides(str(path)) == {"train": {"causal_lr": 0.003, "vqvae_lr": 0.002, "causal_steps": 100}}

@@ -6,6 +6,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from causal_vqvae.model import CausalVQVAE
 from causal_vqvae.nn.compiling import _EAGER, compile_ready, is_marked
 from causal_vqvae.nn.graph import DualAscent
@@ -34,7 +36,17 @@ print("torch._dynamo" in sys.modules)
     assert done.stdout.strip() == "False"
 
 
-def test_compile_ready_marks_every_registered_method_once():
+@pytest.fixture
+def unmarked_afterwards(monkeypatch):
+    """The classes as they were once the test is over: compile_ready() changes them for the process."""
+    import causal_vqvae.nn.compiling as compiling
+
+    for cls, name in MARKED:
+        monkeypatch.setattr(cls, name, cls.__dict__[name])
+    monkeypatch.setattr(compiling, "_ready", compiling._ready)
+
+
+def test_compile_ready_marks_every_registered_method_once(unmarked_afterwards):
     assert {fn.__qualname__ for fn in _EAGER} == {f"{cls.__name__}.{name}" for cls, name in MARKED}
     compile_ready()
     compile_ready()  # a second call wraps nothing twice

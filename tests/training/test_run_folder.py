@@ -197,7 +197,9 @@ def test_lightning_load_from_checkpoint_gives_the_trained_model(finished_run):
     assert all(torch.equal(state[k], expected[k]) for k in expected)
 
 
-def test_a_full_disk_during_a_checkpoint_keeps_the_last_complete_one(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("failure", ["torch", "os"])
+def test_a_full_disk_during_a_checkpoint_keeps_the_last_complete_one(tmp_path, monkeypatch, capsys, failure):
+    """``torch``: what torch.save raises on a full disk (checked against /dev/full); ``os``: an OSError."""
     import errno
 
     real_save = torch.save
@@ -208,6 +210,8 @@ def test_a_full_disk_during_a_checkpoint_keeps_the_last_complete_one(tmp_path, m
         if len(calls) == 2:
             with open(f, "wb") as half:  # part of the file, then the disk is full
                 half.write(b"\0" * 1000)
+            if failure == "torch":
+                raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 64 vs 0")
             raise OSError(errno.ENOSPC, "No space left on device")
         return real_save(obj, f, *args, **kwargs)
 
@@ -217,8 +221,9 @@ def test_a_full_disk_during_a_checkpoint_keeps_the_last_complete_one(tmp_path, m
     err = capsys.readouterr().err
     assert "Traceback" not in err
     checkpoint = out / "vqvae" / "checkpoints" / "last.ckpt"
-    assert f"cannot write the checkpoint {checkpoint}: No space left on device; the last complete checkpoint " \
-           "is kept: make room, then continue with --resume last" in err
+    reason = "No space left on device" if failure == "os" else "[enforce fail at inline_container.cc:664]"
+    assert f"cannot write the checkpoint {checkpoint}: {reason}" in err
+    assert "the last complete checkpoint is kept: make room (a full disk?), then continue with --resume last" in err
     assert all(str(f).startswith(str(checkpoint.parent / ".last.ckpt.")) for f in calls)  # written beside it
     kept = torch.load(checkpoint, map_location="cpu", weights_only=True)
     assert kept["global_step"] == 2  # the checkpoint before the disk filled, whole

@@ -211,12 +211,12 @@ def test_the_page_edits_step_by_step_and_undoes_in_a_real_browser(tmp_path, mode
                 page.get_by_role("button", name="scale+", exact=True).click()
                 edited, shown = _next_result(page, at_input)
                 assert _same(shown, expected), "the page's scale+ differs from causal_vqvae.edit's"
-                assert page.locator("#history img").count() == 2
+                sync_api.expect(page.locator("#history img")).to_have_count(2)  # waits for the gallery
 
                 page.get_by_role("button", name="undo", exact=True).click()
                 _, shown = _next_result(page, edited)
                 assert _same(shown, square)
-                assert page.locator("#history img").count() == 1
+                sync_api.expect(page.locator("#history img")).to_have_count(1)
             finally:
                 browser.close()
     finally:
@@ -237,8 +237,22 @@ def test_the_address_is_printed_as_one_json_line(monkeypatch, capsys):
             self.closed = True
 
     fake = FakeApp()
-    monkeypatch.setattr(app, "build_app", lambda model, device: fake)
+    built = {}
+    monkeypatch.setattr(app, "build_app", lambda model, device, any_model: built.update(any_model=any_model) or fake)
     app.launch("dsprites_twin", device="cpu", port=7999, json_output=True)
     assert json.loads(capsys.readouterr().out) == {"url": "http://127.0.0.1:7999/", "share_url": None,
                                                    "model": "dsprites_twin", "device": "cpu"}
     assert fake.kwargs["server_port"] == 7999 and fake.closed
+    assert built["any_model"] is True  # on this machine only: any folder may be loaded
+    app.launch("dsprites_twin", device="cpu", host="0.0.0.0", port=7999, json_output=True)
+    assert built["any_model"] is False  # served to the network: only the released models and this one
+
+
+def test_a_page_served_beyond_its_machine_loads_only_its_own_models(model, tmp_path):
+    pytest.importorskip("gradio")
+    from causal_vqvae.ui.app import build_app
+
+    page = build_app("dsprites_twin", any_model=False)
+    load_event = next(fn for fn in page.fns.values() if getattr(fn, "name", "") == "on_load")
+    loaded, status = load_event.fn(str(tmp_path), "dsprites_twin")
+    assert loaded == "dsprites_twin" and "This page loads only dsprites_twin, shapes3d_twin" in status
