@@ -56,8 +56,13 @@ def report_conversions(stream: TextIO | None = None) -> Iterator[None]:
             warnings.simplefilter("always", UnfamiliarImageWarning)
             yield
     finally:
-        # Shown after the recording context is left: inside it, showwarning would record again.
+        # Shown after the recording context is left: inside it, showwarning would record again. A
+        # command reads an image more than once (retrieve --out): each note is said once.
+        shown: set[tuple[type, str]] = set()
         for item in caught:
+            if (item.category, str(item.message)) in shown:
+                continue
+            shown.add((item.category, str(item.message)))
             if issubclass(item.category, ImageConversionWarning):
                 print(f"note: {item.message}", file=stream or sys.stderr)
             elif issubclass(item.category, UnfamiliarImageWarning):

@@ -106,6 +106,9 @@ def claim_run_folder(out: Path, resume: str | None, overwrite: bool, init: str |
         raise SystemExit(f"--out {out}: the folder is not empty and holds no training run ({len(entries)} entries, "
                          f"e.g. {sorted(p.name for p in entries)[0]}); pass a new or empty folder for the run")
     if resume is not None:
+        # writes a kill cut short (files.atomic_write's temporary names): a checkpoint, a stage's model
+        for leftover in [*out.glob("*/checkpoints/.*.tmp"), *out.glob("*/.*.tmp")]:
+            leftover.unlink(missing_ok=True)
         return
     state = "a finished run" if (out / "summary.json").is_file() else "an unfinished run"
     if not overwrite:

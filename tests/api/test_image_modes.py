@@ -139,3 +139,17 @@ def test_a_small_image_is_not_reduced(tmp_path):
     Image.new("RGB", (2048, 2048)).save(tmp_path / "edge.png")
     read, size = images._read_path(tmp_path / "edge.png", 64)
     assert read.size == size == (2048, 2048)
+
+
+def test_a_command_says_each_conversion_note_once(model):
+    import io
+
+    from causal_vqvae.api import report_conversions
+
+    stream = io.StringIO()
+    image = Image.new("RGB", (32, 32))
+    with report_conversions(stream):
+        to_batch(image, model)
+        to_batch(image, model)  # read twice, as retrieve --out does
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("note: image 32x32 RGB resized to 64x64")

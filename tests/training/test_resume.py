@@ -320,6 +320,7 @@ def test_a_run_killed_inside_a_checkpoint_write_or_a_model_save_resumes_to_the_u
         done = subprocess.run(_command(config, broken, "--resume", "last"), cwd=ROOT, env=env, capture_output=True,
                               text=True)
         assert done.returncode == 0, done.stderr[-3000:]
+        assert not list(broken.rglob(".*.tmp")), "the cut write's temporary file is left"
         for stage in ("vqvae", "causal"):
             expected, resumed = _weights(straight, stage), _weights(broken, stage)
             assert expected.keys() == resumed.keys()
