@@ -340,10 +340,8 @@ def _read_path(path: str | os.PathLike, side: int | None = None) -> tuple[Image.
                 wanted = _reduction(size, side)
                 opened.draft(opened.mode, (size[0] // wanted, size[1] // wanted))  # decode at a smaller scale
             opened.load()
-            image = opened.copy() if side is None else _reduced(opened, side)
-            if image is opened:
-                image = opened.copy()
-            return image, size
+            image = opened if side is None else _reduced(opened, side)
+            return (opened.copy() if image is opened else image), size  # a copy outlives the open file
     except UnidentifiedImageError:
         raise ValueError(f"{path} is not an image file PIL can read; give a PNG, JPEG, BMP, ... file") from None
     except Image.DecompressionBombError as error:

@@ -31,7 +31,7 @@ from .base import (
 )
 from .factors import FactorSpace
 from .pairs import SPLITS, StateSamples, TransitionPairs, factor_weights
-from .sources import ArraySource, TwinSource, default_cache_root
+from .sources import ArraySource, TwinSource, built_once, default_cache_root
 
 log = logging.getLogger(__name__)
 
@@ -258,19 +258,17 @@ class CelebADataModule(_BaseDataModule):
         self._twin = True
         cache = Path(c.cache_root) if c.cache_root else default_cache_root()
         twin_root = cache / f"celeba-twin-n{c.twin_size}"
-        if not (twin_root / "celeba" / "list_attr_celeba.txt").is_file():
-            from filelock import FileLock
-
+        written = twin_root / "celeba" / "list_attr_celeba.txt"
+        if not written.is_file():
             from .celeba.twin import write_celeba_twin
 
+            def write() -> None:
+                log.info("celeba: no real data given; writing the procedural twin (%d faces) to %s",
+                         c.twin_size, twin_root)
+                write_celeba_twin(twin_root, num_images=c.twin_size, seed=0, write_parquet=False)
+
             twin_root.parent.mkdir(parents=True, exist_ok=True)
-            # One writer among the processes sharing the cache (the ranks of a machine, or every machine
-            # on a shared file system): the others wait, then find the twin written.
-            with FileLock(str(twin_root.parent / f".{twin_root.name}.lock")):
-                if not (twin_root / "celeba" / "list_attr_celeba.txt").is_file():
-                    log.info("celeba: no real data given; writing the procedural twin (%d faces) to %s",
-                             c.twin_size, twin_root)
-                    write_celeba_twin(twin_root, num_images=c.twin_size, seed=0, write_parquet=False)
+            built_once(twin_root.parent / f".{twin_root.name}.lock", lambda: not written.is_file(), write)
         else:
             log.info("celeba: no real data given; using the procedural twin at %s", twin_root)
         return "folder", twin_root

@@ -35,7 +35,8 @@ from .factors import FactorSpace
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TwinSource", "ArraySource", "build_memmap_cache", "cache_damage", "cached_arrays", "open_memmap_cache",
+__all__ = ["TwinSource", "ArraySource", "build_memmap_cache", "built_once", "cache_damage", "cached_arrays",
+           "open_memmap_cache",
            "to_float_images"]
 
 CACHE_VERSION = 1
@@ -242,6 +243,22 @@ def _remove(cache_dir: Path) -> None:
     shutil.rmtree(aside, ignore_errors=True)
 
 
+def built_once(lock: Path, needed: Callable[[], bool], build: Callable[[], object]) -> None:
+    """``build()`` when ``needed()``, by one of the processes that share ``lock``'s folder (the
+    ranks of a machine, or every machine on a shared file system): the others wait on the file
+    lock, then find ``needed()`` false. The lock file goes with the build. A process still waiting
+    on it then holds a lock no newcomer sees; harmless, as every build here writes a temporary
+    folder and renames it, so the second rename keeps the first one's result."""
+    from filelock import FileLock
+
+    try:
+        with FileLock(str(lock)):
+            if needed():
+                build()
+    finally:
+        lock.unlink(missing_ok=True)
+
+
 def cached_arrays(cache_dir: Path, build: Callable[[], object]) -> tuple[np.ndarray, np.ndarray, dict]:
     """``(images, labels, meta)`` of the cache at ``cache_dir``, built first by ``build()`` (which
     calls :func:`build_memmap_cache` for ``cache_dir``) when it is missing or damaged. A damaged
@@ -254,30 +271,23 @@ def cached_arrays(cache_dir: Path, build: Callable[[], object]) -> tuple[np.ndar
             raise NotADirectoryError(f"the cache folder {folder} is a file; move it away, or set "
                                      "$CAUSAL_VQVAE_CACHE (or cache_root) to a folder")
     if cache_damage(cache_dir) is not None:
-        from filelock import FileLock
-
         try:
             cache_dir.parent.mkdir(parents=True, exist_ok=True)
         except OSError as error:
             raise OSError(f"cannot make the cache folder {cache_dir.parent}: {error.strerror or error}; set "
                           "$CAUSAL_VQVAE_CACHE (or cache_root) to a folder you can write") from None
-        lock = cache_dir.parent / f".{cache_dir.name}.lock"
-        try:
-            with FileLock(str(lock)):
-                damage = cache_damage(cache_dir)  # another process may have built it while this one waited
-                if damage is not None:
-                    if damage != "missing":
-                        log.warning("cache %s is damaged (%s): building it again", cache_dir, damage)
-                        _remove(cache_dir)
-                    for leftover in _leftovers(cache_dir):  # builds killed before their rename
-                        log.info("removing %s, left by an interrupted cache build", leftover)
-                        shutil.rmtree(leftover, ignore_errors=True)
-                    build()
-        finally:
-            # The lock file goes with the build. A process still waiting on it then holds a lock no
-            # newcomer sees; harmless: both find the cache complete, and were both to build it, each
-            # builds in its own temporary folder and the second rename keeps the first one's cache.
-            lock.unlink(missing_ok=True)
+
+        def rebuild() -> None:
+            damage = cache_damage(cache_dir)
+            if damage != "missing":
+                log.warning("cache %s is damaged (%s): building it again", cache_dir, damage)
+                _remove(cache_dir)
+            for leftover in _leftovers(cache_dir):  # builds killed before their rename
+                log.info("removing %s, left by an interrupted cache build", leftover)
+                shutil.rmtree(leftover, ignore_errors=True)
+            build()
+
+        built_once(cache_dir.parent / f".{cache_dir.name}.lock", lambda: cache_damage(cache_dir) is not None, rebuild)
     return open_memmap_cache(cache_dir)
 
 

@@ -26,9 +26,9 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from .compiling import eager
 from .graph import CausalGraph, DualAscent, GraphNoise, node_code_offsets
 from .layers import FeedForward
-from .compiling import eager
 from .seeding import DeviceGenerators
 
 __all__ = [

@@ -35,8 +35,8 @@ finite, before a checkpoint of the damaged weights can be written.
 from __future__ import annotations
 
 import math
-from dataclasses import replace
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 import pytorch_lightning as pl

@@ -14,14 +14,12 @@ from __future__ import annotations
 
 import logging
 import os
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
 from ..sources import (
     ArraySource,
-    build_memmap_cache,
     cache_damage,
     cached_arrays,
     default_cache_root,
@@ -37,12 +35,11 @@ from .files import (
     parse_partition_file,
 )
 from .preprocess import (
-    IMAGE_SIZE,
     PREPROCESS_VERSION,
     _decode_file,
-    _num_workers,
     _short_hash,
     _stat_key,
+    build_face_cache,
 )
 
 log = logging.getLogger(__name__)
@@ -176,30 +173,9 @@ def read_celeba_folder(
     paths = [img_dir / f for f in split_files]
 
     def build() -> None:
-        with ThreadPoolExecutor(max_workers=_num_workers()) as pool:
-
-            def read_chunk(start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
-                imgs = np.stack(list(pool.map(_decode_file, paths[start:stop])))
-                return imgs, labels[start:stop]
-
-            build_memmap_cache(
-                cache_dir,
-                num_rows=len(rows),
-                image_shape=(IMAGE_SIZE, IMAGE_SIZE, 3),
-                num_labels=len(CELEBA_ATTRIBUTES),
-                read_chunk=read_chunk,
-                meta={
-                    "dataset": "celeba",
-                    "source": "folder",
-                    "root": str(root.resolve()),
-                    "split": split,
-                    "attributes": list(CELEBA_ATTRIBUTES),
-                    "preprocess": f"centre crop 140/178, BOX resize to {IMAGE_SIZE} (v{PREPROCESS_VERSION})",
-                    "filenames": split_files,
-                },
-                chunk=1024,
-                desc=f"CelebA {split}: decoding",
-            )
+        build_face_cache(cache_dir, labels, lambda pool, start, stop: list(pool.map(_decode_file, paths[start:stop])),
+                         {"source": "folder", "root": str(root.resolve()), "split": split, "filenames": split_files},
+                         f"CelebA {split}: decoding")
 
     images, labels_mm, _ = cached_arrays(cache_dir, build)
     return ArraySource(images, labels_mm, description=description, space=None)

@@ -17,7 +17,6 @@ from PIL import Image
 
 from ..sources import (
     ArraySource,
-    build_memmap_cache,
     cache_damage,
     cached_arrays,
     default_cache_root,
@@ -25,13 +24,12 @@ from ..sources import (
 )
 from .attributes import CELEBA_ATTRIBUTES
 from .preprocess import (
-    IMAGE_SIZE,
     PREPROCESS_VERSION,
     _decode_bytes,
     _decode_file,
-    _num_workers,
     _short_hash,
     _stat_key,
+    build_face_cache,
     preprocess_face,
 )
 
@@ -211,33 +209,14 @@ def read_celeba_parquet(
         images_only = images_only.cast_column(img_col, datasets.Image(decode=False))
     images_only = images_only.with_format("arrow")
 
+    def decode_rows(pool: ThreadPoolExecutor, start: int, stop: int) -> list:
+        cells = images_only[start:stop][img_col].to_pylist()
+        return list(pool.map(_image_bytes, cells, [f"row {start + i} of {split}" for i in range(len(cells))]))
+
     def build() -> None:
-        with ThreadPoolExecutor(max_workers=_num_workers()) as pool:
-
-            def read_chunk(start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
-                cells = images_only[start:stop][img_col].to_pylist()
-                where = [f"row {start + i} of {split}" for i in range(len(cells))]
-                imgs = np.stack(list(pool.map(_image_bytes, cells, where)))
-                return imgs, labels[start:stop]
-
-            build_memmap_cache(
-                cache_dir,
-                num_rows=len(ds),
-                image_shape=(IMAGE_SIZE, IMAGE_SIZE, 3),
-                num_labels=len(CELEBA_ATTRIBUTES),
-                read_chunk=read_chunk,
-                meta={
-                    "dataset": "celeba",
-                    "source": "parquet",
-                    "files": [str(Path(f).resolve()) for f in files_of_split],
-                    "split": split,
-                    "columns": mapping,
-                    "attributes": list(CELEBA_ATTRIBUTES),
-                    "preprocess": f"centre crop 140/178, BOX resize to {IMAGE_SIZE} (v{PREPROCESS_VERSION})",
-                },
-                chunk=1024,
-                desc=f"CelebA parquet {split}: decoding",
-            )
+        build_face_cache(cache_dir, labels, decode_rows,
+                         {"source": "parquet", "files": [str(Path(f).resolve()) for f in files_of_split],
+                          "split": split, "columns": mapping}, f"CelebA parquet {split}: decoding")
 
     images, labels_mm, _ = cached_arrays(cache_dir, build)
     return ArraySource(images, labels_mm, description=description, space=None)

@@ -12,6 +12,8 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -88,6 +90,25 @@ def _decode_bytes(data: bytes, what: str) -> np.ndarray:
 
 def _num_workers() -> int:
     return max(1, min(8, (os.cpu_count() or 1)))
+
+
+def build_face_cache(cache_dir: Path, labels: np.ndarray, decode_rows: Callable[[ThreadPoolExecutor, int, int], list],
+                     meta: dict, desc: str) -> None:
+    """Write the memmap cache of a CelebA split: ``decode_rows(pool, start, stop)`` gives the 64x64
+    RGB faces of rows ``start:stop`` (decoded on ``pool``), ``labels`` their 40 attribute bits.
+    ``meta`` (the source) gets the attributes and the preprocessing added. The folder and the
+    parquet readers build through here."""
+    from ..sources import build_memmap_cache
+    from .attributes import CELEBA_ATTRIBUTES
+
+    with ThreadPoolExecutor(max_workers=_num_workers()) as pool:
+        build_memmap_cache(
+            cache_dir, num_rows=len(labels), image_shape=(IMAGE_SIZE, IMAGE_SIZE, 3),
+            num_labels=len(CELEBA_ATTRIBUTES),
+            read_chunk=lambda start, stop: (np.stack(decode_rows(pool, start, stop)), labels[start:stop]),
+            meta={"dataset": "celeba", **meta, "attributes": list(CELEBA_ATTRIBUTES),
+                  "preprocess": f"centre crop 140/178, BOX resize to {IMAGE_SIZE} (v{PREPROCESS_VERSION})"},
+            chunk=1024, desc=desc)
 
 
 def _stat_key(path: Path) -> str:

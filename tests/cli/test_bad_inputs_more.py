@@ -6,7 +6,6 @@ roots and caches. ``docs/bad_inputs.md`` lists both tables with the message each
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable
 from functools import partial
@@ -458,7 +457,6 @@ def test_the_tables_hold_150_cases_with_unique_ids() -> None:
     ids = [case.id for case in (*FIRST, *CASES)]
     assert len(ids) == len(set(ids)), sorted(i for i in ids if ids.count(i) > 1)
     assert len(ids) >= 150, len(ids)
-    json.dumps(ids)
 
 
 def test_the_docs_page_lists_every_case() -> None:
