@@ -126,6 +126,13 @@ class ModelConfig:
             target codes, whatever the mask, so the equations keep learning on nodes whose
             intervention mask is currently closed: on every node with ``intervention="resample"``,
             on the nodes whose code changes with ``"change"`` (normalised by all nodes).
+        kept_equation_weight: the weight, in that equation term, of the nodes whose code stays
+            (the nodes whose code changes weigh 1; the sum is divided by all nodes). 1 (models saved
+            before the field): the plain cross-entropy, in which the kept nodes, about two thirds of
+            a dSprites grid, teach every equation to keep its code, so that an intervened node whose
+            code must change stays (``experiments/edit_diagnosis/``). 0: the equations learn from the
+            changed nodes alone, and an intervened node learns to keep its code only through the
+            mixture NLL, where the mask has opened. Must be in [0, 1]; "change" uses 0.
         intervention: what an intervened node's structural equation may output. "resample" (the
             default): any code, its current one included. "change": a new code, never the node's
             current one; the equation term then sums over the changed nodes and divides by all
@@ -229,6 +236,7 @@ class ModelConfig:
     transition_heads: int = 8
     mixture_eps: float = 1e-3
     equation_loss_weight: float = 1.0
+    kept_equation_weight: float = 1.0
     intervention: str = "resample"
     keep_threshold: float | None = 0.5
     edit_loss_weight: float = 0.0
@@ -320,6 +328,8 @@ class ModelConfig:
              "budgets must be >= 0")
         need(self.dual_lr >= 0.0, f"dual_lr must be >= 0, got {self.dual_lr}")
         need(self.equation_loss_weight >= 0.0, f"equation_loss_weight must be >= 0, got {self.equation_loss_weight}")
+        need(0.0 <= self.kept_equation_weight <= 1.0,
+             f"kept_equation_weight must be in [0, 1], got {self.kept_equation_weight}")
         need(0.0 < self.mixture_eps < 1.0, f"mixture_eps must be in (0, 1), got {self.mixture_eps}")
         need(self.intervention in INTERVENTIONS,
              f"intervention must be one of {INTERVENTIONS}, got {self.intervention!r}")

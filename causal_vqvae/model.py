@@ -277,7 +277,7 @@ class CausalVQVAE(PretrainedMixin, nn.Module):
             adjacency_penalty_weight=c.adjacency_penalty_weight,
             progress=progress,
             budgets=budgets,
-            changed_only=c.intervention == "change",
+            kept_weight=0.0 if c.intervention == "change" else c.kept_equation_weight,
         )
         if c.edit_loss_weight > 0.0:
             edit_mse = self.edit_error(output, x_codes, target_codes)
@@ -409,8 +409,8 @@ class CausalVQVAE(PretrainedMixin, nn.Module):
         "target_head_dim", "target_context_layers", "target_state_bound", "sparsity_mode",
         "target_penalty_weight", "adjacency_penalty_weight", "target_budget", "target_budget_start",
         "adjacency_budget", "adjacency_budget_start", "dual_lr", "transition_dim", "transition_layers",
-        "transition_heads", "mixture_eps", "equation_loss_weight", "intervention", "keep_threshold",
-        "edit_loss_weight",
+        "transition_heads", "mixture_eps", "equation_loss_weight", "kept_equation_weight", "intervention",
+        "keep_threshold", "edit_loss_weight",
     )
 
     # Settings that no weight depends on: how the causal stage is trained (budgets and their
@@ -419,8 +419,8 @@ class CausalVQVAE(PretrainedMixin, nn.Module):
     SETTINGS_FIELDS = (
         "gumbel_temperature", "sparsity_mode", "target_penalty_weight", "adjacency_penalty_weight",
         "target_budget", "target_budget_start", "adjacency_budget", "adjacency_budget_start", "dual_lr",
-        "mixture_eps", "equation_loss_weight", "intervention", "keep_threshold", "edit_loss_weight",
-        "retrieval_temperature", "retrieval_score",
+        "mixture_eps", "equation_loss_weight", "kept_equation_weight", "intervention", "keep_threshold",
+        "edit_loss_weight", "retrieval_temperature", "retrieval_score",
     )
 
     def with_settings(self, **fields: Any) -> CausalVQVAE:

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
+from PIL.PngImagePlugin import PngInfo
 
 from .datamodule import DATASETS, CelebADataModule, build_datamodule
 from .sources import TwinSource
@@ -85,14 +86,29 @@ def grid_image(labels: list[str], rows: list[np.ndarray], scale: int = 2, title:
     return canvas
 
 
-def save_png_atomic(image: Image.Image, out: Path) -> None:
-    """Write ``out`` through a temporary file in the same folder, so it is never half-written."""
+# The PNG text chunk that records a sample's factors; causal_vqvae.images.read_factor_state reads it
+# (so that `causal-vqvae edit --traverse` marks the steps past a factor's range).
+FACTOR_STATE_KEY = "causal_vqvae:factors"
+
+
+def factor_state_info(dm, classes: torch.Tensor) -> PngInfo:
+    """A PNG text chunk recording the factors ``classes`` (F,) of one image of ``dm``'s space."""
+    factors = [{"name": f.name, "value": int(c), "size": f.size, "cyclic": f.cyclic}
+               for f, c in zip(dm.space.factors, classes.tolist())]
+    info = PngInfo()
+    info.add_text(FACTOR_STATE_KEY, json.dumps({"dataset": dm.config.dataset, "factors": factors}))
+    return info
+
+
+def save_png_atomic(image: Image.Image, out: Path, info: PngInfo | None = None) -> None:
+    """Write ``out`` through a temporary file in the same folder, so it is never half-written
+    (``info``: PNG text chunks to write with it)."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".png", dir=out.parent)
     os.close(fd)
     try:
-        image.save(tmp, format="PNG")
+        image.save(tmp, format="PNG", pnginfo=info)
         os.replace(tmp, out)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -139,8 +155,10 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> Path:
     if not args.json:
         print(f"wrote {out} ({len(rows)} rows) from the {kind}")
     if args.sample:
-        image = _to_uint8(dm.sample_batch("test", size=args.seed + 1)["image"][args.seed:])[0]
-        save_png_atomic(Image.fromarray(image[..., 0] if dm.channels == 1 else image), args.sample)
+        batch = dm.sample_batch("test", size=args.seed + 1)
+        image = _to_uint8(batch["image"][args.seed:])[0]
+        info = None if isinstance(dm, CelebADataModule) else factor_state_info(dm, batch["factors"][args.seed])
+        save_png_atomic(Image.fromarray(image[..., 0] if dm.channels == 1 else image), args.sample, info)
         written["sample"] = str(args.sample)
         if not args.json:
             print(f"wrote {args.sample} (a held-out test image)")

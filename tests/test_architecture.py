@@ -33,18 +33,22 @@ LAYERS: dict[str, set[str]] = {
     "pretrained": {"config", "card", "files", "validation"},
     "model": {"nn", "config", "pretrained", "card", "validation"},
     "images": {"files", "familiarity"},
-    "api": {"nn", "config", "files", "locate", "pretrained", "model", "images", "familiarity", "card", "validation"},
-    "eval": {"nn", "config", "files", "pretrained", "model", "images", "api", "datamodules", "familiarity", "card", "validation"},
-    "training": {"nn", "config", "files", "pretrained", "model", "images", "api", "eval", "datamodules", "familiarity", "card", "validation"},
-    "ui": {"nn", "config", "files", "locate", "pretrained", "model", "images", "api", "datamodules", "familiarity", "card", "validation"},
-    "cli": {"nn", "config", "files", "locate", "pretrained", "model", "images", "api", "eval", "training", "ui", "datamodules", "familiarity", "card", "validation"},
-    "__init__": {"nn", "config", "files", "pretrained", "model", "images", "api", "familiarity", "card", "validation"},
+    "actions": {"nn", "config", "pretrained", "model", "card", "validation"},
+    "traversal": {"nn", "config", "pretrained", "model", "actions", "card", "validation"},
+    "api": {"nn", "config", "files", "locate", "pretrained", "model", "images", "actions", "traversal", "familiarity",
+            "card", "validation"},
+    "eval": {"nn", "actions", "traversal", "config", "files", "pretrained", "model", "images", "api", "datamodules", "familiarity", "card", "validation"},
+    "training": {"nn", "actions", "traversal", "config", "files", "pretrained", "model", "images", "api", "eval", "datamodules", "familiarity", "card", "validation"},
+    "ui": {"nn", "actions", "traversal", "config", "files", "locate", "pretrained", "model", "images", "api", "datamodules", "familiarity", "card", "validation"},
+    "cli": {"nn", "actions", "traversal", "config", "files", "locate", "pretrained", "model", "images", "api", "eval", "training", "ui", "datamodules", "familiarity", "card", "validation"},
+    "__init__": {"nn", "actions", "traversal", "config", "files", "pretrained", "model", "images", "api", "familiarity", "card", "validation"},
     "__main__": {"cli"},
 }
 # Third-party packages a layer may not import, whatever the layers above allow.
 FORBIDDEN_THIRD_PARTY = {
     layer: {"pytorch_lightning", "lightning", "lightning_fabric", "datasets"}
-    for layer in ("nn", "validation", "config", "card", "familiarity", "files", "locate", "pretrained", "model", "images", "api", "__init__")
+    for layer in ("nn", "validation", "config", "card", "familiarity", "files", "locate", "pretrained", "model", "images",
+                  "actions", "traversal", "api", "__init__")
 }
 
 

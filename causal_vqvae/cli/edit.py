@@ -131,7 +131,8 @@ def _run(argv: Sequence[str] | None, prog: str) -> int:
     with api.report_conversions():
         if args.traverse:
             x, _ = api.to_batch(args.image, model)
-            traversal = api.traverse(model, x, args.steps)
+            state = api.read_factor_state(args.image, model.config.dataset)  # a twin sample records it
+            traversal = api.traverse(model, x, args.steps, state)
             title = f"{Path(args.image).name}: every action of {args.model}"
             result = api.grid_image(traversal) if args.plain else api.labelled_grid_image(traversal, title)
             done = _legend(traversal)
@@ -155,18 +156,29 @@ def _run(argv: Sequence[str] | None, prog: str) -> int:
     except OSError as error:
         raise OSError(f"cannot write {out}: {error.strerror or error}") from None
     if args.json:
-        print_json({"out": str(out), "image": args.image, "model": str(args.model),
-                    "mode": "traverse" if args.traverse else "analogy" if args.analogy else "edit",
-                    "actions": applied})
+        record = {"out": str(out), "image": args.image, "model": str(args.model),
+                  "mode": "traverse" if args.traverse else "analogy" if args.analogy else "edit",
+                  "actions": applied}
+        if args.traverse:  # the marked cells, row by row: "out of range", "no change" or ""
+            record["marks"] = [list(row) for row in traversal.marks]
+        print_json(record)
     else:
         print(f"wrote {out}: {done}")
     return 0
 
 
 def _legend(traversal) -> str:
+    from ..api import NO_CHANGE, OUT_OF_RANGE
+
     rows, columns, _, side, _ = traversal.frames.shape
     lines = [f"{rows} rows x {columns} columns of {side}x{side} cells"]
     lines += [f"  row {i + 1}: {name}" for i, name in enumerate(traversal.rows)]
+    counts = {mark: sum(row.count(mark) for row in traversal.marks) for mark in (OUT_OF_RANGE, NO_CHANGE)}
+    if counts[OUT_OF_RANGE]:
+        lines.append(f"  {counts[OUT_OF_RANGE]} cells greyed and crossed: past the end of their factor's range "
+                     "(read from the image's file)")
+    if counts[NO_CHANGE]:
+        lines.append(f"  {counts[NO_CHANGE]} cells greyed: the step changed no code")
     return "\n".join(lines)
 
 

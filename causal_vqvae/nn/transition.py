@@ -65,8 +65,8 @@ class TransitionOutput:
 class TransitionLoss:
     loss: torch.Tensor  # () nll + equation_weight * equation_nll + sparsity
     nll: torch.Tensor  # () mean mixture NLL of the target codes
-    equation_nll: torch.Tensor  # () cross-entropy of the logits vs the target codes: on every node, or
-    # with changed_only on the nodes whose code changes (summed, divided by all nodes)
+    equation_nll: torch.Tensor  # () cross-entropy of the logits vs the target codes over every node, the
+    # nodes whose code stays weighted by ``kept_weight`` (summed, divided by all nodes)
     sparsity: torch.Tensor  # () the sparsity term added (penalty or Lagrangian; 0 in "none")
     expected_targets: torch.Tensor  # (A,) expected intervened nodes per action
     target_statistics: torch.Tensor  # (2, A) summed over examples: expected intervened nodes, examples
@@ -301,7 +301,7 @@ def transition_loss(
     adjacency_penalty_weight: float = 0.0,
     progress: float = 1.0,
     budgets: tuple[float, float] | None = None,
-    changed_only: bool = False,
+    kept_weight: float = 1.0,
 ) -> TransitionLoss:
     """Mixture NLL, equation cross-entropy and the sparsity term of both graphs.
 
@@ -314,16 +314,18 @@ def transition_loss(
     weights times the mean expected counts; "none": no sparsity term (the expected counts are still
     reported). ``budgets``: the (target, adjacency) budgets at ``progress``, when the caller has
     them already (``CausalVQVAE.transition_loss`` computes them before its compiled part); default:
-    the duals' ``budget_at(progress)``. ``changed_only``: the equation term counts only the nodes
-    whose code changes, divided by all nodes (intervention "change", whose equations never keep a
-    code)."""
+    the duals' ``budget_at(progress)``. ``kept_weight``: the weight of the equation term on the
+    nodes whose code stays (those whose code changes weigh 1; the sum is divided by all nodes): 1 is
+    the plain cross-entropy, 0 counts the changed nodes alone (intervention "change", whose equations
+    never keep a code; see ModelConfig.kept_equation_weight)."""
     nll = mixture_nll(output, codes, target_codes, eps).mean()
-    if changed_only:
-        equation_targets = torch.where(target_codes == codes, -100, target_codes)  # ignored: kept codes
-        equation_nll = F.cross_entropy(rearrange(output.logits.float(), "b n k -> b k n"), equation_targets,
-                                       ignore_index=-100, reduction="sum") / target_codes.numel()
+    logits = rearrange(output.logits.float(), "b n k -> b k n")
+    if kept_weight == 1.0:
+        equation_nll = F.cross_entropy(logits, target_codes)
     else:
-        equation_nll = F.cross_entropy(rearrange(output.logits.float(), "b n k -> b k n"), target_codes)
+        per_node = F.cross_entropy(logits, target_codes, reduction="none")  # (B, N)
+        weight = torch.where(target_codes == codes, kept_weight, 1.0)
+        equation_nll = (weight * per_node).sum() / target_codes.numel()
     target_statistics = graph.target_statistics(output.target_logits, action)
     expected_targets = graph.pooled_expected_targets(target_statistics)
     expected_parents = graph.expected_parents()

@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 from causal_vqvae import CausalVQVAE, ModelConfig, analogy, edit, load, retrieve_action
-from causal_vqvae import api
+from causal_vqvae import api, traversal
 from causal_vqvae.api import ImageConversionWarning, parse_actions, to_batch
 from causal_vqvae.api import GRID_PAD
 from causal_vqvae.cli.edit import main as edit_main
@@ -434,14 +434,111 @@ def test_edit_cli_traverse_writes_a_grid_of_factor_rows_and_every_action(model_d
     assert edit_main(["--model", str(model_dir), "--image", image, "--traverse", "--steps", str(steps),
                       "--out", str(labelled), "--device", "cpu"]) == 0
     picture = np.asarray(Image.open(labelled).convert("RGB")).astype(int)
-    top = 2 * api.LABEL_LINE + 4
-    inner = picture[top:top + grid.shape[0] * api.LABEL_SCALE, api.LABEL_LEFT:api.LABEL_LEFT + grid.shape[1] * 2]
-    assert np.abs(inner[::2, ::2] - grid.astype(int)).max() <= 1  # the plain grid, scaled by nearest neighbour
-    title_band, names_band = picture[:top], picture[top:, :api.LABEL_LEFT]
+    top = 2 * traversal.LABEL_LINE + 4
+    inner = picture[top:top + grid.shape[0] * traversal.LABEL_SCALE, traversal.LABEL_LEFT:traversal.LABEL_LEFT + grid.shape[1] * 2]
+    frame = (inner[::2, ::2] == (0, 90, 200)).all(-1)  # the reconstructions' frames, in the padding
+    assert frame.any() and not frame[GRID_PAD:-GRID_PAD, GRID_PAD:GRID_PAD + 64].any()
+    assert np.abs(inner[::2, ::2] - grid.astype(int))[~frame].max() <= 1  # the plain grid, scaled by nearest neighbour
+    title_band, names_band = picture[:top], picture[top:, :traversal.LABEL_LEFT]
     assert (title_band < 128).any() and (names_band < 128).any()  # black text: the title and row names
-    assert picture.shape == (top + grid.shape[0] * 2 + api.LABEL_LINE + 4, api.LABEL_LEFT + grid.shape[1] * 2, 3)
+    assert picture.shape == (top + grid.shape[0] * 2 + traversal.LABEL_LINE + 4, traversal.LABEL_LEFT + grid.shape[1] * 2, 3)
     assert same(cell(1, steps - 2), edit(image, ["shape-", "shape-"], model))
     assert same(cell(2, 3), edit(image, "shape+", model))
+
+
+def test_traverse_marks_the_steps_past_a_factors_range_and_the_steps_that_change_no_code(model, tmp_path):
+    import copy
+
+    from causal_vqvae.api import NO_CHANGE, OUT_OF_RANGE, FactorState
+
+    still = copy.deepcopy(model)
+    with torch.no_grad():  # shape+ intervenes on no node: every step of it changes no code
+        still.graph.target_logits[NAMES.index("shape+")] = -50.0
+    x, _ = to_batch(rgb(64, 64, 1), still)
+    steps = 3
+    state = {"scale": FactorState(0, 3), "shape": FactorState(1, 2, cyclic=True)}
+    marked = api.traverse(still, x, steps, state)
+    plain = api.traverse(still, x, steps)
+    assert torch.equal(marked.frames, plain.frames) and marked.labels == plain.labels  # marks change no pixel
+    scale_row, shape_row, once = marked.marks
+    # scale is at its first class of 3: every "-" step and the third "+" step go past its range
+    assert scale_row[:steps] == (OUT_OF_RANGE,) * steps and scale_row[steps] == ""
+    assert scale_row[steps + 3] == OUT_OF_RANGE and OUT_OF_RANGE not in scale_row[steps + 1:steps + 3]
+    assert OUT_OF_RANGE not in shape_row  # cyclic: never past its range
+    assert shape_row[steps + 1:steps + 4] == (NO_CHANGE,) * 3
+    assert once[NAMES.index("scale-")] == OUT_OF_RANGE and once[NAMES.index("shape+")] == NO_CHANGE
+    # a cell is marked "no change" exactly when its step left every code as it was
+    codes = still.encode_codes(x)
+    for row, name in ((0, "scale"), (1, "shape")):
+        for sign in (-1, 1):
+            previous = codes
+            for step in range(1, steps + 1):
+                current = still.edit_codes(previous, parse_actions(still, f"{name}{'+' if sign > 0 else '-'}")[0])
+                mark = marked.marks[row][steps + sign * step]
+                if mark != OUT_OF_RANGE:
+                    assert (mark == NO_CHANGE) == torch.equal(current, previous), (name, sign, step)
+                previous = current
+    assert plain.marks[0][:steps] != (OUT_OF_RANGE,) * steps  # without a state: no range is known
+
+    picture = np.asarray(api.labelled_grid_image(marked, "marked")).astype(int)
+    unmarked = np.asarray(api.labelled_grid_image(
+        api.Traversal(marked.frames, marked.labels, marked.rows), "marked")).astype(int)
+    side, pad, top = 64 * traversal.LABEL_SCALE, GRID_PAD * traversal.LABEL_SCALE, 2 * traversal.LABEL_LINE + 4
+    assert picture.shape[0] == unmarked.shape[0] + 2 * traversal.LABEL_LINE  # one legend line per kind of mark
+
+    def cell(image: np.ndarray, row: int, column: int) -> np.ndarray:
+        y, x0 = top + pad + row * (side + pad), traversal.LABEL_LEFT + pad + column * (side + pad)
+        return image[y:y + side, x0:x0 + side]
+
+    crossed, greyed = cell(picture, 0, 0), cell(picture, 1, steps + 1)
+    red = (crossed[..., 0] > 120) & (crossed[..., 1] < 40) & (crossed[..., 2] < 40)
+    assert red.sum() > side  # the cross's two diagonals
+    expected = np.round(0.4 * cell(unmarked, 1, steps + 1) + 0.6 * 200)
+    assert np.abs(greyed - expected).max() <= 1  # greyed toward (200, 200, 200)
+    assert np.array_equal(cell(picture, 0, steps + 1), cell(unmarked, 0, steps + 1))  # unmarked cells as drawn
+
+
+def test_a_twin_sample_records_its_factors_and_edit_traverse_reads_them(model_dir, tmp_path, capsys):
+    from datamodules.preview import main as preview_main
+
+    from causal_vqvae.traversal import FACTOR_STATE_KEY, read_factor_state
+
+    sample = tmp_path / "sample.png"
+    preview_main(["--data", "shapes3d", "--out", str(tmp_path / "p.png"), "--steps", "2", "--sample", str(sample),
+                  "--seed", "2"])
+    from datamodules import build_datamodule
+
+    dm = build_datamodule("shapes3d", batch_size=8, num_workers=0)
+    dm.setup()
+    classes = dm.sample_batch("test", size=3)["factors"][2].tolist()
+    state = read_factor_state(sample, "shapes3d")
+    assert [(name, s.value, s.size, s.cyclic) for name, s in state.items()] == [
+        (f.name, c, f.size, f.cyclic) for f, c in zip(dm.space.factors, classes)]
+    assert read_factor_state(sample, "dsprites") == {}  # a sample of another dataset
+    assert read_factor_state(sample) == state
+    plain = tmp_path / "plain.png"
+    Image.open(sample).save(plain)  # the pixels without the text chunk
+    assert read_factor_state(plain) == {} and read_factor_state(tmp_path / "absent.png") == {}
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    info.add_text(FACTOR_STATE_KEY, "{not json")
+    Image.open(sample).save(tmp_path / "damaged.png", pnginfo=info)
+    assert read_factor_state(tmp_path / "damaged.png") == {}
+
+    # The tiny model's factors are scale (8 classes) and shape (4): a state at scale's last class
+    # puts every "+" step out of range, and `edit --traverse --json` lists the marks.
+    info = PngInfo()
+    info.add_text(FACTOR_STATE_KEY, '{"dataset": "shapes3d", "factors": [{"name": "scale", "value": 7, "size": 8}]}')
+    Image.open(sample).save(tmp_path / "top.png", pnginfo=info)
+    capsys.readouterr()
+    assert edit_main(["--model", str(model_dir), "--image", str(tmp_path / "top.png"), "--traverse", "--steps", "2",
+                      "--out", str(tmp_path / "grid.png"), "--device", "cpu", "--json"]) == 0
+    import json
+
+    marks = json.loads(capsys.readouterr().out)["marks"]
+    assert marks[0][3:] == ["out of range", "out of range"] and "out of range" not in marks[0][:3]
+    assert "out of range" not in marks[1]
 
 
 def test_edit_cli_analogy_applies_the_retrieved_action(model_dir, model, tmp_path, capsys):

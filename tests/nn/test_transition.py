@@ -75,24 +75,29 @@ def test_under_change_intervening_on_a_node_that_keeps_its_code_costs_what_keepi
     assert torch.allclose(nll[~intervened], torch.zeros(int((~intervened).sum())), atol=1e-6)
 
 
-@pytest.mark.parametrize("intervention", ["change", "resample"])
-def test_the_equation_term_counts_the_nodes_it_may_predict(intervention):
-    """"change": the cross-entropy over the nodes whose code changes, divided by all nodes;
-    "resample": the mean over all nodes."""
-    m = model(intervention=intervention, equation_loss_weight=1.0, sparsity_mode="none")
+@pytest.mark.parametrize(("intervention", "kept"), [("change", 1.0), ("resample", 1.0), ("resample", 0.0),
+                                                     ("resample", 0.25)])
+def test_the_equation_term_weighs_the_nodes_that_keep_their_code_by_kept_equation_weight(intervention, kept):
+    """"change": the cross-entropy over the nodes whose code changes, divided by all nodes, whatever
+    the weight; "resample": the changed nodes weigh 1 and the kept ones ``kept_equation_weight``, the
+    sum divided by all nodes (1: the plain mean)."""
+    m = model(intervention=intervention, equation_loss_weight=1.0, sparsity_mode="none", kept_equation_weight=kept)
     codes, actions = codes_and_actions(m, batch=16)
     target = codes.clone()
     target[:, :5] = (codes[:, :5] + 1) % m.config.codes_per_node  # the first 5 nodes change
     loss = m.transition_loss(codes, actions, target)
     logits = rearrange(loss.output.logits.float(), "b n k -> b k n")
     per_node = F.cross_entropy(logits, target, reduction="none")  # (B, N)
+    changed, stayed = per_node[:, :5].sum(), per_node[:, 5:].sum()
     if intervention == "change":
-        expected = per_node[:, :5].sum() / target.numel()
+        expected = changed / target.numel()
     else:
-        expected = per_node.mean()
-    assert torch.isfinite(loss.equation_nll)
+        expected = (changed + kept * stayed) / target.numel()
+    assert stayed > 0 and torch.isfinite(loss.equation_nll)
     assert torch.allclose(loss.equation_nll, expected, rtol=1e-5)
     assert torch.allclose(loss.loss, loss.nll + loss.equation_nll + loss.sparsity, rtol=1e-5)
+    with pytest.raises(ValueError, match="kept_equation_weight must be in"):
+        ModelConfig(**{**SMALL, "kept_equation_weight": 1.5})
 
 
 def test_models_saved_before_the_settings_load_as_they_ran_and_with_settings_switches_them(tmp_path):
