@@ -1,5 +1,9 @@
 """How close is the 3D Shapes procedural twin to the real dataset?
 
+(Mean absolute error of twin version 1 on whole GIF frames, as quoted in ``docs/datasets.md``. The PSNR
+of every twin version after the GIF's frame is cut off, with the GIF's own bound, is
+``benchmarks/shapes3d_twin_psnr.py``; see ``docs/twin_fidelity.md``.)
+
 For each of the 53 real frames of DeepMind's 3D Shapes GIF (``shared/data/shapes3d_real_frames.npz``,
 box-resized to 64x64), find the twin render nearest to it among **all 480,000 factor states**, by
 mean absolute pixel error in 0..255 units, and report the errors.

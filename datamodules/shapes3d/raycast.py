@@ -1,7 +1,7 @@
 """3D Shapes: the twin's scene ray-cast into a table of per-pixel surface weights.
 
 The geometry depends only on (scale, shape, orientation), 8 * 4 * 15 = 480 combinations. They are
-ray-cast once (2x2 supersampling, soft floor shadow) into a table of per-pixel *surface weights*
+ray-cast once (2x2 supersampling in version 1, 3x3 in version 2; soft floor shadow) into a table of per-pixel *surface weights*
 ``(480, 4, 64, 64)`` for the surfaces floor, wall, object and sky. Lighting, wall darkening, object
 shading and the shadow are folded into the weights. The table (31 MB) is built lazily on the CPU (one to
 two seconds on 2 cores) and copied once to each device that asks for it
@@ -221,8 +221,27 @@ def _room(scene: Shapes3DScene, origins: torch.Tensor, dirs: torch.Tensor
     h = scene.floor_light_height
     cos = h / torch.sqrt((fx - lx) ** 2 + (fy - ly) ** 2 + h * h)
     floor_light = scene.floor_peak - scene.floor_falloff * (1 - cos**scene.floor_light_exponent)
-    weights = torch.stack([floor * floor_light, wall_gain[surface], torch.zeros_like(dx), (surface == 4).double()], 1)
+    walls = wall_gain[surface]
+    if scene.wall_light_xyz is not None:
+        walls = walls * _wall_light(scene, surface, at(t_all.min(0).values.clamp_max(1e6)))
+    weights = torch.stack([floor * floor_light, walls, torch.zeros_like(dx), (surface == 4).double()], 1)
     return weights, torch.stack([fx, fy], -1), floor
+
+
+def _wall_light(scene: Shapes3DScene, surface: torch.Tensor,
+                point: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """Wall brightness factor ``1 - falloff * (1 - cos^k)`` under a point light at ``wall_light_xyz``,
+    cos the angle between a wall's inward normal and the direction to the light (1 off the walls)."""
+    lx, ly, lz = scene.wall_light_xyz
+    x, y, z = point
+    half = scene.room_half
+    # Distance of the light from the plane of each surface (floor unused, back, left, right wall).
+    along = torch.tensor([0.0, half - ly, lx + half, half - lx], dtype=torch.float64)[surface.clamp(0, 3)]
+    dist = torch.sqrt((lx - x) ** 2 + (ly - y) ** 2 + (lz - z) ** 2).clamp_min(_EPS)
+    on_wall = (surface >= 1) & (surface <= 3)
+    cos = (along / dist).clamp(0, 1)
+    factor = 1 - scene.wall_light_falloff * (1 - cos**scene.wall_light_exponent)
+    return torch.where(on_wall, factor, torch.ones_like(factor))
 
 
 def _light_directions(scene: Shapes3DScene) -> torch.Tensor:

@@ -4,7 +4,7 @@ The twin is the scene of :mod:`.scene` (a room, an object on the floor, a camera
 Rendering is split so that a batch costs one gather and one small matrix product per image:
 
 * the geometry depends only on (scale, shape, orientation), 8 * 4 * 15 = 480 combinations. They are
-  ray-cast once (2x2 supersampling, soft floor shadow) into a table of per-pixel *surface weights*
+  ray-cast once (2x2 or 3x3 supersampling, soft floor shadow) into a table of per-pixel *surface weights*
   ``(480, 4, 64, 64)`` for the surfaces floor, wall, object and sky (:mod:`.raycast`).
 * the hues only colour the surfaces, and all shading is linear in the colour, so an image is
   ``clamp(sum_s weight[combo, s] * colour[s], 0, 1)``: a gather of table rows and a ``(3, 4) @ (4, 4096)``
@@ -22,7 +22,7 @@ import torch
 
 from ..sources import TwinSource
 from .raycast import shapes3d_surface_weights
-from .scene import Shapes3DScene
+from .scene import DEFAULT_TWIN_VERSION, Shapes3DScene, twin_scene
 from .space import (
     _FLOOR_HUE,
     _HUES,
@@ -66,10 +66,17 @@ def shapes3d_surface_colours(classes: torch.Tensor, check: bool = True) -> torch
                         palette[classes[:, _OBJECT_HUE]], sky.expand(classes.shape[0], 3)], 1)
 
 
-def render_shapes3d(classes: torch.Tensor, scene: Shapes3DScene | None = None, *, check: bool = True) -> torch.Tensor:
+def render_shapes3d(classes: torch.Tensor, scene: Shapes3DScene | None = None, *, version: str | int | None = None,
+                    check: bool = True) -> torch.Tensor:
     """Render states ``(B, 6)`` long -> ``(B, 3, 64, 64)`` float32 in [0, 1], on the classes' device.
-    ``check=False`` skips the range check of classes already checked (on a GPU the check is a host
-    sync); the rendering itself makes none."""
+    ``version`` names the renderer (``TWIN_VERSIONS``; default ``"1"``, the one the released models
+    were trained on); ``scene`` passes a scene of one's own instead. ``check=False`` skips the range
+    check of classes already checked (on a GPU the check is a host sync); the rendering itself makes
+    none."""
+    if scene is not None and version is not None:
+        raise ValueError("render_shapes3d takes a scene or a version, not both")
+    if scene is None:
+        scene = twin_scene(DEFAULT_TWIN_VERSION if version is None else version)
     classes = SHAPES3D.check(classes, values=check)
     if classes.dim() != 2:
         raise ValueError(f"render_shapes3d takes a (B, 6) batch of states, got shape {tuple(classes.shape)}")
@@ -81,6 +88,14 @@ def render_shapes3d(classes: torch.Tensor, scene: Shapes3DScene | None = None, *
     return images.clamp_(0, 1).view(-1, 3, IMAGE_SIZE, IMAGE_SIZE)
 
 
-def shapes3d_twin() -> TwinSource:
-    """The 3D Shapes procedural twin (renders on the device of the class tensor)."""
-    return TwinSource(space=SHAPES3D, channels=3, render=render_shapes3d, description="3D Shapes procedural twin")
+def shapes3d_twin(version: str | int = DEFAULT_TWIN_VERSION) -> TwinSource:
+    """The 3D Shapes procedural twin of renderer ``version`` (renders on the device of the class tensor).
+
+    Version ``"1"`` (the default) is the twin the released models were trained on; ``"2"`` is fitted
+    closer to DeepMind's real frames (``docs/twin_fidelity.md``) and says so in its description."""
+    version = str(version)
+    twin_scene(version)  # an unknown version fails here, not at the first batch
+    if version == DEFAULT_TWIN_VERSION:
+        return TwinSource(space=SHAPES3D, channels=3, render=render_shapes3d, description="3D Shapes procedural twin")
+    return TwinSource(space=SHAPES3D, channels=3, render=functools.partial(render_shapes3d, version=version),
+                      description=f"3D Shapes procedural twin (renderer version {version})")
