@@ -33,9 +33,9 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .factors import ActionSpace, FactorSpace
 from .pairs import DEFAULT_FRACTIONS, SPLITS, batch_passthrough
-from .sources import ArraySource, TwinSource, to_float_images
+from .sources import DEFAULT_TWIN_VERSION, ArraySource, TwinSource, to_float_images
 
-__all__ = ["TRAINER_KWARGS", "DataConfig", "EpochSampler"]
+__all__ = ["DEFAULT_TWIN_VERSION", "TRAINER_KWARGS", "DataConfig", "EpochSampler", "twin_versions"]
 
 TRAINER_KWARGS = {"use_distributed_sampler": False}
 
@@ -59,6 +59,10 @@ class DataConfig:
     cache_root: str | None = None  # memmap caches; None: $CAUSAL_VQVAE_CACHE or ~/.cache/causal_vqvae
     attributes: Sequence[str] | None = None  # CelebA: attributes with actions (default the first 10)
     twin_size: int = 20_000  # CelebA twin: faces written on first use
+    # The procedural twin's renderer version (twin_versions(dataset)): 3D Shapes "1" (the default, what the
+    # released models were trained on) or "2" (closer to the real frames, docs/twin_fidelity.md); the other
+    # datasets have "1" only. A version other than "1" asks for the twin: it cannot go with a real file.
+    twin_version: str = DEFAULT_TWIN_VERSION
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -69,6 +73,28 @@ class DataConfig:
         for name in ("train_length", "val_length", "test_length"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if isinstance(self.twin_version, int) and not isinstance(self.twin_version, bool):
+            self.twin_version = str(self.twin_version)  # twin_version=2 from Python means "2"
+        choices = twin_versions(self.dataset)
+        if self.twin_version not in choices:
+            allowed = (f"one of {', '.join(map(repr, choices))} for {self.dataset}" if len(choices) > 1 else
+                       f"{choices[0]!r} for {self.dataset} (only 3D Shapes has more than one twin version)")
+            raise ValueError(f"twin_version must be {allowed}, got {self.twin_version!r}")
+        if self.twin_version != DEFAULT_TWIN_VERSION and self.data_root is not None:
+            raise ValueError(f"twin_version {self.twin_version!r} chooses a renderer of the {self.dataset} procedural "
+                             f"twin, and data_root {self.data_root} is real data, which has none: leave twin_version "
+                             f"at {DEFAULT_TWIN_VERSION!r} to read the real data, or leave data_root out to use the twin")
+
+
+def twin_versions(dataset: str) -> tuple[str, ...]:
+    """The renderer versions of ``dataset``'s procedural twin, the default first: 3D Shapes has
+    ``datamodules.shapes3d.TWIN_VERSIONS``, every other dataset ``("1",)``."""
+    if dataset != "shapes3d":
+        return (DEFAULT_TWIN_VERSION,)
+    from .shapes3d.scene import DEFAULT_TWIN_VERSION as default
+    from .shapes3d.scene import TWIN_VERSIONS
+
+    return (default, *sorted(v for v in TWIN_VERSIONS if v != default))
 
 
 def _world() -> tuple[int, int]:

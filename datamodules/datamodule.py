@@ -1,9 +1,12 @@
 """Lightning DataModules for every dataset, chosen by name from one registry.
 
-``build_datamodule("shapes3d", data_root=None)`` gives the 3D Shapes procedural twin;
+``build_datamodule("shapes3d", data_root=None)`` gives the 3D Shapes procedural twin (renderer
+version ``twin_version="1"``, the default, or ``"2"``: ``docs/twin_fidelity.md``);
 ``build_datamodule("shapes3d", data_root="/data")`` reads ``/data/3dshapes.h5`` (an explicit root
 that holds no readable file is an error, never a silent fallback). ``$CAUSAL_VQVAE_DATA_ROOT`` is
 the default root; a dataset whose file is absent under it falls back to its twin, saying so.
+A twin version other than the default asks for the twin: it ignores ``$CAUSAL_VQVAE_DATA_ROOT``
+(saying so) and is refused with an explicit ``data_root`` (a real file has no renderer version).
 
 The loader plumbing shared by all of them (:class:`DataConfig`, :class:`EpochSampler`, the batch
 format, :data:`TRAINER_KWARGS`) is in :mod:`datamodules.base` and re-exported here.
@@ -22,6 +25,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .base import (
+    DEFAULT_TWIN_VERSION,
     TRAINER_KWARGS,
     DataConfig,
     EpochSampler,
@@ -77,7 +81,7 @@ def _parquet_splits(files: list[Path], root: Path) -> dict[str, list[str]]:
 @dataclass(frozen=True)
 class _FactorDataset:
     space: Callable[[], FactorSpace]
-    twin: Callable[[], TwinSource]
+    twin: Callable[[str], TwinSource]  # the twin of a renderer version (DataConfig.twin_version)
     read: Callable[..., ArraySource]
     file_names: tuple[str, ...]  # looked for inside a data root, in order
 
@@ -85,7 +89,8 @@ class _FactorDataset:
 def _dsprites_entry() -> _FactorDataset:
     from . import dsprites
 
-    return _FactorDataset(lambda: dsprites.DSPRITES, dsprites.dsprites_twin, dsprites.read_dsprites,
+    # dSprites has one twin (DataConfig allows only twin_version "1").
+    return _FactorDataset(lambda: dsprites.DSPRITES, lambda version: dsprites.dsprites_twin(), dsprites.read_dsprites,
                           ("dsprites_ndarray_co1sh3sc6or40x32y32_64x64.npz",
                            "dsprites_ndarray_co1sh3sc6or40x32y32_64x64.hdf5"))
 
@@ -144,15 +149,27 @@ class FactorDataModule(_BaseDataModule):
     def space(self) -> FactorSpace:
         return self.entry.space()
 
+    def make_twin(self) -> TwinSource:
+        """The procedural twin of ``config.twin_version``, whatever the data root."""
+        return self.entry.twin(self.config.twin_version)
+
     def _make_source(self):
-        path = resolve_source(self.entry.file_names, self.config.data_root, self.config.dataset)
+        c = self.config
+        if c.twin_version != DEFAULT_TWIN_VERSION:
+            # A twin version asks for the twin (DataConfig refuses it with an explicit data_root).
+            if os.environ.get(DATA_ROOT_ENV):
+                log.info("%s: twin_version %s asks for the procedural twin; $%s is not read", c.dataset,
+                         c.twin_version, DATA_ROOT_ENV)
+            twin = self.make_twin()
+            log.info("%s: %s (rendered on the training device)", c.dataset, twin.description)
+            return twin
+        path = resolve_source(self.entry.file_names, c.data_root, c.dataset)
         if path is None:
-            log.info("%s: no real file given; using the procedural twin (rendered on the training device)",
-                     self.config.dataset)
-            return self.entry.twin()
-        cache = Path(self.config.cache_root) if self.config.cache_root else default_cache_root()
+            log.info("%s: no real file given; using the procedural twin (rendered on the training device)", c.dataset)
+            return self.make_twin()
+        cache = Path(c.cache_root) if c.cache_root else default_cache_root()
         source = self.entry.read(path, cache_root=cache)
-        log.info("%s: reading the real file %s through its memmap cache", self.config.dataset, path)
+        log.info("%s: reading the real file %s through its memmap cache", c.dataset, path)
         return source
 
     def _make_dataset(self, split: str, length: int) -> Dataset:

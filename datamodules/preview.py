@@ -1,6 +1,10 @@
 """Write a PNG of factor traversals for any dataset, real file or procedural twin.
 
     python -m datamodules.preview --data shapes3d --out preview.png [--data-root DIR] [--seed 0]
+    python -m datamodules.preview --data shapes3d --twin-version 2 --sample out/sample.png
+
+``--twin-version`` picks the renderer of the 3D Shapes twin (``"1"``, the default, or ``"2"``,
+``docs/twin_fidelity.md``); a sample's PNG records its factors and, for a twin, that version.
 
 dSprites / 3D Shapes: one row per factor, each row moves that factor across its values (up to
 ``--steps`` evenly spaced classes) from one validation state. CelebA: one row per chosen attribute,
@@ -92,11 +96,15 @@ FACTOR_STATE_KEY = "causal_vqvae:factors"
 
 
 def factor_state_info(dm, classes: torch.Tensor) -> PngInfo:
-    """A PNG text chunk recording the factors ``classes`` (F,) of one image of ``dm``'s space."""
+    """A PNG text chunk recording the factors ``classes`` (F,) of one image of ``dm``'s space (and,
+    for a twin, its renderer version ``twin_version``)."""
     factors = [{"name": f.name, "value": int(c), "size": f.size, "cyclic": f.cyclic}
                for f, c in zip(dm.space.factors, classes.tolist())]
+    record = {"dataset": dm.config.dataset, "factors": factors}
+    if dm.source is not None and dm.source.is_twin:
+        record["twin_version"] = dm.config.twin_version
     info = PngInfo()
-    info.add_text(FACTOR_STATE_KEY, json.dumps({"dataset": dm.config.dataset, "factors": factors}))
+    info.add_text(FACTOR_STATE_KEY, json.dumps(record))
     return info
 
 
@@ -120,6 +128,9 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> Path:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", choices=sorted(DATASETS), default="shapes3d", help="dataset to preview")
     parser.add_argument("--data-root", default=None, help="folder or file of the real dataset; omit for the twin")
+    parser.add_argument("--twin-version", choices=["1", "2"], default="1",
+                        help="renderer version of the 3D Shapes procedural twin: 1 (default; the released models' "
+                             "twin) or 2 (closer to the real frames, docs/twin_fidelity.md); not with --data-root")
     parser.add_argument("--out", type=Path, default=None,
                         help="PNG path, or a folder to write preview_<data>.png in (default: out/)")
     parser.add_argument("--steps", type=int, default=10, help="images per row")
@@ -135,7 +146,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> Path:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
     dm = build_datamodule(args.data, data_root=args.data_root, cache_root=args.cache_root,
-                          twin_size=args.twin_size, batch_size=64, num_workers=0)
+                          twin_size=args.twin_size, batch_size=64, num_workers=0, twin_version=args.twin_version)
     dm.prepare_data()
     dm.setup()
     if isinstance(dm, CelebADataModule):
@@ -151,7 +162,10 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> Path:
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
     save_png_atomic(grid_image(labels, rows, args.scale, title), out)
-    written = {"preview": str(out), "rows": len(rows), "data": args.data, "source": kind}
+    written = {"preview": str(out), "rows": len(rows), "data": args.data, "source": kind,
+               "description": dm.description}
+    if dm.source.is_twin:
+        written["twin_version"] = args.twin_version
     if not args.json:
         print(f"wrote {out} ({len(rows)} rows) from the {kind}")
     if args.sample:

@@ -35,11 +35,15 @@ from .factors import FactorSpace
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TwinSource", "ArraySource", "build_memmap_cache", "built_once", "cache_damage", "cached_arrays",
+__all__ = ["DEFAULT_TWIN_VERSION", "TwinSource", "ArraySource", "build_memmap_cache", "built_once", "cache_damage",
+           "cached_arrays",
            "open_memmap_cache",
            "to_float_images"]
 
 CACHE_VERSION = 1
+# The renderer version of every procedural twin unless told otherwise (DataConfig.twin_version; 3D Shapes
+# also has "2": datamodules.shapes3d.TWIN_VERSIONS, whose default is this one).
+DEFAULT_TWIN_VERSION = "1"
 
 
 def to_float_images(images: torch.Tensor) -> torch.Tensor:

@@ -1,10 +1,14 @@
 """Held-out benchmark of a trained model on a procedural twin (dSprites or 3D Shapes).
 
     causal-vqvae bench --model MODEL --data dsprites [--pairs 2000] [--batch-size 256] [--seed 0]
+                       [--twin-version 1|2]
                        [--device auto|cpu|cuda|cuda:N|mps] [--out DIR_OR_JSON] [--json] [--no-cache]
                                  [--baseline-steps N] [--baseline-batch B] [--skip-baseline]
                                  [--classifier-steps N] [--classifier-batch B] [--skip-classifier]
                                  [--skip-exactness]
+
+The twin is 3D Shapes' renderer version ``--twin-version`` (``docs/twin_fidelity.md``); by default
+the version the model was trained on, as its ``metadata.json`` records it, else ``"1"``.
 
 On the first ``--pairs`` TEST pairs (x, a, x') of the twin (items 0..pairs-1, drawn with ``--seed``,
 balanced over factors whatever the model was trained on), with the model in eval mode, under
@@ -69,12 +73,17 @@ __all__ = ["bench", "main"]
 
 PROG = "python -m causal_vqvae.cli.bench"
 DATASETS = ("dsprites", "shapes3d")  # causal_vqvae.eval.data.DATASETS, without importing torch
+TWIN_VERSIONS = ("1", "2")  # datamodules.shapes3d.TWIN_VERSIONS, without importing torch
 
 
 def _parser(prog: str = PROG) -> argparse.ArgumentParser:
     p = Parser(prog=prog, description=__doc__.split("\n\n")[0])
     add_model(p)
     p.add_argument("--data", required=True, choices=DATASETS, help="procedural twin to evaluate on")
+    p.add_argument("--twin-version", choices=TWIN_VERSIONS, default=None,
+                   help="renderer version of the 3D Shapes twin: 1 (the released models' twin) or 2 (closer to "
+                        "the real frames, docs/twin_fidelity.md); default: the version the model was trained on "
+                        "(its metadata.json), else 1. dSprites has version 1 only")
     p.add_argument("--pairs", type=positive_int, default=2000, help="test pairs (items 0..pairs-1)")
     p.add_argument("--batch-size", "--batch", dest="batch", type=positive_int, default=256,
                    help="pairs per batch (default 256)")
@@ -138,7 +147,7 @@ def bench(argv: Sequence[str] | None = None, prog: str = PROG) -> dict:
         run_budget,
         score_baseline,
     )
-    from ..eval.data import check_model, twin_datamodule
+    from ..eval.data import bench_twin_version, check_model, twin_datamodule
     from ..eval.exactness import evaluate_edits, evaluate_exactness
     from ..eval.factor_classifier import ClassifierSettings, load_or_train_classifier
     from ..eval.pictures import actions_image, confusion_image, graph_image, write_png
@@ -152,7 +161,10 @@ def bench(argv: Sequence[str] | None = None, prog: str = PROG) -> dict:
     torch.manual_seed(args.seed)
 
     model = load(directory, device=device).eval()
-    dm = twin_datamodule(args.data, args.pairs, args.batch, args.seed)
+    twin_version, twin_version_from = bench_twin_version(args.twin_version, model)
+    if args.data != "shapes3d" and args.twin_version is None:  # a recorded version is 3D Shapes': let
+        twin_version, twin_version_from = "1", "default"       # check_model say which data the model is for
+    dm = twin_datamodule(args.data, args.pairs, args.batch, args.seed, twin_version)
     check_model(model, dm, args.data)
     cache_root = None if args.no_cache else default_cache_root()
     budget = run_budget(directory)
@@ -161,7 +173,7 @@ def bench(argv: Sequence[str] | None = None, prog: str = PROG) -> dict:
     if not args.skip_baseline:
         steps, steps_from = _budget_value(args.baseline_steps, "--baseline-steps", budget.steps, 2000)
         size, size_from = _budget_value(args.baseline_batch, "--baseline-batch", budget.batch_size, 32)
-        settings = BaselineSettings(args.data, steps, size, budget.frequency, args.seed)
+        settings = BaselineSettings(args.data, steps, size, budget.frequency, args.seed, twin_version=twin_version)
         net, record = load_or_train_baseline(dm, settings, device, cache_root)
         report = score_baseline(net, dm, args.pairs, args.batch, device)
         report.update(training=record["training"], frequency=settings.frequency, cached=record["cached"],
@@ -179,7 +191,8 @@ def bench(argv: Sequence[str] | None = None, prog: str = PROG) -> dict:
         }
     if not (args.skip_exactness or args.skip_classifier):
         settings = ClassifierSettings.for_dataset(args.data, args.classifier_steps, args.classifier_batch,
-                                                  test_states=args.classifier_test_states, seed=args.seed)
+                                                  test_states=args.classifier_test_states, seed=args.seed,
+                                                  twin_version=twin_version)
         classifier, record = load_or_train_classifier(dm.source, settings, device, cache_root)
         results["exactness"] = {
             "definition": "an edit is exact iff the factor classifier's reading of the edited image matches "
@@ -190,7 +203,9 @@ def bench(argv: Sequence[str] | None = None, prog: str = PROG) -> dict:
         }
 
     meta = {
-        "data": f"{args.data} procedural twin",
+        "data": f"{args.data} procedural twin" + ("" if twin_version == "1" else f" (renderer version {twin_version})"),
+        "twin_version": twin_version,
+        "twin_version_from": twin_version_from,  # --twin-version, model metadata or default
         "model": str(directory.resolve()),
         "seed": args.seed,
         "device": str(device),
@@ -214,7 +229,8 @@ def bench(argv: Sequence[str] | None = None, prog: str = PROG) -> dict:
     pngs = {}
     for name, report in confusions.items():
         png = out.with_name(f"{out.stem}_confusion_{name}.png")
-        title = (f"{args.data} twin, {name}: action acc {100 * report['action_accuracy']:.1f}% "
+        title = (f"{args.data} twin{'' if twin_version == '1' else ' v' + twin_version}, {name}: action acc "
+                 f"{100 * report['action_accuracy']:.1f}% "
                  "(rows true, cols predicted)")
         write_png(png, confusion_image(report["confusion"], results["action_names"], title))
         pngs[f"confusion_{name}"] = png.name
@@ -234,7 +250,8 @@ def bench(argv: Sequence[str] | None = None, prog: str = PROG) -> dict:
     if args.json:
         print_json(data)
         return data
-    print(f"{meta['data']}, {args.pairs} test pairs, seed {args.seed}, {meta['device_name']}, "
+    version = f" (renderer version {twin_version}, from {twin_version_from})" if args.data == "shapes3d" else ""
+    print(f"{args.data} procedural twin{version}, {args.pairs} test pairs, seed {args.seed}, {meta['device_name']}, "
           f"model {args.model}")
     print(format_table(data))
     print(f"wrote {out} and {len(pngs)} PNGs beside it")

@@ -62,6 +62,12 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     p.add_argument("--data", choices=sorted(DATASETS), default="shapes3d", help="dataset (default: %(default)s)")
     p.add_argument("--data-root", default=None,
                    help="real dataset file or its folder (default: $CAUSAL_VQVAE_DATA_ROOT, else the procedural twin)")
+    p.add_argument("--twin-version", choices=["1", "2"], default=None,
+                   help="renderer version of the 3D Shapes procedural twin: 1 (default; the released models' twin) "
+                        "or 2 (closer to DeepMind's real frames, docs/twin_fidelity.md). Recorded in the run's "
+                        "config.json and each model's metadata.json, where bench reads it; a version other than 1 "
+                        "cannot go with --data-root (real files have none) and uses the twin even if "
+                        "$CAUSAL_VQVAE_DATA_ROOT is set. Also data.twin_version in a --config file")
     p.add_argument("--gpus", "--devices", dest="gpus", type=whole_number, default=None,
                    help="GPUs per machine (DDP when > 1); default: 1 if a GPU is present, else CPU; 0 forces CPU. "
                         "With --accelerator cpu: CPU processes per machine (DDP over gloo when > 1)")

@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from datamodules.sources import DEFAULT_TWIN_VERSION
+
 from .data import batches
 from .factor_classifier import ConvEncoder, fit_steps, read_cached, write_cached
 from .metrics import Timer, accuracy_report
@@ -61,6 +63,7 @@ class BaselineSettings:
     width: int = 32
     features: int = 256
     version: str = BASELINE_VERSION
+    twin_version: str = DEFAULT_TWIN_VERSION  # the twin's renderer version; "1" is left out of the cache key
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1:
@@ -127,6 +130,10 @@ def load_or_train_baseline(
     """The trained :class:`PairCNN` of ``settings`` (eval mode) and its record (``settings``,
     ``training``: steps, batch, pairs, seconds, final loss; ``cached``, ``path``), loaded from
     ``cache_root`` when cached there, else trained and cached (``cache_root=None``: neither)."""
+    given = getattr(getattr(dm, "config", None), "twin_version", settings.twin_version)
+    if given != settings.twin_version:
+        raise ValueError(f"baseline settings are for twin version {settings.twin_version!r}, the DataModule renders "
+                         f"version {given!r}")
     if cache_root is not None:
         net = PairCNN(dm.channels, len(dm.actions), settings.width, settings.features)
         record = read_cached(cache_root, "supervised_cnn", asdict(settings), net)

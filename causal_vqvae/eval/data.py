@@ -13,21 +13,45 @@ from tqdm.auto import tqdm
 
 from datamodules.datamodule import build_datamodule
 from datamodules.pairs import TransitionPairs
+from datamodules.sources import DEFAULT_TWIN_VERSION
 
-__all__ = ["DATASETS", "twin_datamodule", "batches", "check_model", "encode_pairs", "encode_pair_pools"]
+__all__ = ["DATASETS", "TWIN_VERSION_KEY", "batches", "bench_twin_version", "check_model", "encode_pair_pools",
+           "encode_pairs", "model_twin_version", "twin_datamodule"]
 
 DATASETS = ("dsprites", "shapes3d")
+# metadata.json key of the procedural twin's renderer version a model was trained on (written by training
+# since there are versions; a model without it was trained on version "1", or on real files).
+TWIN_VERSION_KEY = "twin_version"
 
 
-def twin_datamodule(name: str, pairs: int, batch: int, seed: int):
-    """The DataModule of ``name`` on its procedural twin (never a real file: fidelity needs the
-    twin's true renders), its test split holding exactly ``pairs`` pairs."""
+def twin_datamodule(name: str, pairs: int, batch: int, seed: int, twin_version: str = DEFAULT_TWIN_VERSION):
+    """The DataModule of ``name`` on its procedural twin of renderer ``twin_version`` (never a real
+    file: fidelity needs the twin's true renders), its test split holding exactly ``pairs`` pairs."""
     if name not in DATASETS:
         raise ValueError(f"--data must be one of {DATASETS}, got {name!r}")
-    dm = build_datamodule(name, batch_size=batch, test_length=pairs, train_length=pairs, seed=seed, num_workers=0)
-    dm.source = dm.entry.twin()  # force the twin even if $CAUSAL_VQVAE_DATA_ROOT names a real file
+    dm = build_datamodule(name, batch_size=batch, test_length=pairs, train_length=pairs, seed=seed, num_workers=0,
+                          twin_version=twin_version)
+    dm.source = dm.make_twin()  # force the twin even if $CAUSAL_VQVAE_DATA_ROOT names a real file
     dm.setup()
     return dm
+
+
+def model_twin_version(model) -> str | None:
+    """The twin version a loaded model's ``metadata.json`` records (:data:`TWIN_VERSION_KEY`), or None
+    (a model saved before twin versions, built in Python, or trained on real files)."""
+    value = (getattr(model, "pretrained_metadata", None) or {}).get(TWIN_VERSION_KEY)
+    return None if value is None else str(value)
+
+
+def bench_twin_version(flag: str | None, model) -> tuple[str, str]:
+    """``(version, where it came from)``: the flag where given, else the version the model was trained
+    on (its metadata), else the default ``"1"``."""
+    if flag is not None:
+        return str(flag), "--twin-version"
+    recorded = model_twin_version(model)
+    if recorded is not None:
+        return recorded, "model metadata"
+    return DEFAULT_TWIN_VERSION, "default"
 
 
 def batches(dm, split: str, pairs: int, batch: int, desc: str | None = None):
@@ -39,15 +63,15 @@ def batches(dm, split: str, pairs: int, batch: int, desc: str | None = None):
 
 def encode_pair_pools(
     model, data: str, train_pairs: int, test_pairs: int, seed: int, device: torch.device, batch: int,
-    encode_batch: int = 500,
+    encode_batch: int = 500, twin_version: str = DEFAULT_TWIN_VERSION,
 ) -> tuple[Any, dict[str, torch.Tensor], dict[str, torch.Tensor], float]:
     """``(dm, train, test, seconds)``: the pools of the benchmark scripts that train on a frozen
     model's codes. ``train``: the codes of ``train_pairs`` training pairs,
     ``TransitionPairs(space, "train", seed=seed)``; ``test``: those of test items 0..test_pairs-1,
     the pairs the bench scores first (see :func:`encode_pairs`). ``dm`` is the dataset's DataModule
-    (``batch`` per batch, no workers)."""
+    (``batch`` per batch, no workers; the twin of renderer ``twin_version`` where no real file is given)."""
 
-    dm = build_datamodule(data, batch_size=batch, num_workers=0)
+    dm = build_datamodule(data, batch_size=batch, num_workers=0, twin_version=twin_version)
     dm.setup()
     c = dm.config
     start = time.perf_counter()

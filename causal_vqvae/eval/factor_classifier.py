@@ -58,7 +58,7 @@ from tqdm.auto import tqdm
 
 from datamodules.factors import FactorSpace
 from datamodules.pairs import StateSamples
-from datamodules.sources import TwinSource
+from datamodules.sources import DEFAULT_TWIN_VERSION, TwinSource
 
 from ..files import atomic_write
 
@@ -254,6 +254,7 @@ class ClassifierSettings:
     test_states: int = 5000
     seed: int = 0
     version: str = CLASSIFIER_VERSION
+    twin_version: str = DEFAULT_TWIN_VERSION  # the renderer version of the twin it trains on
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "width", "features", "test_states"):
@@ -274,7 +275,9 @@ class ClassifierSettings:
 def cache_paths(cache_root: Path, kind: str, settings: Mapping[str, Any]) -> tuple[Path, Path]:
     """``(weights, record)`` paths of a trained network: ``<root>/bench/<kind>/<dataset>-<key>``
     + ``.safetensors`` / ``.json``, ``key`` a hash of the JSON of ``settings`` (which hold the
-    dataset, the budget, the seed and a version string)."""
+    dataset, the budget, the seed and a version string). A ``twin_version`` of ``"1"`` is left out of
+    the key, so that networks cached before there were twin versions are found again."""
+    settings = {k: v for k, v in settings.items() if not (k == "twin_version" and v == DEFAULT_TWIN_VERSION)}
     key = hashlib.sha256(json.dumps(dict(settings), sort_keys=True).encode()).hexdigest()[:16]
     stem = Path(cache_root) / "bench" / kind / f"{settings['dataset']}-{key}"
     return stem.with_suffix(".safetensors"), stem.with_suffix(".json")

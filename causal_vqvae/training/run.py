@@ -27,10 +27,17 @@ import pytorch_lightning as pl
 from datamodules.datamodule import TRAINER_KWARGS, DataConfig, build_datamodule
 
 from ..config import ModelConfig
+from ..eval.data import TWIN_VERSION_KEY
 from ..familiarity import METADATA_KEY, calibrate
 from ..model import CausalVQVAE
 from ..validation import build_settings
-from .callbacks import BestWeights, NonFiniteGuard, NonFiniteLossError, RunFolderCheckpointIO, StageProgressBar
+from .callbacks import (
+    BestWeights,
+    NonFiniteGuard,
+    NonFiniteLossError,
+    RunFolderCheckpointIO,
+    StageProgressBar,
+)
 from .code_pool import POOL_STAGES, CodePoolDataModule
 from .config import BEST_FROM, STAGE_MONITOR, STAGES, TrainConfig
 from .devices import ddp_strategy, device_name, resolve_devices
@@ -139,9 +146,15 @@ def _run(args: argparse.Namespace, argv: list[str] | None, cleanup: contextlib.E
         raise SystemExit("the head stage retrains the retrieval head of a trained model: pass --init DIR "
                          "(e.g. OUT/causal or a released model)")
 
+    if getattr(args, "twin_version", None) is not None:  # the flag's mistake named as the flag's
+        try:
+            DataConfig(dataset=args.data, data_root=args.data_root, twin_version=args.twin_version)
+        except ValueError as error:
+            raise SystemExit(f"--twin-version {args.twin_version}: {error}") from None
     data_fields = {**preset["data"], **overrides.get("data", {})}
-    for flag, key in [("batch_size", "batch_size"), ("frequency", "frequency"), ("num_workers", "num_workers")]:
-        if getattr(args, flag) is not None:
+    for flag, key in [("batch_size", "batch_size"), ("frequency", "frequency"), ("num_workers", "num_workers"),
+                      ("twin_version", "twin_version")]:
+        if getattr(args, flag, None) is not None:
             data_fields[key] = getattr(args, flag)
     data_config = build_settings(DataConfig, data_fields, f"{source}, data", dataset=args.data,
                                  data_root=args.data_root, seed=args.seed)
@@ -311,6 +324,8 @@ def _run(args: argparse.Namespace, argv: list[str] | None, cleanup: contextlib.E
             record = {"stage": stage, "steps": steps, "seed": args.seed, "data": probe.description,
                       "device": device_name(device_kwargs), "wall_seconds": round(seconds, 1), "val_metrics": metrics,
                       "summary": summary[stage]}
+            if probe.source is not None and probe.source.is_twin:  # bench renders this twin by default
+                record[TWIN_VERSION_KEY] = data_config.twin_version
             try:  # a calibration that fails must not cost the stage's weights
                 record[METADATA_KEY] = familiarity_record(model, args.data, data_config, probe.description)
             except Exception as error:  # noqa: BLE001 - any failure: saved without the record, and said

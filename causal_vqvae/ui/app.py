@@ -153,24 +153,30 @@ def to_pil(x: torch.Tensor) -> Image.Image:
 
 
 @functools.lru_cache(maxsize=4)
-def twin_images(dataset: str) -> torch.Tensor:
-    """``SAMPLE_POOL`` held-out images (N, C, S, S) of ``dataset``'s procedural twin (of the real
-    files where ``$CAUSAL_VQVAE_DATA_ROOT`` holds them), rendered once per process (the CelebA twin
-    is written to its cache folder on first use, which takes minutes)."""
-    from datamodules.datamodule import build_datamodule  # the data layer: only this button needs it
+def twin_images(dataset: str, twin_version: str = "1") -> torch.Tensor:
+    """``SAMPLE_POOL`` held-out images (N, C, S, S) of ``dataset``'s procedural twin of renderer
+    ``twin_version`` (of the real files where ``$CAUSAL_VQVAE_DATA_ROOT`` holds them and the version is
+    "1"), rendered once per process (the CelebA twin is written to its cache folder on first use, which
+    takes minutes)."""
+    from datamodules.datamodule import (
+        build_datamodule,  # the data layer: only this button needs it
+    )
 
-    module = build_datamodule(dataset, mode="images", num_workers=0, test_length=SAMPLE_POOL)
+    module = build_datamodule(dataset, mode="images", num_workers=0, test_length=SAMPLE_POOL,
+                              twin_version=twin_version)
     return module.sample_batch("test", size=SAMPLE_POOL)["image"]
 
 
 def draw_sample(model: CausalVQVAE, seed: int) -> Image.Image:
-    """A held-out image of the dataset ``model`` was trained on, picked by ``seed`` among
-    ``SAMPLE_POOL`` (the same seed, the same image)."""
+    """A held-out image of the dataset (and 3D Shapes twin version) ``model`` was trained on, picked
+    by ``seed`` among ``SAMPLE_POOL`` (the same seed, the same image)."""
     dataset = model.config.dataset
     if not dataset:
         raise ValueError("this model names no dataset, so there is no procedural twin to draw from: upload an image")
+    # The 3D Shapes twin version the model was trained on, as training records it in metadata.json.
+    version = str(model.pretrained_metadata.get("twin_version", "1")) if dataset == "shapes3d" else "1"
     with _COMPUTE:
-        images = twin_images(dataset)
+        images = twin_images(dataset, version)
     return to_pil(images[random.Random(seed).randrange(len(images))])
 
 

@@ -237,7 +237,8 @@ def test_resuming_a_run_from_before_graph_lr_scale_says_which_setting_reproduces
     now = json.loads(json.dumps(written))
     now["train"].update(graph_lr_scale=20.0, code_pool=0, keep="last")  # as a run writes its settings now
     now["model"].update(retrieval_score="nll", intervention="resample", keep_threshold=None, local_encoder=False,
-                        edit_loss_weight=0.0, local_parent_logit=None)
+                        edit_loss_weight=0.0, local_parent_logit=None, kept_equation_weight=1.0)
+    now["data"]["twin_version"] = "1"
     with pytest.raises(SystemExit, match=r'graph_lr_scale was 1.0, now 20.0.*add \{"train": \{"graph_lr_scale": 1.0'):
         check_same_run(tmp_path / "config.json", now)
     now["train"]["graph_lr_scale"] = 1.0  # as the run ran: the same run
@@ -252,6 +253,11 @@ def test_resuming_a_run_from_before_graph_lr_scale_says_which_setting_reproduces
     with pytest.raises(SystemExit, match="batch_size was 8, now 16") as error:
         check_same_run(tmp_path / "config.json", now)
     assert "predates" not in str(error.value)
+    now["data"]["batch_size"] = 8
+    now["model"]["kept_equation_weight"] = 0.0  # today's default; that run weighed every node alike
+    with pytest.raises(SystemExit, match=r'kept_equation_weight was 1.0, now 0.0.*add \{"model": '
+                                         r'\{"kept_equation_weight": 1.0\}\}'):
+        check_same_run(tmp_path / "config.json", now)
 
 
 def test_a_checkpoint_from_before_the_intervention_setting_resumes_a_resample_model_only():
