@@ -236,7 +236,7 @@ class ModelConfig:
     transition_heads: int = 8
     mixture_eps: float = 1e-3
     equation_loss_weight: float = 1.0
-    kept_equation_weight: float = 1.0
+    kept_equation_weight: float = 0.0
     intervention: str = "resample"
     keep_threshold: float | None = 0.5
     edit_loss_weight: float = 0.0

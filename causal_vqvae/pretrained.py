@@ -98,6 +98,9 @@ def read_config(directory: str | Path, expect: Mapping[str, Any] | None = None) 
     raw.setdefault("intervention", "resample")
     # Saved before an intervened node's code was read with a threshold: the most likely code.
     raw.setdefault("keep_threshold", None)
+    # Saved before the kept nodes' weight in the equation term: the plain cross-entropy (it only
+    # matters to training; fine-tuning such a model keeps how it was trained unless told otherwise).
+    raw.setdefault("kept_equation_weight", 1.0)
     defaults = ModelConfig().to_dict()
     for key, expected in (expect or {}).items():
         if key == "architecture":

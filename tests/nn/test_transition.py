@@ -105,9 +105,11 @@ def test_models_saved_before_the_settings_load_as_they_ran_and_with_settings_swi
     save_pretrained(m, tmp_path / "old")
     config = json.loads((tmp_path / "old" / "config.json").read_text())
     assert config.pop("intervention") == "change" and config.pop("keep_threshold") == 0.5
+    assert config.pop("kept_equation_weight") == 0.0 == ModelConfig().kept_equation_weight  # new models: 0
     (tmp_path / "old" / "config.json").write_text(json.dumps(config))
     old = CausalVQVAE.from_pretrained(tmp_path / "old")
     assert old.config.intervention == "resample" and old.transition_net.intervention == "resample"
+    assert old.config.kept_equation_weight == 1.0  # trained on with the plain cross-entropy it had
     assert old.config.keep_threshold is None and old.transition_net.keep_threshold is None
     switched = old.with_settings(intervention="change", keep_threshold=0.5)
     assert switched.transition_net.intervention == "change" and switched.transition_net.keep_threshold == 0.5
