@@ -3,7 +3,7 @@
 For each of the 53 frames of DeepMind's 3D Shapes GIF (``shared/data/shapes3d_real_frames.npz``:
 the frame cut off, the 223x223 picture area-downsampled to 64x64, :func:`real_frames_64`), find
 the render nearest to it (least squared error) among **all 480,000 factor states**, for each twin
-version, and report the PSNR (dB, [0, 255]). The search is exact: every state is rendered once and
+version, and report the PSNR (dB, [0, 255]). The search is exact (``fidelity.nearest_states``): every state is rendered once and
 8x8 block-averaged, the block-averaged squared error is a lower bound on the full one (Jensen, per
 block), and full renders are compared in increasing order of the bound until it passes the best.
 
@@ -29,7 +29,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
 from datamodules.shapes3d import (
@@ -39,42 +38,17 @@ from datamodules.shapes3d import (
     render_shapes3d,
     shapes3d_surface_weights,
 )
-from datamodules.shapes3d.fidelity import gif_round_trip, psnr, real_frames_64
+from datamodules.shapes3d.fidelity import (
+    gif_round_trip,
+    nearest_states,
+    psnr,
+    real_frames_64,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_FRAMES = ROOT.parent / "shared" / "data" / "shapes3d_real_frames.npz"
-POOL = 8  # block size of the lower bound (64x64 -> 8x8)
-CHUNK = 4096  # states rendered at a time for the bounds
-BATCH = 1024  # full renders compared at a time in the refinement
 FIGURE_FRAMES = (0, 7, 14, 16, 20, 30, 40, 52)
 BOUND_VARIANTS = (("bicubic", "shared"), ("bilinear", "shared"), ("nearest", "shared"), ("bicubic", "per_image"))
-
-
-def lower_bounds(targets: torch.Tensor, version: str) -> torch.Tensor:
-    """Block-averaged mean squared error ``(N, 480000)`` (0..1 units) of every frame and state."""
-    pooled_t = F.avg_pool2d(targets, POOL).flatten(1).double()  # (N, 3 * 8 * 8)
-    bounds = torch.empty(targets.shape[0], SHAPES3D.num_states, dtype=torch.float64)
-    for start in range(0, SHAPES3D.num_states, CHUNK):
-        index = torch.arange(start, min(start + CHUNK, SHAPES3D.num_states))
-        pooled = F.avg_pool2d(render_shapes3d(SHAPES3D.unravel(index), version=version), POOL).flatten(1).double()
-        bounds[:, index] = torch.cdist(pooled_t, pooled).square() / pooled_t.shape[1]
-    return bounds - 1e-9  # float rounding of the distance must never exclude the true nearest
-
-
-def nearest(target: torch.Tensor, bound: torch.Tensor, version: str) -> tuple[float, int, int]:
-    """Exact nearest state of one frame: ``(mean squared error 0..1, state index, renders compared)``."""
-    order = torch.argsort(bound)
-    best_err, best_idx, compared = float("inf"), -1, 0
-    for start in range(0, order.numel(), BATCH):
-        idx = order[start:start + BATCH]
-        if float(bound[idx[0]]) >= best_err:
-            break
-        err = (render_shapes3d(SHAPES3D.unravel(idx), version=version).double() - target).square().mean(dim=(1, 2, 3))
-        compared += idx.numel()
-        i = int(err.argmin())
-        if float(err[i]) < best_err:
-            best_err, best_idx = float(err[i]), int(idx[i])
-    return best_err, best_idx, compared
 
 
 def stats(values: torch.Tensor) -> dict:
@@ -88,22 +62,20 @@ def search(targets: torch.Tensor, version: str) -> tuple[dict, list[dict], torch
     t0 = time.perf_counter()
     shapes3d_surface_weights(scene=TWIN_VERSIONS[version])
     t_table = time.perf_counter() - t0
-    bounds = lower_bounds(targets, version)
-    found = [nearest(targets[k], bounds[k], version) for k in range(targets.shape[0])]
+    index, _ = nearest_states(targets, version)
     seconds = time.perf_counter() - t0
-    index = torch.tensor([idx for _, idx, _ in found])
     renders = render_shapes3d(SHAPES3D.unravel(index), version=version)
     scores = psnr(renders * 255, targets * 255)
     per_frame = [{"frame": k, "psnr_db": round(float(scores[k]), 3), "state_index": int(index[k]),
                   "classes": dict(zip(SHAPES3D.names, SHAPES3D.unravel(index[k]).tolist())),
                   "mean_abs_error": round(float((renders[k] - targets[k]).abs().mean() * 255), 3)}
-                 for k in range(len(found))]
+                 for k in range(len(index))]
     bound = {f"{resample}_{palette}_palette": stats(psnr(renders * 255, gif_round_trip(renders, resample, palette)))
              for resample, palette in BOUND_VARIANTS}
     # The same nearest renders sent through the GIF's trip first: the real frames' degradation on both sides.
     tripped = psnr(gif_round_trip(renders), targets * 255)
     summary = {"psnr_db": stats(scores), "mean_abs_error": round(float((renders - targets).abs().mean() * 255), 3),
-               "psnr_db_render_round_tripped": stats(tripped), "gif_round_trip_bound_db": bound, "full_renders_compared": sum(c for _, _, c in found),
+               "psnr_db_render_round_tripped": stats(tripped), "gif_round_trip_bound_db": bound,
                "seconds": {"table": round(t_table, 2), "search": round(seconds, 2)}}
     return summary, per_frame, renders
 

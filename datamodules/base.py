@@ -31,6 +31,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from .augment import augment_images, check_augment
 from .factors import ActionSpace, FactorSpace
 from .pairs import DEFAULT_FRACTIONS, SPLITS, batch_passthrough
 from .sources import DEFAULT_TWIN_VERSION, ArraySource, TwinSource, to_float_images
@@ -63,6 +64,11 @@ class DataConfig:
     # released models were trained on) or "2" (closer to the real frames, docs/twin_fidelity.md); the other
     # datasets have "1" only. A version other than "1" asks for the twin: it cannot go with a real file.
     twin_version: str = DEFAULT_TWIN_VERSION
+    # Training augmentation for what the twin does not match in real images (datamodules.augment):
+    # names from AUGMENTATIONS (renderer, resample, blur, jpeg, colour, border), each applied to a
+    # training item with augment_probability; none by default. Held-out batches are never augmented.
+    augment: Sequence[str] = ()
+    augment_probability: float = 0.3
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -84,6 +90,7 @@ class DataConfig:
             raise ValueError(f"twin_version {self.twin_version!r} chooses a renderer of the {self.dataset} procedural "
                              f"twin, and data_root {self.data_root} is real data, which has none: leave twin_version "
                              f"at {DEFAULT_TWIN_VERSION!r} to read the real data, or leave data_root out to use the twin")
+        self.augment = check_augment(self.augment, self.augment_probability, len(choices), self.data_root is None)
 
 
 def twin_versions(dataset: str) -> tuple[str, ...]:
@@ -238,11 +245,13 @@ class _BaseDataModule(pl.LightningDataModule):
         return batch
 
     def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
-        return self.prepare_batch(batch, checked=True)
+        trainer = getattr(self, "trainer", None)  # training batches only are augmented
+        return self.prepare_batch(batch, checked=True, augment=trainer is not None and trainer.training)
 
-    def prepare_batch(self, batch: dict, checked: bool = False) -> dict:
+    def prepare_batch(self, batch: dict, checked: bool = False, augment: bool = False) -> dict:
         """Render (twins) or convert (real files) the images of a batch on its device.
-        ``checked``: the classes were range-checked already (``on_before_batch_transfer``)."""
+        ``checked``: the classes were range-checked already (``on_before_batch_transfer``).
+        ``augment``: apply ``config.augment`` (training batches: :mod:`datamodules.augment`)."""
         batch = dict(batch)
         if isinstance(self.source, TwinSource):
             batch["image"] = self.source.render(batch["factors"], check=not checked)
@@ -252,7 +261,23 @@ class _BaseDataModule(pl.LightningDataModule):
             batch["image"] = to_float_images(batch["image"])
             if "image_next" in batch:
                 batch["image_next"] = to_float_images(batch["image_next"])
+        if augment and self.config.augment:
+            keys = [k for k in ("image", "image_next") if k in batch]
+            index = batch.get("index")
+            if index is None:
+                index = torch.arange(batch["image"].shape[0], device=batch["image"].device)
+            alternate = self.alternate_render()
+            factor_keys = {"image": "factors", "image_next": "factors_next"}
+            render = None if alternate is None else (lambda i: alternate(batch[factor_keys[keys[i]]]))
+            images = augment_images([batch[k] for k in keys], index.to(batch["image"].device), self.config.augment,
+                                    self.config.augment_probability, self.config.seed, render)
+            batch.update(zip(keys, images))
         return batch
+
+    def alternate_render(self):
+        """A render function of the twin's other renderer version, for the ``renderer``
+        augmentation; None where there is none (real data, a twin of one version)."""
+        return None
 
     def sample_batch(self, split: str = "val", size: int | None = None, device: str | torch.device = "cpu") -> dict:
         """One prepared batch of ``split`` (items 0..size-1), e.g. for previews and benchmarks."""

@@ -32,6 +32,7 @@ from .base import (
     _BaseDataModule,
     _WithImages,
     _world,  # noqa: F401  (re-exported: causal_vqvae.training.code_pool imports it from here)
+    twin_versions,
 )
 from .factors import FactorSpace
 from .pairs import SPLITS, StateSamples, TransitionPairs, factor_weights
@@ -143,6 +144,7 @@ class FactorDataModule(_BaseDataModule):
         if config.dataset not in _FACTOR_DATASETS:
             raise ValueError(f"FactorDataModule serves {sorted(_FACTOR_DATASETS)}, not {config.dataset!r}")
         self.entry = _FACTOR_DATASETS[config.dataset]()
+        self._alternate = None  # the other renderer version's render function, made on first use
         self.save_hyperparameters({"data": {k: v for k, v in vars(config).items() if k != "extra"}})
 
     @property
@@ -153,13 +155,26 @@ class FactorDataModule(_BaseDataModule):
         """The procedural twin of ``config.twin_version``, whatever the data root."""
         return self.entry.twin(self.config.twin_version)
 
+    def alternate_render(self):
+        """The render function of the twin's next renderer version after ``config.twin_version`` (for
+        the ``renderer`` augmentation), or None (real data, or a twin of one version)."""
+        versions = twin_versions(self.config.dataset)
+        if not isinstance(self.source, TwinSource) or len(versions) < 2:
+            return None
+        if self._alternate is None:
+            other = versions[(versions.index(self.config.twin_version) + 1) % len(versions)]
+            self._alternate = self.entry.twin(other).render
+        return self._alternate
+
     def _make_source(self):
         c = self.config
-        if c.twin_version != DEFAULT_TWIN_VERSION:
-            # A twin version asks for the twin (DataConfig refuses it with an explicit data_root).
+        if c.twin_version != DEFAULT_TWIN_VERSION or "renderer" in c.augment:
+            # A twin version, or the renderer augmentation, asks for the twin (DataConfig refuses
+            # either with an explicit data_root).
             if os.environ.get(DATA_ROOT_ENV):
-                log.info("%s: twin_version %s asks for the procedural twin; $%s is not read", c.dataset,
-                         c.twin_version, DATA_ROOT_ENV)
+                why = (f"twin_version {c.twin_version}" if c.twin_version != DEFAULT_TWIN_VERSION
+                       else "the renderer augmentation")
+                log.info("%s: %s asks for the procedural twin; $%s is not read", c.dataset, why, DATA_ROOT_ENV)
             twin = self.make_twin()
             log.info("%s: %s (rendered on the training device)", c.dataset, twin.description)
             return twin

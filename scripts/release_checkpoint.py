@@ -35,7 +35,8 @@ from causal_vqvae.pretrained import CONFIG_NAME, METADATA_NAME, WEIGHTS_NAME  # 
 LIMIT_BYTES = 10 * 1024 * 1024
 # How close each twin is to the real images, for the card's Limits section.
 TWIN_FIDELITY = {
-    "shapes3d": "see `benchmarks/results/shapes3d_twin_fidelity/shapes3d_twin_vs_real.png` for how close they are",
+    "shapes3d": "`docs/twin_fidelity.md` measures how close they are to DeepMind's real frames; "
+                "`causal-vqvae bench --real-images` measures a model on real images",
     "dsprites": "the twin renders 146 of DeepMind's 160 labelled dSprites frames pixel for pixel: "
                 "`datamodules/dsprites/twin.py`, docs/datasets.md",
 }
@@ -61,6 +62,69 @@ def _last(kept: dict[str, Any]) -> str:
     if value is None:
         return "not recorded"
     return _pct(value) if "acc" in kept["monitor"] else format(value, ".4g")
+
+
+def bench_section(bench: dict[str, Any]) -> list[str]:
+    """The model card's lines for one bench JSON: its command and a table of its figures (retrieval,
+    fidelity, edits by the nearest render, the classifier's exactness, real images where measured)."""
+    meta = bench["meta"]
+    methods, baselines = bench["methods"], bench["baselines"]
+    fidelity = bench["fidelity"]
+    lines = [
+        "",
+        f"Benchmark on {meta['pairs']} test pairs of the {meta['data']} (seed {meta['seed']}, "
+        f"{meta['device_name']}): `{meta['command']}`",
+        "",
+        "| metric | value |",
+        "|---|---|",
+        f"| action retrieval by transition ({meta.get('retrieval_score', 'nll')}) | "
+        f"{_pct(methods['transition']['action_accuracy'])} |",
+        f"| action retrieval by the head | {_pct(methods['head']['action_accuracy'])} |",
+        f"| chance | {_pct(baselines['chance']['action_accuracy'])} |",
+    ]
+    if "supervised_cnn" in baselines:
+        cnn = baselines["supervised_cnn"]
+        lines.append(f"| supervised CNN baseline ({cnn['training']['steps']} steps x "
+                     f"{cnn['training']['batch']} pairs) | {_pct(cnn['action_accuracy'])} |")
+    lines.append(f"| edit PSNR against the true target | {fidelity['edit_psnr_db']:.1f} dB |")
+    edits = bench.get("edits")
+    if edits:
+        single = edits["k1"]
+        lines.append(f"| edit exact by the nearest render, 1 edit (two-sided; unchanged) | "
+                     f"{_pct_ci(single['exact'])} ({_pct(single['two_sided']['rate'])}; "
+                     f"{_pct(single['unchanged']['rate'])}) |")
+        for factor, r in single["per_acted_factor"].items():
+            lines.append(f"| &nbsp;&nbsp;{factor} edits: exact (unchanged) | {_pct(r['exact']['rate'])} "
+                         f"({_pct(r['unchanged']['rate'])}) |")
+        chains = sorted((key for key in edits if key.startswith("k") and key != "k1"), key=lambda key: int(key[1:]))
+        for k in chains:
+            chain = edits[k]
+            one, row = chain["one_edit"]["exact"]["rate"], chain["in_a_row"]["exact"]["rate"]
+            lines.append(f"| exact after {k[1:]} edits: one multi-step edit / edits in a row | "
+                         f"{_pct(one)} / {_pct(row)} |")
+    exactness = bench.get("exactness")
+    if exactness:
+        held_out = exactness["classifier"]["held_out"]["all_factors"]
+        verdict = ("" if exactness["classifier"]["meets_bar"]
+                   else " (below the 99.5% bar: the exactness rows do not count)")
+        lines.append(f"| factor classifier, held-out accuracy (the judge){verdict} | {_pct(held_out)} |")
+        for k in ("k1", "k2", "k3", "k4"):
+            if k in exactness:
+                e = exactness[k]
+                lines.append(f"| edit exactness, {k[1:]} edit(s) (decode(encode(true target)): "
+                             f"{_pct(e['reference_reconstruction'])}) | {_pct(e['exact'])} |")
+    real = bench.get("real_images")
+    if real:
+        rec, edits = real["reconstruction_db"], real["edits"]
+        lines += [
+            f"| real images: {real['images']}; PSNR of the twin render of the same state | "
+            f"{real['twin_distance_db']['mean']:.1f} dB |",
+            f"| reconstruction PSNR, real images / their twin renders | {rec['real']['mean']:.1f} / "
+            f"{rec['twin']['mean']:.1f} dB |",
+            f"| edit exact by the nearest render, from real images / from their twin renders | "
+            f"{_pct_ci(edits['from_real']['exact'])} / {_pct_ci(edits['from_twin']['exact'])} |",
+        ]
+    return lines
 
 
 def model_card(name: str, run: dict[str, Any], stages: dict[str, dict[str, Any]],
@@ -140,52 +204,7 @@ def model_card(name: str, run: dict[str, Any], stages: dict[str, dict[str, Any]]
         if key in val:
             lines.append(f"| {label} | {_pct(val[key])} |")
     for bench in benches:
-        meta = bench["meta"]
-        methods, baselines = bench["methods"], bench["baselines"]
-        fidelity = bench["fidelity"]
-        lines += [
-            "",
-            f"Benchmark on {meta['pairs']} test pairs of the {meta['data']} (seed {meta['seed']}, "
-            f"{meta['device_name']}): `{meta['command']}`",
-            "",
-            "| metric | value |",
-            "|---|---|",
-            f"| action retrieval by transition ({meta.get('retrieval_score', 'nll')}) | "
-            f"{_pct(methods['transition']['action_accuracy'])} |",
-            f"| action retrieval by the head | {_pct(methods['head']['action_accuracy'])} |",
-            f"| chance | {_pct(baselines['chance']['action_accuracy'])} |",
-        ]
-        if "supervised_cnn" in baselines:
-            cnn = baselines["supervised_cnn"]
-            lines.append(f"| supervised CNN baseline ({cnn['training']['steps']} steps x "
-                         f"{cnn['training']['batch']} pairs) | {_pct(cnn['action_accuracy'])} |")
-        lines.append(f"| edit PSNR against the true target | {fidelity['edit_psnr_db']:.1f} dB |")
-        edits = bench.get("edits")
-        if edits:
-            single = edits["k1"]
-            lines.append(f"| edit exact by the nearest render, 1 edit (two-sided; unchanged) | "
-                         f"{_pct_ci(single['exact'])} ({_pct(single['two_sided']['rate'])}; "
-                         f"{_pct(single['unchanged']['rate'])}) |")
-            for factor, r in single["per_acted_factor"].items():
-                lines.append(f"| &nbsp;&nbsp;{factor} edits: exact (unchanged) | {_pct(r['exact']['rate'])} "
-                             f"({_pct(r['unchanged']['rate'])}) |")
-            chains = sorted((key for key in edits if key.startswith("k") and key != "k1"), key=lambda key: int(key[1:]))
-            for k in chains:
-                chain = edits[k]
-                one, row = chain["one_edit"]["exact"]["rate"], chain["in_a_row"]["exact"]["rate"]
-                lines.append(f"| exact after {k[1:]} edits: one multi-step edit / edits in a row | "
-                             f"{_pct(one)} / {_pct(row)} |")
-        exactness = bench.get("exactness")
-        if exactness:
-            held_out = exactness["classifier"]["held_out"]["all_factors"]
-            verdict = ("" if exactness["classifier"]["meets_bar"]
-                       else " (below the 99.5% bar: the exactness rows do not count)")
-            lines.append(f"| factor classifier, held-out accuracy (the judge){verdict} | {_pct(held_out)} |")
-            for k in ("k1", "k2", "k3", "k4"):
-                if k in exactness:
-                    e = exactness[k]
-                    lines.append(f"| edit exactness, {k[1:]} edit(s) (decode(encode(true target)): "
-                                 f"{_pct(e['reference_reconstruction'])}) | {_pct(e['exact'])} |")
+        lines += bench_section(bench)
     if benches and all(f"--model checkpoints/{name} " in b["meta"]["command"] + " " for b in benches):
         lines += ["", f"The bench ran on this released model (`--model checkpoints/{name}`)."]
     elif benches:

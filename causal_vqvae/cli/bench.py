@@ -5,7 +5,7 @@
                        [--device auto|cpu|cuda|cuda:N|mps] [--out DIR_OR_JSON] [--json] [--no-cache]
                                  [--baseline-steps N] [--baseline-batch B] [--skip-baseline]
                                  [--classifier-steps N] [--classifier-batch B] [--skip-classifier]
-                                 [--skip-exactness]
+                                 [--skip-exactness] [--real-images FRAMES.npz|3dshapes.h5 [--real-count N]]
 
 The twin is 3D Shapes' renderer version ``--twin-version`` (``docs/twin_fidelity.md``); by default
 the version the model was trained on, as its ``metadata.json`` records it, else ``"1"``.
@@ -35,7 +35,11 @@ balanced over factors whatever the model was trained on), with the model in eval
   (:mod:`causal_vqvae.eval.factor_classifier`, which defines a reading and the orientation rule),
   with the exactness of the true renders and of their reconstructions as references
   (``exactness``, :func:`evaluate_exactness`); those figures count only if the classifier's
-  held-out all-factors accuracy meets the 99.5% bar, which is printed and stored beside them.
+  held-out all-factors accuracy meets the 99.5% bar, which is printed and stored beside them;
+- with ``--real-images`` (3D Shapes), the same model on **real images** (DeepMind's GIF frames, or
+  ``--real-count`` held-out images of a real ``3dshapes.h5``), each beside the twin render of its
+  state: the twin's distance, reconstruction and single-edit exactness on both, and the gaps
+  (``real_images`` in the JSON, :mod:`causal_vqvae.eval.real_images`).
 
 (``python -m causal_vqvae.cli.bench`` is the same command.) It prints a table (``--json``: the
 results as JSON instead) and writes, each atomically: the JSON (``--out``: a ``.json`` path, or a
@@ -110,6 +114,13 @@ def _parser(prog: str = PROG) -> argparse.ArgumentParser:
     p.add_argument("--skip-classifier", action="store_true",
                    help="judge edit exactness by the nearest render only (no factor classifier to train)")
     p.add_argument("--skip-exactness", action="store_true", help="no edit exactness at all (neither judge)")
+    p.add_argument("--real-images", default=None, metavar="PATH",
+                   help="3D Shapes only: also measure the model on real images, each beside the twin render of "
+                        "its state: DeepMind's GIF frames as an .npz with key 'images' (e.g. "
+                        "shared/data/shapes3d_real_frames.npz; states found by exact search, cached) or the real "
+                        "3dshapes.h5 or its folder (held-out images with their labels)")
+    p.add_argument("--real-count", type=positive_int, default=500,
+                   help="held-out images drawn from a real 3dshapes.h5 (default 500)")
     p.add_argument("--picture-rows", type=positive_int, default=6, help="held-out images in <stem>_actions.png")
     return p
 
@@ -155,6 +166,9 @@ def bench(argv: Sequence[str] | None = None, prog: str = PROG) -> dict:
     from ..eval.retrieval import METHODS, evaluate
     from ..locate import resolve_model
 
+    if args.real_images is not None and args.data != "shapes3d":
+        raise ValueError(f"--real-images measures a 3D Shapes model on real 3D Shapes images; --data is {args.data}: "
+                         "pass --data shapes3d with a 3D Shapes model, or leave --real-images out")
     device = resolve_device(args.device)
     directory = resolve_model(args.model)  # a released name or a run's folder: the model's own folder
     out = _out_path(args.out, args.data)
@@ -167,6 +181,11 @@ def bench(argv: Sequence[str] | None = None, prog: str = PROG) -> dict:
     dm = twin_datamodule(args.data, args.pairs, args.batch, args.seed, twin_version)
     check_model(model, dm, args.data)
     cache_root = None if args.no_cache else default_cache_root()
+    real = None
+    if args.real_images is not None:  # read (and searched) first: a wrong path fails before the long part
+        from ..eval.real_images import load_real_images
+
+        real = load_real_images(args.real_images, args.real_count, args.seed, twin_version, cache_root)
     budget = run_budget(directory)
     results = evaluate(model, dm, args.data, args.pairs, args.batch, device)
 
@@ -201,6 +220,12 @@ def bench(argv: Sequence[str] | None = None, prog: str = PROG) -> dict:
             "classifier": record,
             **evaluate_exactness(model, classifier, dm, args.pairs, args.batch, args.seed, device),
         }
+
+    if real is not None:
+        from ..eval.real_images import evaluate_real_images
+
+        results["real_images"] = {"path": str(Path(args.real_images).expanduser().resolve()),
+                                  **evaluate_real_images(model, real, device, args.batch)}
 
     meta = {
         "data": f"{args.data} procedural twin" + ("" if twin_version == "1" else f" (renderer version {twin_version})"),
@@ -254,6 +279,10 @@ def bench(argv: Sequence[str] | None = None, prog: str = PROG) -> dict:
     print(f"{args.data} procedural twin{version}, {args.pairs} test pairs, seed {args.seed}, {meta['device_name']}, "
           f"model {args.model}")
     print(format_table(data))
+    if "real_images" in data:
+        from ..eval.real_images import format_real_images
+
+        print("\n" + format_real_images(data["real_images"]))
     print(f"wrote {out} and {len(pngs)} PNGs beside it")
     return data
 

@@ -68,6 +68,11 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
                         "config.json and each model's metadata.json, where bench reads it; a version other than 1 "
                         "cannot go with --data-root (real files have none) and uses the twin even if "
                         "$CAUSAL_VQVAE_DATA_ROOT is set. Also data.twin_version in a --config file")
+    p.add_argument("--augment", default=None, metavar="NAMES",
+                   help="training augmentation for real images, comma-separated: renderer (3D Shapes: the other "
+                        "twin renderer version), resample, blur, jpeg, colour, border (datamodules/augment.py; "
+                        "experiments/real_image_gap says which matter); each applies to a training item with "
+                        "probability data.augment_probability (default 0.3). Also data.augment in a --config file")
     p.add_argument("--gpus", "--devices", dest="gpus", type=whole_number, default=None,
                    help="GPUs per machine (DDP when > 1); default: 1 if a GPU is present, else CPU; 0 forces CPU. "
                         "With --accelerator cpu: CPU processes per machine (DDP over gloo when > 1)")

@@ -86,9 +86,10 @@ def encode_pair_pools(
 
 @torch.no_grad()
 def encode_pairs(model, dm, dataset, count: int, batch: int, device: torch.device,
-                 desc: str | None = None) -> dict[str, torch.Tensor]:
+                 desc: str | None = None, augment: bool = False) -> dict[str, torch.Tensor]:
     """Codes of items 0..count-1 of ``dataset`` (a pair dataset of the DataModule ``dm``, which
-    renders or converts its images) under ``model``: "codes" and "target" (B, N) on the CPU, int16
+    renders or converts its images, with its training augmentation if ``augment``) under ``model``:
+    "codes" and "target" (B, N) on the CPU, int16
     where the codebook allows (compact for pools of 100k pairs), "action" (B,) long. ``desc``: a
     progress bar of that name on a terminal (pairs per second, time left)."""
     from tqdm.auto import tqdm
@@ -100,7 +101,7 @@ def encode_pairs(model, dm, dataset, count: int, batch: int, device: torch.devic
     bar = tqdm(total=count, desc=desc, unit="pair", disable=None if desc else True, leave=False)
     for start in range(0, count, batch):
         raw = dataset.__getitems__(list(range(start, min(start + batch, count))))
-        b = dm.prepare_batch({k: v.to(device) for k, v in raw.items()})
+        b = dm.prepare_batch({k: v.to(device) for k, v in raw.items()}, augment=augment)
         out["codes"].append(model.encode_codes(b["image"]).to(dtype).cpu())
         out["target"].append(model.encode_codes(b["image_next"]).to(dtype).cpu())
         out["action"].append(b["action"].cpu())

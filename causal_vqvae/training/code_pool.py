@@ -164,7 +164,7 @@ class CodePoolDataModule(pl.LightningDataModule):
             try:
                 with precision:
                     data = encode_pairs(self.model, self.images, dataset, self.pool_size, self.encode_batch, device,
-                                        desc="encoding the code pool")
+                                        desc="encoding the code pool", augment=True)  # training pairs
             finally:
                 for m, training in modes.items():
                     m.train(training)

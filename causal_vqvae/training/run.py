@@ -24,7 +24,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 
-from datamodules.datamodule import TRAINER_KWARGS, DataConfig, build_datamodule
+from datamodules.datamodule import DEFAULT_TWIN_VERSION, TRAINER_KWARGS, DataConfig, build_datamodule
 
 from ..config import ModelConfig
 from ..eval.data import TWIN_VERSION_KEY
@@ -151,9 +151,16 @@ def _run(args: argparse.Namespace, argv: list[str] | None, cleanup: contextlib.E
             DataConfig(dataset=args.data, data_root=args.data_root, twin_version=args.twin_version)
         except ValueError as error:
             raise SystemExit(f"--twin-version {args.twin_version}: {error}") from None
+    if getattr(args, "augment", None) is not None:
+        args.augment = [name.strip() for name in args.augment.split(",") if name.strip()]
+        try:
+            DataConfig(dataset=args.data, data_root=args.data_root, augment=args.augment,
+                       twin_version=args.twin_version or DEFAULT_TWIN_VERSION)
+        except ValueError as error:
+            raise SystemExit(f"--augment {','.join(args.augment)}: {error}") from None
     data_fields = {**preset["data"], **overrides.get("data", {})}
     for flag, key in [("batch_size", "batch_size"), ("frequency", "frequency"), ("num_workers", "num_workers"),
-                      ("twin_version", "twin_version")]:
+                      ("twin_version", "twin_version"), ("augment", "augment")]:
         if getattr(args, flag, None) is not None:
             data_fields[key] = getattr(args, flag)
     data_config = build_settings(DataConfig, data_fields, f"{source}, data", dataset=args.data,

@@ -324,6 +324,21 @@ def test_release_checkpoint_card_names_the_run_command_and_every_bench(tmp_path)
     card = (dest / "README.md").read_text()
     assert "The bench ran on this released model (`--model checkpoints/tiny_twin`)." in card
     assert "before it was copied here" not in card
+    assert "PSNR of the twin render" not in card
+
+    # a bench with --real-images adds its figures to that bench's table
+    def exact(value: float) -> dict:
+        return {"rate": value, "n": 500, "wilson95": [value - 0.03, value + 0.02]}
+
+    record["real_images"] = {"images": "53 real images of frames.npz", "twin_distance_db": {"mean": 22.09},
+                             "reconstruction_db": {"real": {"mean": 24.97}, "twin": {"mean": 31.7}, "gap": 6.73},
+                             "edits": {"from_real": {"exact": exact(0.846)}, "from_twin": {"exact": exact(0.953)}}}
+    section = release.bench_section(record)
+    assert section[-3:] == [
+        "| real images: 53 real images of frames.npz; PSNR of the twin render of the same state | 22.1 dB |",
+        "| reconstruction PSNR, real images / their twin renders | 25.0 / 31.7 dB |",
+        "| edit exact by the nearest render, from real images / from their twin renders | 84.6% [81.6, 86.6] / "
+        "95.3% [92.3, 97.3] |"]
 
     # a stage that kept its best validation (train.py --keep best) says which step, and so does the table
     metadata = json.loads((run / "causal" / "metadata.json").read_text())

@@ -120,3 +120,29 @@ def test_train_refuses_a_twin_version_the_dataset_lacks_before_making_the_run(tm
                     "--out", str(tmp_path / "run")])
     assert "twin_version '2' chooses a renderer of the shapes3d procedural twin" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_train_records_the_augmentation_and_the_code_pool_encodes_augmented_pairs(tmp_path):
+    from causal_vqvae.eval.data import encode_pairs
+    from datamodules.datamodule import build_datamodule
+
+    config = tmp_path / "tiny.json"
+    config.write_text(json.dumps({"model": TINY_JSON, "data": {"val_length": 8, "augment_probability": 1.0}}))
+    out = tmp_path / "run"
+    assert train_main(["--data", "shapes3d", "--augment", "renderer, blur", "--config", str(config), "--stage", "vqvae",
+                       "--max-steps", "1", "--val-every", "1", "--batch-size", "4", "--gpus", "0", "--out", str(out),
+                       "--no-progress"]) == 0
+    data = json.loads((out / "config.json").read_text())["data"]
+    assert data["augment"] == ["renderer", "blur"] and data["augment_probability"] == 1.0
+
+    model = _shapes3d_model().eval()
+    dm = build_datamodule("shapes3d", batch_size=8, num_workers=0, train_length=16, augment=["renderer", "blur"],
+                          augment_probability=1.0)
+    dm.setup()
+    dataset = dm._datasets["train"]
+    plain = encode_pairs(model, dm, dataset, 16, 8, torch.device("cpu"))
+    augmented = encode_pairs(model, dm, dataset, 16, 8, torch.device("cpu"), augment=True)
+    images = dm.prepare_batch(dataset.__getitems__(list(range(8))), augment=True)["image"]
+    assert torch.equal(augmented["codes"][:8].long(), model.encode_codes(images).long())
+    assert not torch.equal(plain["codes"], augmented["codes"])
+    assert torch.equal(plain["action"], augmented["action"])
