@@ -66,6 +66,13 @@ declare -A RUN_ARGS=(
     [shapes3d_edit1000]="--data shapes3d --preset small --stage causal --init checkpoints/shapes3d_twin --config benchmarks/configs/edit_loss_1000.json --code-pool 40000 --max-steps 2000"
     [dsprites_edit100]="--data dsprites --preset small --stage causal --init checkpoints/dsprites_twin --config benchmarks/configs/edit_loss_100.json --code-pool 40000 --max-steps 2000"
     [dsprites_edit1000]="--data dsprites --preset small --stage causal --init checkpoints/dsprites_twin --config benchmarks/configs/edit_loss_1000.json --code-pool 40000 --max-steps 2000"
+    # next releases (docs/edit_exactness.md, docs/twin_fidelity.md): whole runs whose equations train on the
+    # nodes that change, with parents not budgeted; 3D Shapes also with the real-image augmentation
+    # (experiments/real_image_gap). Then continue each with edit_loss_1000.json (--stage causal --init
+    # runs/gpu/<name>/causal) and bench it with --real-images.
+    [shapes3d_kept0_aug]="--data shapes3d --preset small --max-steps 4000 6000 --code-pool 40000 --augment renderer,resample,blur,jpeg,colour --config benchmarks/configs/kept0_unbudgeted.json"
+    [shapes3d_kept0]="--data shapes3d --preset small --max-steps 4000 6000 --code-pool 40000 --config benchmarks/configs/kept0_unbudgeted.json"
+    [dsprites_kept0]="--data dsprites --preset small --max-steps 4000 4000 --code-pool 40000 --config benchmarks/configs/dsprites_kept0_unbudgeted.json"
 )
 declare -A RUN_DATA=([shapes3d_small]=shapes3d [dsprites_small]=dsprites
                      [dsprites_small_rare_scale50]=dsprites [shapes3d_default]=shapes3d
@@ -78,7 +85,8 @@ declare -A RUN_DATA=([shapes3d_small]=shapes3d [dsprites_small]=dsprites
                      [dsprites_change_new_a16]=dsprites [dsprites_local]=dsprites [dsprites_local_resample]=dsprites
                      [shapes3d_local]=shapes3d [shapes3d_local_resample]=shapes3d
                      [shapes3d_edit100]=shapes3d [shapes3d_edit1000]=shapes3d
-                     [dsprites_edit100]=dsprites [dsprites_edit1000]=dsprites)
+                     [dsprites_edit100]=dsprites [dsprites_edit1000]=dsprites
+                     [shapes3d_kept0_aug]=shapes3d [shapes3d_kept0]=shapes3d [dsprites_kept0]=dsprites)
 names=${RUN_ONLY:-"shapes3d_small dsprites_small dsprites_small_rare_scale50 shapes3d_default"}
 
 run() {
