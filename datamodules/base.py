@@ -268,7 +268,8 @@ class _BaseDataModule(pl.LightningDataModule):
                 index = torch.arange(batch["image"].shape[0], device=batch["image"].device)
             alternate = self.alternate_render()
             factor_keys = {"image": "factors", "image_next": "factors_next"}
-            render = None if alternate is None else (lambda i: alternate(batch[factor_keys[keys[i]]]))
+            render = None if alternate is None else (
+                lambda i: alternate(batch[factor_keys[keys[i]]], check=False))  # checked by the render above
             images = augment_images([batch[k] for k in keys], index.to(batch["image"].device), self.config.augment,
                                     self.config.augment_probability, self.config.seed, render)
             batch.update(zip(keys, images))

@@ -116,11 +116,11 @@ def _parser(prog: str = PROG) -> argparse.ArgumentParser:
     p.add_argument("--skip-exactness", action="store_true", help="no edit exactness at all (neither judge)")
     p.add_argument("--real-images", default=None, metavar="PATH",
                    help="3D Shapes only: also measure the model on real images, each beside the twin render of "
-                        "its state: DeepMind's GIF frames as an .npz with key 'images' (e.g. "
-                        "shared/data/shapes3d_real_frames.npz; states found by exact search, cached) or the real "
-                        "3dshapes.h5 or its folder (held-out images with their labels)")
-    p.add_argument("--real-count", type=positive_int, default=500,
-                   help="held-out images drawn from a real 3dshapes.h5 (default 500)")
+                        "its state: DeepMind's GIF frames as an .npz with key 'images' (such as "
+                        "shapes3d_real_frames.npz of the project's shared data; states found by exact search, "
+                        "cached) or the real 3dshapes.h5 or its folder (held-out images with their labels)")
+    p.add_argument("--real-count", type=positive_int, default=None,
+                   help="with --real-images naming a 3dshapes.h5: held-out images drawn from it (default 500)")
     p.add_argument("--picture-rows", type=positive_int, default=6, help="held-out images in <stem>_actions.png")
     return p
 
@@ -166,6 +166,9 @@ def bench(argv: Sequence[str] | None = None, prog: str = PROG) -> dict:
     from ..eval.retrieval import METHODS, evaluate
     from ..locate import resolve_model
 
+    if args.real_count is not None and (args.real_images is None or Path(args.real_images).suffix == ".npz"):
+        raise ValueError("--real-count draws held-out images from a real 3dshapes.h5: give --real-images the .h5 "
+                         "(or its folder), or leave --real-count out (an .npz is used whole)")
     if args.real_images is not None and args.data != "shapes3d":
         raise ValueError(f"--real-images measures a 3D Shapes model on real 3D Shapes images; --data is {args.data}: "
                          "pass --data shapes3d with a 3D Shapes model, or leave --real-images out")
@@ -185,7 +188,7 @@ def bench(argv: Sequence[str] | None = None, prog: str = PROG) -> dict:
     if args.real_images is not None:  # read (and searched) first: a wrong path fails before the long part
         from ..eval.real_images import load_real_images
 
-        real = load_real_images(args.real_images, args.real_count, args.seed, twin_version, cache_root)
+        real = load_real_images(args.real_images, args.real_count or 500, args.seed, twin_version, cache_root)
     budget = run_budget(directory)
     results = evaluate(model, dm, args.data, args.pairs, args.batch, device)
 

@@ -69,10 +69,11 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
                         "cannot go with --data-root (real files have none) and uses the twin even if "
                         "$CAUSAL_VQVAE_DATA_ROOT is set. Also data.twin_version in a --config file")
     p.add_argument("--augment", default=None, metavar="NAMES",
-                   help="training augmentation for real images, comma-separated: renderer (3D Shapes: the other "
-                        "twin renderer version), resample, blur, jpeg, colour, border (datamodules/augment.py; "
-                        "experiments/real_image_gap says which matter); each applies to a training item with "
-                        "probability data.augment_probability (default 0.3). Also data.augment in a --config file")
+                   help="augment the training images, for a model that holds up on real images; comma-separated: "
+                        "renderer (3D Shapes: the other twin renderer version; it always uses the twin), resample, "
+                        "blur, jpeg, colour, border (datamodules/augment.py; experiments/real_image_gap says which "
+                        "matter). Each applies to a training item with probability 0.3, or data.augment_probability "
+                        "in a --config file (where data.augment also sets the names)")
     p.add_argument("--gpus", "--devices", dest="gpus", type=whole_number, default=None,
                    help="GPUs per machine (DDP when > 1); default: 1 if a GPU is present, else CPU; 0 forces CPU. "
                         "With --accelerator cpu: CPU processes per machine (DDP over gloo when > 1)")

@@ -33,7 +33,7 @@ import torch
 
 from datamodules.factors import ActionSpace
 from datamodules.pairs import split_of
-from datamodules.shapes3d import SHAPES3D, render_shapes3d
+from datamodules.shapes3d import SHAPES3D, render_shapes3d, twin_scene
 from datamodules.shapes3d.fidelity import nearest_states, real_frames_64
 from datamodules.shapes3d.reader import FILE_NAME, read_shapes3d
 
@@ -65,7 +65,7 @@ def _nearest_cached(images: torch.Tensor, version: str, cache_root: Path | None,
     if cache_root is None:
         return nearest_states(images, version, candidates)[0]
     digest = hashlib.sha256(images.numpy().astype(np.float32).tobytes())
-    digest.update(f"v{version}".encode())
+    digest.update(f"v{version} {twin_scene(version)!r}".encode())  # a refitted scene searches again
     if candidates is not None:
         digest.update(candidates.long().numpy().tobytes())
     path = Path(cache_root) / "bench" / "nearest_states" / f"{digest.hexdigest()[:16]}.json"
@@ -132,7 +132,14 @@ def load_real_images(path: str | Path, count: int = 500, seed: int = 0, twin_ver
 
 
 def _from_h5(path: Path, count: int, seed: int, twin_version: str, cache_root, split_seed: int) -> RealImages:
-    source = read_shapes3d(path, cache_root=cache_root, allow_subset=True)
+    file = path / FILE_NAME if path.is_dir() else path
+    if not file.is_file():
+        raise FileNotFoundError(f"real images not found: {file} does not exist; pass DeepMind's {FILE_NAME} "
+                                "(or its folder), or GIF frames as an .npz with key 'images'")
+    try:
+        source = read_shapes3d(file, cache_root=cache_root, allow_subset=True)
+    except (ValueError, OSError, KeyError) as error:
+        raise ValueError(f"real images {file}: not a readable {FILE_NAME} ({type(error).__name__}: {error})") from None
     labels = np.asarray(source.labels)
     held_out = np.flatnonzero(split_of(SHAPES3D, labels, split_seed) == 2)
     if held_out.size == 0:

@@ -52,6 +52,8 @@ def test_nearest_states_finds_the_brute_force_nearest_among_the_candidates():
     assert index.tolist() == pool[brute.argmin(1)].tolist() == CHOSEN.tolist()
     assert torch.allclose(error, brute.min(1).values)
     assert error.max() < 0.001  # the noise's own error, about 0.02 ** 2
+    in_pairs = nearest_states(noisy, "1", pool, images_at_once=3)  # searched 3 images at a time
+    assert torch.equal(in_pairs[0], index) and torch.equal(in_pairs[1], error)
 
 
 def test_nearest_states_takes_the_renderer_version_it_is_given():
@@ -152,6 +154,10 @@ def test_real_images_unlike_their_renders_show_the_distance_and_the_gaps():
     (lambda p: np.savez(p / "d.npz", images=np.zeros((1, 64, 64, 3), np.float32)) or p / "d.npz",
      r"d\.npz: 'images' must be uint8 .* got float32"),
     (lambda p: (p / "e.npz").write_bytes(b"not a zip") and p / "e.npz", r"e\.npz: not a readable \.npz"),
+    (lambda p: p / "nothing.h5", r"real images not found: .*nothing\.h5 does not exist; pass DeepMind's 3dshapes\.h5"),
+    (lambda p: p, r"real images not found: .*3dshapes\.h5 does not exist"),  # a folder without the file
+    (lambda p: (p / "3dshapes.h5").write_bytes(b"not hdf5") and p / "3dshapes.h5",
+     r"real images .*3dshapes\.h5: not a readable 3dshapes\.h5"),
 ])
 def test_bad_real_image_files_are_refused_naming_the_file_and_what_it_should_hold(tmp_path, make, message):
     with pytest.raises((ValueError, FileNotFoundError), match=message):

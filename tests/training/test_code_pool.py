@@ -54,6 +54,18 @@ def _pool(model, size=24, epoch_length=16, batch=8):
     return images, CodePoolDataModule(images, model, size, epoch_length, seed=0, encode_batch=10)
 
 
+def test_the_pool_encodes_its_training_pairs_with_the_training_augmentation():
+    model = tiny_dsprites_model().eval()
+    images = build_datamodule("dsprites", batch_size=8, train_length=24, val_length=16, num_workers=0,
+                              augment=["blur", "colour", "border"], augment_probability=1.0)
+    pool = CodePoolDataModule(images, model, 24, 16, seed=0, encode_batch=10).encode()
+    raw = images._datasets["train"].__getitems__(list(range(24)))
+    augmented, plain = images.prepare_batch(raw, augment=True), images.prepare_batch(raw)
+    assert torch.equal(pool.codes.long(), model.encode_codes(augmented["image"]))
+    assert torch.equal(pool.target.long(), model.encode_codes(augmented["image_next"]))
+    assert not torch.equal(pool.codes.long(), model.encode_codes(plain["image"]))
+
+
 def test_the_pool_holds_the_codes_the_training_step_would_encode():
     model = tiny_dsprites_model()
     images, pool_dm = _pool(model)
