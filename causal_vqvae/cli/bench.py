@@ -272,6 +272,12 @@ def bench(argv: Sequence[str] | None = None, prog: str = PROG) -> dict:
         png = out.with_name(f"{out.stem}_{name}.png")
         write_png(png, image)
         pngs[name] = png.name
+    if real is not None:
+        from ..eval.real_images import real_images_picture
+
+        png = out.with_name(f"{out.stem}_real_images.png")
+        write_png(png, real_images_picture(model, real, device, title=f"{args.model} on {real.description}"))
+        pngs["real_images"] = png.name
     data["pngs"] = pngs
     write_json(out, data)
 

@@ -41,7 +41,7 @@ from ..files import write_json
 from .judge import judge_edits, rate
 from .metrics import psnr
 
-__all__ = ["RealImages", "load_real_images", "evaluate_real_images", "format_real_images"]
+__all__ = ["RealImages", "load_real_images", "evaluate_real_images", "format_real_images", "real_images_picture"]
 
 GIF_FRAME_SHAPE = (227, 226, 3)  # one frame of DeepMind's GIF: a 223x223 upscale in a 2-pixel frame
 
@@ -235,3 +235,51 @@ def format_real_images(report: dict[str, Any]) -> str:
         t = twin["per_acted_factor"][factor]
         lines.append(f"{'  ' + factor + ' exact %':<26} {pct(r['exact']):>20} {pct(t['exact']):>20}")
     return "\n".join(lines)
+
+
+PICTURE_ACTIONS = ("scale+", "shape+", "orientation+")  # the geometry edits: where real images lose most
+
+
+@torch.no_grad()
+def real_images_picture(model, real: RealImages, device: torch.device | str = "cpu", rows: int = 6,
+                        actions: tuple[str, ...] = PICTURE_ACTIONS, title: str = ""):
+    """A PIL picture of ``rows`` real images (spread over those from which every one of ``actions``
+    is valid):
+    per row the real image, its reconstruction and the twin render of its state, then for each
+    action the edit of the real image, the edit of the render and the render of the true target."""
+    from PIL import Image, ImageDraw
+
+    from .pictures import CELL, MARGIN, PAIR_GAP, _font, _pil, _text_size
+
+    space = ActionSpace(SHAPES3D)
+    ids = [space.parse(a) for a in actions]
+    usable = space.valid_mask(real.states)[:, ids].all(1).nonzero().flatten()
+    if len(usable) == 0:
+        raise ValueError(f"no real image has all of {actions} valid")
+    usable = usable[torch.linspace(0, len(usable) - 1, min(rows, len(usable))).round().long()]  # spread out
+    device = torch.device(device)
+    states = real.states[usable]
+    x = real.images[usable].to(device)
+    twin = render_shapes3d(states, version=real.twin_version).to(device)
+    groups = [("real", "recon", "twin")] + [(f"{a}: real", "twin", "true") for a in actions]
+    group_width = 3 * CELL + 2 * PAIR_GAP
+    head, gap = 34 + (14 if title else 0), 12
+    image = Image.new("RGB", (MARGIN + len(groups) * (group_width + gap), head + len(usable) * (CELL + 4) + MARGIN),
+                      "white")
+    draw, font = ImageDraw.Draw(image), _font()
+    if title:
+        draw.text((MARGIN, 2), title, fill="black", font=font)
+    columns = [model.decode_codes(model.encode_codes(x)), x, twin]
+    for a in ids:
+        target = render_shapes3d(space.apply(states, torch.full((len(states),), a))[0], version=real.twin_version)
+        columns += [model.edit(x, a), model.edit(twin, a), target.to(device)]
+    columns = [columns[1], columns[0], columns[2], *columns[3:]]  # real, reconstruction, twin render, edits
+    for g, names in enumerate(groups):
+        left = MARGIN + g * (group_width + gap)
+        for c, name in enumerate(names):
+            w, _ = _text_size(name, font)
+            draw.text((left + c * (CELL + PAIR_GAP) + (CELL - w) // 2, head - 16), name, fill="black", font=font)
+        for r in range(len(usable)):
+            for c in range(3):
+                image.paste(_pil(columns[3 * g + c][r]), (left + c * (CELL + PAIR_GAP), head + r * (CELL + 4)))
+    return image

@@ -13,7 +13,13 @@ from tiny import TINY
 
 from causal_vqvae import CausalVQVAE, ModelConfig
 from causal_vqvae.eval import real_images as real_module
-from causal_vqvae.eval.real_images import RealImages, evaluate_real_images, format_real_images, load_real_images
+from causal_vqvae.eval.real_images import (
+    RealImages,
+    evaluate_real_images,
+    format_real_images,
+    load_real_images,
+    real_images_picture,
+)
 from datamodules.factors import ActionSpace
 from datamodules.pairs import split_of
 from datamodules.shapes3d import SHAPES3D, render_shapes3d
@@ -162,3 +168,21 @@ def test_real_images_unlike_their_renders_show_the_distance_and_the_gaps():
 def test_bad_real_image_files_are_refused_naming_the_file_and_what_it_should_hold(tmp_path, make, message):
     with pytest.raises((ValueError, FileNotFoundError), match=message):
         load_real_images(make(tmp_path), cache_root=tmp_path / "cache")
+
+
+def test_the_real_images_picture_shows_each_real_image_beside_its_render_and_edits():
+    from causal_vqvae.eval.pictures import CELL, MARGIN, PAIR_GAP, _pil
+
+    model = _shapes3d_model()
+    states = SHAPES3D.unravel(torch.tensor([5, 77_777, 300_000, 479_999]))  # the last: at scale and shape's end
+    renders = render_shapes3d(states)
+    real = RealImages((renders + 0.1).clamp(0, 1), states, "brighter renders", "nearest")
+    picture = real_images_picture(model, real, rows=6, title="tiny")
+    rows = int(ActionSpace(SHAPES3D).valid_mask(states)[:, [7, 9, 11]].all(1).sum())  # scale+, shape+, orientation+
+    assert rows == 3 and picture.size == (MARGIN + 4 * (3 * CELL + 2 * PAIR_GAP + 12), 48 + rows * (CELL + 4) + MARGIN)
+    first = picture.crop((MARGIN, 48, MARGIN + CELL, 48 + CELL))
+    assert first.tobytes() == _pil(real.images[0]).tobytes()  # the real image, first column
+    twin = picture.crop((MARGIN + 2 * (CELL + PAIR_GAP), 48, MARGIN + 2 * (CELL + PAIR_GAP) + CELL, 48 + CELL))
+    assert twin.tobytes() == _pil(renders[0]).tobytes()
+    with pytest.raises(ValueError, match="no real image has all of"):
+        real_images_picture(model, RealImages(renders[3:], states[3:], "end", "label"))
