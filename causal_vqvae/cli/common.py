@@ -95,8 +95,9 @@ def add_json(parser: argparse.ArgumentParser) -> None:
 def add_model(parser: argparse.ArgumentParser, required: bool = True) -> None:
     names = ", ".join(RELEASED_NAMES)
     parser.add_argument("--model", required=required, metavar="MODEL",
-                        help=f"a released model ({names}), a model folder (config.json + model.safetensors) "
-                             "or a training run's folder (its final stage is used)")
+                        help=f"a released model ({names}), a model folder (config.json + model.safetensors), "
+                             "a training run's folder (its final stage is used) or a Hugging Face Hub id "
+                             "(owner/name; pip install \"causal-vqvae[hub]\")")
 
 
 def resolve_device(name: str):
