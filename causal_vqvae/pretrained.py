@@ -24,7 +24,7 @@ from .card import CARD_NAME, model_card
 from .config import ModelConfig
 from .files import atomic_write, json_text, write_text
 
-__all__ = ["FORMAT_VERSION", "ARCHITECTURE", "WEIGHTS_NAME", "CONFIG_NAME", "METADATA_NAME", "PretrainedMixin",
+__all__ = ["FORMAT_VERSION", "ARCHITECTURE", "TWIN_VERSION_KEY", "model_twin_version", "WEIGHTS_NAME", "CONFIG_NAME", "METADATA_NAME", "PretrainedMixin",
            "read_config", "save_pretrained", "load_pretrained"]
 
 FORMAT_VERSION = 1
@@ -32,6 +32,9 @@ ARCHITECTURE = "CausalVQVAE"
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 METADATA_NAME = "metadata.json"
+# metadata.json key of the procedural twin's renderer version a model was trained on (written by training
+# since there are versions; a model without it was trained on version "1", or on real files).
+TWIN_VERSION_KEY = "twin_version"
 _REDO = "save the model again with save_pretrained, or copy the whole directory again"
 
 
@@ -232,3 +235,10 @@ class PretrainedMixin:
         """The model saved in ``directory``, in eval mode; ``expect``: config entries it must have
         (e.g. ``{"dataset": "dsprites"}``)."""
         return load_pretrained(cls, directory, map_location=map_location, expect=expect)
+
+
+def model_twin_version(model) -> str | None:
+    """The twin version a loaded model's ``metadata.json`` records (:data:`TWIN_VERSION_KEY`), or None
+    (a model saved before twin versions, built in Python, or trained on real files)."""
+    value = (getattr(model, "pretrained_metadata", None) or {}).get(TWIN_VERSION_KEY)
+    return None if value is None else str(value)

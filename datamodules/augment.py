@@ -32,7 +32,7 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-__all__ = ["AUGMENTATIONS", "augment_images", "check_augment", "item_uniforms"]
+__all__ = ["AUGMENTATIONS", "augment_images", "blur", "check_augment", "gif_border", "item_uniforms", "resample"]
 
 AUGMENTATIONS = ("renderer", "resample", "blur", "jpeg", "colour", "border")
 _DRAWS = 8  # uniforms per item and augmentation: whether, then its parameters
@@ -93,7 +93,8 @@ def _per_item(t: torch.Tensor) -> torch.Tensor:
     return t.view(-1, 1, 1, 1)
 
 
-def _blur(x: torch.Tensor, sigma: float = 1.0) -> torch.Tensor:
+def blur(x: torch.Tensor, sigma: float = 1.0) -> torch.Tensor:
+    """A separable Gaussian blur of ``(B, C, H, W)`` images (5 taps, edges replicated)."""
     radius = 2
     t = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
     k = torch.exp(-0.5 * (t / sigma) ** 2)
@@ -104,7 +105,8 @@ def _blur(x: torch.Tensor, sigma: float = 1.0) -> torch.Tensor:
     return F.conv2d(h, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
 
 
-def _resample(x: torch.Tensor, size: int = 40) -> torch.Tensor:
+def resample(x: torch.Tensor, size: int = 40) -> torch.Tensor:
+    """Images down to ``size`` x ``size`` (bilinear, antialiased) and back up (bicubic), unclamped."""
     small = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
     return F.interpolate(small, size=x.shape[-1], mode="bicubic", align_corners=False)
 
@@ -143,7 +145,8 @@ def _jpeg(x: torch.Tensor, quality: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def _border(x: torch.Tensor) -> torch.Tensor:
+def gif_border(x: torch.Tensor) -> torch.Tensor:
+    """The 1-pixel frame of DeepMind's GIF drawn on images: light top and left lines, a grey bottom."""
     out = x.clone()
     out[..., 0, :] = 1.0
     out[..., :, 0] = 1.0
@@ -172,9 +175,9 @@ def augment_images(images: Sequence[torch.Tensor], index: torch.Tensor, names: S
                     raise ValueError("augment: 'renderer' needs the twin's other renderer")
                 changed = render_alternate(i).to(x.dtype)
             elif name == "resample":
-                changed = x + strength * (_resample(x) - x)
+                changed = x + strength * (resample(x) - x)
             elif name == "blur":
-                changed = x + strength * (_blur(x) - x)
+                changed = x + strength * (blur(x) - x)
             elif name == "jpeg":
                 changed = _jpeg(x, 50 + 45 * draws[:, 1].to(x.dtype))
             elif name == "colour":
@@ -182,6 +185,6 @@ def augment_images(images: Sequence[torch.Tensor], index: torch.Tensor, names: S
                 offset = 0.05 * (2 * draws[:, 5] - 1)
                 changed = x * gain[:, :, None, None].to(x.dtype) + _per_item(offset).to(x.dtype)
             else:  # border
-                changed = _border(x)
+                changed = gif_border(x)
             out[i] = torch.where(chosen, changed.clamp(0, 1), x)
     return out

@@ -15,13 +15,12 @@ from datamodules.datamodule import build_datamodule
 from datamodules.pairs import TransitionPairs
 from datamodules.sources import DEFAULT_TWIN_VERSION
 
+from ..pretrained import TWIN_VERSION_KEY, model_twin_version  # noqa: F401 - re-exported
+
 __all__ = ["DATASETS", "TWIN_VERSION_KEY", "batches", "bench_twin_version", "check_model", "encode_pair_pools",
            "encode_pairs", "model_twin_version", "twin_datamodule"]
 
 DATASETS = ("dsprites", "shapes3d")
-# metadata.json key of the procedural twin's renderer version a model was trained on (written by training
-# since there are versions; a model without it was trained on version "1", or on real files).
-TWIN_VERSION_KEY = "twin_version"
 
 
 def twin_datamodule(name: str, pairs: int, batch: int, seed: int, twin_version: str = DEFAULT_TWIN_VERSION):
@@ -34,13 +33,6 @@ def twin_datamodule(name: str, pairs: int, batch: int, seed: int, twin_version: 
     dm.source = dm.make_twin()  # force the twin even if $CAUSAL_VQVAE_DATA_ROOT names a real file
     dm.setup()
     return dm
-
-
-def model_twin_version(model) -> str | None:
-    """The twin version a loaded model's ``metadata.json`` records (:data:`TWIN_VERSION_KEY`), or None
-    (a model saved before twin versions, built in Python, or trained on real files)."""
-    value = (getattr(model, "pretrained_metadata", None) or {}).get(TWIN_VERSION_KEY)
-    return None if value is None else str(value)
 
 
 def bench_twin_version(flag: str | None, model) -> tuple[str, str]:

@@ -269,11 +269,10 @@ def real_images_picture(model, real: RealImages, device: torch.device | str = "c
     draw, font = ImageDraw.Draw(image), _font()
     if title:
         draw.text((MARGIN, 2), title, fill="black", font=font)
-    columns = [model.decode_codes(model.encode_codes(x)), x, twin]
+    columns = [x, model.decode_codes(model.encode_codes(x)), twin]  # then per action: two edits, the target
     for a in ids:
         target = render_shapes3d(space.apply(states, torch.full((len(states),), a))[0], version=real.twin_version)
         columns += [model.edit(x, a), model.edit(twin, a), target.to(device)]
-    columns = [columns[1], columns[0], columns[2], *columns[3:]]  # real, reconstruction, twin render, edits
     for g, names in enumerate(groups):
         left = MARGIN + g * (group_width + gap)
         for c, name in enumerate(names):

@@ -27,9 +27,9 @@ import pytorch_lightning as pl
 from datamodules.datamodule import DEFAULT_TWIN_VERSION, TRAINER_KWARGS, DataConfig, build_datamodule
 
 from ..config import ModelConfig
-from ..eval.data import TWIN_VERSION_KEY
 from ..familiarity import METADATA_KEY, calibrate
 from ..model import CausalVQVAE
+from ..pretrained import TWIN_VERSION_KEY
 from ..validation import build_settings
 from .callbacks import (
     BestWeights,

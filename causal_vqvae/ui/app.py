@@ -40,6 +40,7 @@ from .. import api
 from ..familiarity import UnfamiliarImageWarning
 from ..images import ImageConversionWarning
 from ..locate import RELEASED_NAMES
+from ..pretrained import model_twin_version
 
 if TYPE_CHECKING:
     import gradio
@@ -174,7 +175,7 @@ def draw_sample(model: CausalVQVAE, seed: int) -> Image.Image:
     if not dataset:
         raise ValueError("this model names no dataset, so there is no procedural twin to draw from: upload an image")
     # The 3D Shapes twin version the model was trained on, as training records it in metadata.json.
-    version = str(model.pretrained_metadata.get("twin_version", "1")) if dataset == "shapes3d" else "1"
+    version = (model_twin_version(model) or "1") if dataset == "shapes3d" else "1"
     with _COMPUTE:
         images = twin_images(dataset, version)
     return to_pil(images[random.Random(seed).randrange(len(images))])

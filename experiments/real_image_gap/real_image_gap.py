@@ -26,7 +26,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -39,6 +38,7 @@ from causal_vqvae.eval.real_images import (  # noqa: E402
     evaluate_real_images,
     load_real_images,
 )
+from datamodules.augment import blur, gif_border, resample  # noqa: E402
 from datamodules.pairs import StateSamples  # noqa: E402
 from datamodules.shapes3d import SHAPES3D, render_shapes3d  # noqa: E402
 from datamodules.shapes3d.fidelity import gif_round_trip  # noqa: E402
@@ -62,29 +62,6 @@ def jpeg(x: torch.Tensor, quality: int) -> torch.Tensor:
     return _from_uint8(np.stack(out))
 
 
-def blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    radius = 2
-    t = torch.arange(-radius, radius + 1, dtype=torch.float32)
-    k = torch.exp(-0.5 * (t / sigma) ** 2)
-    k = k / k.sum()
-    padded = F.pad(x, (radius, radius, radius, radius), mode="replicate")
-    h = F.conv2d(padded, k.view(1, 1, 1, -1).expand(3, 1, 1, -1), groups=3)
-    return F.conv2d(h, k.view(1, 1, -1, 1).expand(3, 1, -1, 1), groups=3)
-
-
-def resample(x: torch.Tensor, size: int) -> torch.Tensor:
-    small = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
-    return F.interpolate(small, size=64, mode="bicubic", align_corners=False).clamp(0, 1)
-
-
-def border(x: torch.Tensor) -> torch.Tensor:
-    """The GIF's frame left on, as an uncut frame downsampled to 64x64 shows it: a light 1-pixel line."""
-    out = x.clone()
-    out[:, :, 0, :] = out[:, :, :, 0] = 1.0
-    out[:, :, -1, :] = 206 / 255
-    return out
-
-
 def perturbations(states: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
     clean = render_shapes3d(states)
     n = len(clean)
@@ -94,12 +71,12 @@ def perturbations(states: torch.Tensor, generator: torch.Generator) -> dict[str,
         "renderer version 2 of the same state": render_shapes3d(states, version="2"),
         "GIF round trip (bicubic upscale, shared palette)": (gif_round_trip(clean) / 255).float(),
         "version 2, then the GIF round trip": (gif_round_trip(render_shapes3d(states, version="2")) / 255).float(),
-        "Gaussian blur, sigma 0.7 px": blur(clean, 0.7),
-        "resampled through 40x40": resample(clean, 40),
+        "Gaussian blur, sigma 0.7 px": blur(clean, 0.7).clamp(0, 1),
+        "resampled through 40x40": resample(clean, 40).clamp(0, 1),
         "colour gain +-8% per channel": (clean * gain).clamp(0, 1),
         "brightness +0.05": (clean + 0.05).clamp(0, 1),
         "JPEG quality 75": jpeg(clean, 75),
-        "the GIF's frame left on (1-pixel border)": border(clean),
+        "the GIF's frame left on (1-pixel border)": gif_border(clean),
     }
 
 

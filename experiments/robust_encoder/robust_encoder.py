@@ -5,15 +5,15 @@ because a different renderer changes most of its latent codes (36% kept), not be
 This study fine-tunes the **encoder only** (decoder, codebook, transition and head untouched, so
 every code keeps its meaning) to give an augmented image (``datamodules.augment``: the other
 renderer version, resampling, blur, JPEG, colour) the encoding the frozen original gives the clean
-version-1 render of the same state: the mean squared error to the teacher's encoding (optionally
-plus the cross-entropy of the teacher's code under ``-distance`` logits, ``--ce-weight``). Held-out twin pairs are then benched
-as usual (does the twin lose anything?) and with ``--real-images`` (what do real frames gain?).
+version-1 render of the same state, by the mean squared error to the teacher's encoding. Held-out
+twin pairs are then benched as usual (does the twin lose anything?) and with ``--real-images`` (what
+do real frames gain?).
 
     OMP_NUM_THREADS=2 python experiments/robust_encoder/robust_encoder.py \\
         [--model checkpoints/shapes3d_twin] [--steps 1500] [--batch-size 32] [--lr 3e-4] [--out /tmp/robust_encoder]
 
-Writes the fine-tuned model (``save_pretrained``) to ``--out`` and its training record to
-``experiments/robust_encoder/results/train.json``; bench it with the commands in the README.
+Writes the fine-tuned model (``save_pretrained``) to ``--out`` and its training record to ``--record``
+(under ``experiments/robust_encoder/results/``); bench it with the commands in the README.
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange
 
 ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
@@ -39,16 +38,6 @@ from datamodules.datamodule import build_datamodule  # noqa: E402
 AUGMENT = ("renderer", "resample", "blur", "jpeg", "colour")
 
 
-def code_logits(model, z: torch.Tensor) -> torch.Tensor:
-    """``-squared distance`` of each encoding ``(B, N, D)`` to its node's codebook: ``(G, B*N/G, K)``."""
-    q = model.quantizer
-    zg = q._grouped(z.float())
-    codebook = q.embedding.detach().float()
-    distances = (torch.baddbmm(codebook.pow(2).sum(-1).unsqueeze(1), zg, codebook.transpose(1, 2), alpha=-2.0)
-                 + zg.pow(2).sum(-1, keepdim=True))
-    return -distances
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="checkpoints/shapes3d_twin")
@@ -56,8 +45,6 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=3e-4)
     parser.add_argument("--probability", type=float, default=0.5, help="augment_probability of each augmentation")
-    parser.add_argument("--ce-weight", type=float, default=0.0,
-                        help="weight of the teacher code's cross-entropy beside the encoding's squared error")
     parser.add_argument("--decoded", type=float, default=0.0,
                         help="share of items replaced by the model's decoded image of the clean render (target: "
                              "the teacher's encoding of that image)")
@@ -82,7 +69,6 @@ def main() -> None:
                           augment_probability=args.probability)
     dm.setup()
     train = dm._datasets["train"]
-    groups = student.quantizer.embedding.shape[0]
     generator = torch.Generator().manual_seed(args.seed)
     curve, start = [], time.perf_counter()
     for step in range(args.steps):
@@ -98,17 +84,14 @@ def main() -> None:
                 target = torch.where(pick.view(-1, 1, 1), teacher.encode(decoded), target)
             codes = student.quantizer.nearest_codes(target)
         z = student.encode(augmented)
-        mse = F.mse_loss(z, target)
-        logits = code_logits(student, z)
-        ce = F.cross_entropy(logits.flatten(0, 1), rearrange(codes, "b (g n) -> (g b n)", g=groups))
-        loss = mse + args.ce_weight * ce
+        loss = mse = F.mse_loss(z, target)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         schedule.step()
         if step % 100 == 0 or step == args.steps - 1:
-            agree = float((logits.argmax(-1) == rearrange(codes, "b (g n) -> g (b n)", g=groups)).float().mean())
+            agree = float((student.quantizer.nearest_codes(z) == codes).float().mean())
             curve.append({"step": step, "loss": round(float(loss.detach()), 5), "mse": round(float(mse.detach()), 5),
                           "code_agreement": round(agree, 4), "seconds": round(time.perf_counter() - start, 1)})
             print(json.dumps(curve[-1]), flush=True)
