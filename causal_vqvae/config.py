@@ -13,11 +13,11 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from .nn.retrieval import RETRIEVAL_SCORES
-from .nn.transition import INTERVENTIONS
+from .nn.transition import INTERVENTIONS, TRANSITION_POSITIONS
 from .validation import build_settings
 
 __all__ = ["ModelConfig", "LATENT_LAYOUTS", "QUANTIZER_MODES", "SPARSITY_MODES", "RECONSTRUCTION_LOSSES",
-           "RETRIEVAL_SCORES", "INTERVENTIONS"]
+           "RETRIEVAL_SCORES", "INTERVENTIONS", "TRANSITION_POSITIONS"]
 
 LATENT_LAYOUTS = ("grid", "tokens")
 QUANTIZER_MODES = ("ema", "loss")
@@ -120,6 +120,12 @@ class ModelConfig:
 
     Transition (structural equations)
         transition_dim, transition_layers, transition_heads: width, blocks and heads.
+        transition_position: how an equation knows where its node and parents are. "absolute"
+            (models saved before the field): a learned embedding per node, added to the node's and
+            its parents' inputs, so each cell learns its own equations. "relative" (grid layout
+            only): no per-node embedding; each attention layer adds a learned bias per head for the
+            parent's offset from the node (dy, dx). Every cell then runs the same equations on
+            what its parents hold, so a rule learnt where a sprite was seen serves wherever it is.
         mixture_eps: floor on the probability of the target code under the intervention mixture;
             bounds the loss by -log(eps) and the straight-through gradient to the mask.
         equation_loss_weight: weight of the cross-entropy of the transition logits against the
@@ -234,6 +240,7 @@ class ModelConfig:
     transition_dim: int = 256
     transition_layers: int = 4
     transition_heads: int = 8
+    transition_position: str = "absolute"
     mixture_eps: float = 1e-3
     equation_loss_weight: float = 1.0
     kept_equation_weight: float = 0.0
@@ -279,6 +286,10 @@ class ModelConfig:
         need(self.num_res_blocks >= 0, f"num_res_blocks must be >= 0, got {self.num_res_blocks}")
         need(self.norm_groups >= 1, f"norm_groups must be >= 1, got {self.norm_groups}")
         need(isinstance(self.local_encoder, bool), f"local_encoder must be true or false, got {self.local_encoder!r}")
+        need(self.transition_position in TRANSITION_POSITIONS,
+             f"transition_position must be one of {TRANSITION_POSITIONS}, got {self.transition_position!r}")
+        need(self.transition_position != "relative" or self.latent_layout == "grid",
+             "transition_position 'relative' needs latent_layout 'grid': tokens have no offsets")
         need(self.local_parent_logit is None or self.latent_layout == "grid",
              "local_parent_logit needs latent_layout 'grid': tokens have no neighbours")
         need(not (self.local_encoder and self.latent_layout == "tokens"),

@@ -130,6 +130,7 @@ class CausalVQVAE(PretrainedMixin, nn.Module):
             seed=c.seed + 1,
             intervention=c.intervention,
             keep_threshold=c.keep_threshold,
+            position=c.transition_position,
         )
         if c.resolved_retrieval_head == "conv":
             self.retrieval_head = ConvRetrievalHead(
@@ -409,7 +410,7 @@ class CausalVQVAE(PretrainedMixin, nn.Module):
         "target_head_dim", "target_context_layers", "target_state_bound", "sparsity_mode",
         "target_penalty_weight", "adjacency_penalty_weight", "target_budget", "target_budget_start",
         "adjacency_budget", "adjacency_budget_start", "dual_lr", "transition_dim", "transition_layers",
-        "transition_heads", "mixture_eps", "equation_loss_weight", "kept_equation_weight", "intervention",
+        "transition_heads", "transition_position", "mixture_eps", "equation_loss_weight", "kept_equation_weight", "intervention",
         "keep_threshold", "edit_loss_weight",
     )
 

@@ -19,6 +19,7 @@ The scores and outputs are computed densely over all N nodes (no N x N x D tenso
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -33,6 +34,7 @@ from .seeding import DeviceGenerators
 
 __all__ = [
     "INTERVENTIONS",
+    "TRANSITION_POSITIONS",
     "TransitionOutput",
     "TransitionLoss",
     "ParentAttentionBlock",
@@ -46,6 +48,8 @@ __all__ = [
 # What an intervened node's equation may output: "change", a code other than its current one;
 # "resample", any code (see ModelConfig.intervention).
 INTERVENTIONS = ("change", "resample")
+# How an equation knows where its node and parents are (see ModelConfig.transition_position).
+TRANSITION_POSITIONS = ("absolute", "relative")
 # The logit of an intervened node's current code under "change": far below any learned logit, so its
 # probability is 0 in float32, and finite, so that logits can still be subtracted and compared.
 EXCLUDED_LOGIT = -1e4
@@ -84,9 +88,11 @@ class TransitionLoss:
 class ParentAttentionBlock(nn.Module):
     """Node states attend over their (masked) parents' input embeddings and the action token."""
 
-    def __init__(self, dim: int, heads: int, mlp_ratio: int) -> None:
+    def __init__(self, dim: int, heads: int, mlp_ratio: int, offsets: int = 0) -> None:
         super().__init__()
         self.heads = heads
+        # One learned score per head and parent offset (relative positions; see CausalTransition).
+        self.offset_bias = nn.Parameter(torch.zeros(heads, offsets)) if offsets else None
         self.scale = (dim // heads) ** -0.5
         self.norm_query = nn.LayerNorm(dim)
         self.norm_memory = nn.LayerNorm(dim)
@@ -104,6 +110,7 @@ class ParentAttentionBlock(nn.Module):
         extra: torch.Tensor,  # (B, E, D) always-visible tokens (the action)
         constant: torch.Tensor,  # (D,) replaces a masked parent
         mask: torch.Tensor,  # (B, 1, N_child, N_parent) in [0, 1]
+        offset_index: torch.Tensor | None = None,  # (N_child, N_parent) long: each pair's offset, with offset_bias
     ) -> torch.Tensor:
         heads = self.heads
         q = rearrange(self.to_q(self.norm_query(h)), "b i (h d) -> b h i d", h=heads)
@@ -118,6 +125,8 @@ class ParentAttentionBlock(nn.Module):
         v_extra = rearrange(self.to_v(extra), "b e (h d) -> b h e d", h=heads)
 
         scores_parent = torch.einsum("bhid,bhjd->bhij", q, k) * self.scale
+        if self.offset_bias is not None:
+            scores_parent = scores_parent + self.offset_bias[:, offset_index]  # (H, N, N) broadcast over B
         scores_const = torch.einsum("bhid,hd->bhi", q, k_const) * self.scale
         scores_parent = mask * scores_parent + (1.0 - mask) * scores_const.unsqueeze(-1)
         scores_extra = torch.einsum("bhid,bhed->bhie", q, k_extra) * self.scale
@@ -147,6 +156,10 @@ class CausalTransition(nn.Module):
         keep_threshold: an intervened node keeps its current code only when the equation gives it at
             least this probability, else takes the most likely other code; None: the most likely
             code (see ModelConfig.keep_threshold). Used for ``predicted_codes`` alone.
+        position: "absolute" (a learned embedding per node, added to its input) or "relative" (the
+            nodes are a square grid; no embedding per node, and each layer scores a parent by its
+            offset from the node: the same equations in every cell; see
+            ModelConfig.transition_position).
     """
 
     def __init__(
@@ -161,10 +174,13 @@ class CausalTransition(nn.Module):
         seed: int = 0,
         intervention: str = "resample",
         keep_threshold: float | None = None,
+        position: str = "absolute",
     ) -> None:
         super().__init__()
         if intervention not in INTERVENTIONS:
             raise ValueError(f"intervention must be one of {INTERVENTIONS}, got {intervention!r}")
+        if position not in TRANSITION_POSITIONS:
+            raise ValueError(f"position must be one of {TRANSITION_POSITIONS}, got {position!r}")
         self.intervention = intervention
         self.keep_threshold = keep_threshold
         self.graph = graph
@@ -178,11 +194,18 @@ class CausalTransition(nn.Module):
         self.register_buffer("offsets", node_code_offsets(num_nodes, num_codebooks, codes_per_node), persistent=False)
         self.register_buffer("node_group", self.offsets // codes_per_node, persistent=False)
         self.code_embed = nn.Embedding(num_codebooks * codes_per_node, dim)
-        self.position = nn.Parameter(torch.randn(num_nodes, dim) * 0.02)
+        offsets = 0
+        if position == "relative":
+            self.position = None
+            offset_index, offsets = grid_offset_index(num_nodes)
+            self.register_buffer("offset_index", offset_index, persistent=False)
+        else:
+            self.position = nn.Parameter(torch.randn(num_nodes, dim) * 0.02)
+            self.offset_index = None
         self.action_embed = nn.Embedding(graph.num_actions, dim)
         self.action_type = nn.Parameter(torch.randn(dim) * 0.02)
         self.constant = nn.Parameter(torch.randn(dim) * 0.02)
-        self.blocks = nn.ModuleList(ParentAttentionBlock(dim, heads, mlp_ratio) for _ in range(layers))
+        self.blocks = nn.ModuleList(ParentAttentionBlock(dim, heads, mlp_ratio, offsets) for _ in range(layers))
         self.norm = nn.LayerNorm(dim)
         self.head_weight = nn.Parameter(torch.randn(num_codebooks, codes_per_node, dim) * dim**-0.5)
         self.head_bias = nn.Parameter(torch.zeros(num_codebooks, codes_per_node))
@@ -235,7 +258,9 @@ class CausalTransition(nn.Module):
         if sample and noise is None:
             noise = self.draw_noise(batch, codes.device, generator)
 
-        parents = self.code_embed(codes + self.offsets) + self.position  # (B, N, D)
+        parents = self.code_embed(codes + self.offsets)  # (B, N, D)
+        if self.position is not None:
+            parents = parents + self.position
         action_vec = self.action_embed(action)  # (B, D)
         h = parents + rearrange(action_vec, "b d -> b 1 d")
         action_token = rearrange(action_vec + self.action_type, "b d -> b 1 d")
@@ -244,7 +269,7 @@ class CausalTransition(nn.Module):
         )
         mask = rearrange(adjacency, "b j i -> b 1 i j")
         for block in self.blocks:
-            h = block(h, parents, action_token, self.constant, mask)
+            h = block(h, parents, action_token, self.constant, mask, self.offset_index)
         logits = self._head(self.norm(h))
         if self.intervention == "change":
             logits = logits.scatter(-1, codes.unsqueeze(-1), EXCLUDED_LOGIT)
@@ -259,6 +284,18 @@ class CausalTransition(nn.Module):
             target_logits=target_logits,
             adjacency=adjacency,
         )
+
+
+def grid_offset_index(num_nodes: int) -> tuple[torch.Tensor, int]:
+    """For nodes on a square grid, row-major: ``index[i, j]``, the id of parent j's offset (dy, dx)
+    from node i among the ``(2 * side - 1) ** 2`` offsets a grid has, and that count."""
+    side = math.isqrt(num_nodes)
+    if side * side != num_nodes:
+        raise ValueError(f"relative positions need a square grid of nodes, got {num_nodes} nodes")
+    row, col = torch.arange(num_nodes) // side, torch.arange(num_nodes) % side
+    dy = row[None, :] - row[:, None] + side - 1
+    dx = col[None, :] - col[:, None] + side - 1
+    return dy * (2 * side - 1) + dx, (2 * side - 1) ** 2
 
 
 def mixture_nll(output: TransitionOutput, codes: torch.Tensor, target_codes: torch.Tensor, eps: float) -> torch.Tensor:

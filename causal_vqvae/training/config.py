@@ -35,6 +35,11 @@ class TrainConfig:
         default) retrains the retrieval head alone, everything else frozen: e.g. a new head on a
         trained model (``train.py --stage head --init DIR``).
     vqvae_lr, causal_lr, joint_lr, head_lr: peak AdamW learning rates.
+    causal_head_lr: the retrieval head's peak rate in the causal stage; 0 (default): the stage's
+        rate, ``causal_lr``. The ``cpu-small`` preset trains its transition at 3e-3, a rate at which
+        the convolutional head's hidden units can all die in the first steps (every pre-activation
+        of its MLP negative: one seed of three retrieved 11% of test pairs, chance being 10%); at
+        1e-3 the same seed learns (``experiments/demo_edits/``).
     graph_lr_scale: the graph's edge logits (node -> node adjacency and action -> node targets) train
         at this multiple of the stage's learning rate, with no weight decay. Adam moves a parameter
         by at most about its learning rate per step, and the budgets ask every logit to travel
@@ -70,6 +75,7 @@ class TrainConfig:
     causal_lr: float = 5e-4
     joint_lr: float = 1e-4
     head_lr: float = 1e-3
+    causal_head_lr: float = 0.0
     graph_lr_scale: float = 20.0
     weight_decay: float = 0.0
     warmup_steps: int = 100
@@ -99,6 +105,11 @@ class TrainConfig:
 
     def lr(self, stage: str) -> float:
         return getattr(self, f"{check_stage(stage)}_lr")
+
+    def head_lr_in(self, stage: str) -> float:
+        """The retrieval head's own peak rate in ``stage`` (``causal_head_lr`` in the causal stage), or
+        0 where the head trains at the stage's rate."""
+        return self.causal_head_lr if check_stage(stage) == "causal" else 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

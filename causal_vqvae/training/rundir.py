@@ -57,10 +57,10 @@ def writable_directory(out: str | Path) -> Path:
 # edit was trained on; before local_parent_logit, every edge started alike; before kept_equation_weight,
 # the equation term weighed the nodes that keep their code like the others; before twin_version, the
 # twins had one renderer, version "1"; before augment, no training batch was augmented).
-ADDED_SETTINGS = {"train": {"graph_lr_scale": 1.0, "code_pool": 0, "keep": "last"},
+ADDED_SETTINGS = {"train": {"graph_lr_scale": 1.0, "code_pool": 0, "keep": "last", "causal_head_lr": 0.0},
                   "model": {"retrieval_score": "nll", "intervention": "resample", "keep_threshold": None,
                             "local_encoder": False, "edit_loss_weight": 0.0, "local_parent_logit": None,
-                            "kept_equation_weight": 1.0},
+                            "kept_equation_weight": 1.0, "transition_position": "absolute"},
                   "data": {"twin_version": "1", "augment": [], "augment_probability": 0.3}}
 
 

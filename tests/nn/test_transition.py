@@ -212,3 +212,50 @@ def test_a_local_encoder_leaves_the_codes_of_distant_cells_exactly_as_they_were(
     assert len(changed[False]) == 64
     with pytest.raises(ValueError, match="local_encoder needs latent_layout 'grid'"):
         ModelConfig(**{**SMALL, "local_encoder": True, "latent_layout": "tokens"})
+
+
+def _four_neighbour_graph(m: CausalVQVAE) -> None:
+    """Every node's parents: the cells above, below, left and right of it."""
+    side = m.config.grid_size
+    row, col = torch.arange(side * side) // side, torch.arange(side * side) % side
+    near = (row[:, None] - row[None, :]).abs() + (col[:, None] - col[None, :]).abs() == 1
+    with torch.no_grad():
+        m.graph.adjacency_logits.copy_(torch.where(near, 10.0, -10.0))
+
+
+@pytest.mark.parametrize("position", ["absolute", "relative"])
+def test_relative_positions_run_the_same_equations_in_every_cell(position):
+    m = model(transition_position=position, transition_layers=2)
+    with torch.no_grad():  # parameters as after training: the offset biases are not all zero
+        for name, p in m.transition_net.named_parameters():
+            if name.endswith("offset_bias"):
+                p.normal_()
+    _four_neighbour_graph(m)
+    side = m.config.grid_size
+    codes, _ = codes_and_actions(m, batch=1)
+    # the same cell and neighbourhood at (1, 1) and at (4, 5), away from every border
+    for dy, dx in ((0, 0), (-1, 0), (1, 0), (0, -1), (0, 1)):
+        codes[0, (4 + dy) * side + 5 + dx] = codes[0, (1 + dy) * side + 1 + dx]
+    with torch.no_grad():
+        logits = m.transition(codes, torch.tensor([1]), sample=False).logits[0]
+    a, b = logits[1 * side + 1], logits[4 * side + 5]
+    if position == "relative":
+        assert m.transition_net.position is None
+        assert torch.allclose(a, b, atol=1e-5)
+        # a parent's code still matters, and so does its offset: the cells differ once a neighbour does
+        codes[0, 5 * side + 5] = (codes[0, 5 * side + 5] + 1) % m.config.codes_per_node
+        with torch.no_grad():
+            moved = m.transition(codes, torch.tensor([1]), sample=False).logits[0]
+        assert not torch.allclose(moved[4 * side + 5], b, atol=1e-4)
+    else:  # a learned embedding per cell: each cell has its own equations
+        assert not torch.allclose(a, b, atol=1e-4)
+
+
+def test_relative_positions_need_a_grid_and_old_configs_read_absolute():
+    with pytest.raises(ValueError, match="transition_position 'relative' needs latent_layout 'grid'"):
+        ModelConfig(**{**SMALL, "latent_layout": "tokens", "transition_position": "relative"})
+    with pytest.raises(ValueError, match="transition_position must be one of"):
+        ModelConfig(**{**SMALL, "transition_position": "learned"})
+    saved = ModelConfig(**SMALL).to_dict()
+    saved.pop("transition_position")  # a model saved before the field
+    assert ModelConfig.from_dict(saved).transition_position == "absolute"

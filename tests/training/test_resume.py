@@ -235,9 +235,10 @@ def test_resuming_a_run_from_before_graph_lr_scale_says_which_setting_reproduces
                "stages": ["causal"], "num_nodes": 1}
     (tmp_path / "config.json").write_text(json.dumps(written))
     now = json.loads(json.dumps(written))
-    now["train"].update(graph_lr_scale=20.0, code_pool=0, keep="last")  # as a run writes its settings now
+    now["train"].update(graph_lr_scale=20.0, code_pool=0, keep="last", causal_head_lr=0.0)  # as a run writes them now
     now["model"].update(retrieval_score="nll", intervention="resample", keep_threshold=None, local_encoder=False,
-                        edit_loss_weight=0.0, local_parent_logit=None, kept_equation_weight=1.0)
+                        edit_loss_weight=0.0, local_parent_logit=None, kept_equation_weight=1.0,
+                        transition_position="absolute")
     now["data"].update(twin_version="1", augment=[], augment_probability=0.3)
     with pytest.raises(SystemExit, match=r'graph_lr_scale was 1.0, now 20.0.*add \{"train": \{"graph_lr_scale": 1.0'):
         check_same_run(tmp_path / "config.json", now)
@@ -257,6 +258,12 @@ def test_resuming_a_run_from_before_graph_lr_scale_says_which_setting_reproduces
     now["model"]["kept_equation_weight"] = 0.0  # today's default; that run weighed every node alike
     with pytest.raises(SystemExit, match=r'kept_equation_weight was 1.0, now 0.0.*add \{"model": '
                                          r'\{"kept_equation_weight": 1.0\}\}'):
+        check_same_run(tmp_path / "config.json", now)
+    now["model"]["kept_equation_weight"] = 1.0
+    # today's cpu-small: relative positions and the head at its own rate; that run had neither
+    now["model"]["transition_position"], now["train"]["causal_head_lr"] = "relative", 1e-3
+    with pytest.raises(SystemExit, match=r'add \{"train": \{"causal_head_lr": 0.0\}, "model": '
+                                         r'\{"transition_position": "absolute"\}\}'):
         check_same_run(tmp_path / "config.json", now)
 
 

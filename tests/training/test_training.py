@@ -10,7 +10,8 @@ from causal_vqvae.cli.train import build_parser
 from causal_vqvae.training.callbacks import BestWeights
 from causal_vqvae.training.config import TrainConfig
 from causal_vqvae.training.devices import resolve_devices
-from causal_vqvae.training.module import STEP_FUNCTIONS, CausalVQVAEModule, _warmup_cosine, parameter_groups, psnr
+from causal_vqvae.training.module import (STEP_FUNCTIONS, CausalVQVAEModule, _warmup_cosine, logs_training_step,
+                                          parameter_groups, psnr)
 from causal_vqvae.training.presets import PRESETS, read_overrides
 from causal_vqvae.training.run import compile_options
 from datamodules.datamodule import TRAINER_KWARGS, build_datamodule
@@ -233,6 +234,38 @@ def test_graph_edge_logits_have_their_own_learning_rate_and_no_weight_decay():
     # a stage that does not train the graph has no edge group
     head = CausalVQVAEModule(tiny_dsprites_model(), "head", TrainConfig(head_steps=1))
     assert [g["name"] for g in head.configure_optimizers()["optimizer"].param_groups] == ["model"]
+
+
+def test_the_retrieval_head_can_train_at_its_own_rate_in_the_causal_stage():
+    model = tiny_dsprites_model()
+    groups = {g["name"]: g for g in parameter_groups(model, 3e-3, 20.0, 0.0, head_lr=1e-3)}
+    assert set(groups) == {"model", "graph_edge_logits", "retrieval_head"}
+    assert [id(p) for p in groups["retrieval_head"]["params"]] == [id(p) for p in model.retrieval_head.parameters()]
+    assert groups["retrieval_head"]["lr"] == 1e-3 and groups["model"]["lr"] == 3e-3
+    assert sorted(id(p) for g in groups.values() for p in g["params"]) == sorted(id(p) for p in model.parameters())
+    config = TrainConfig(causal_lr=3e-3, causal_head_lr=1e-3)
+    assert config.head_lr_in("causal") == 1e-3 and config.head_lr_in("joint") == 0.0  # the causal stage only
+
+    # Adam's first step moves each parameter by about its rate: the head by 1e-3, the transition by 3e-3
+    before = _params(model)
+    _fit(model, "causal", steps=1, causal_lr=3e-3, causal_head_lr=1e-3, grad_clip=0.0)
+    after = _params(model)
+    moved = {k: (after[k].float() - before[k].float()).abs().max().item() for k in _changed(before, after)
+             if before[k].is_floating_point()}
+    head = [k for k in moved if k.startswith("retrieval_head.")]
+    assert head and max(moved[k] for k in head) == pytest.approx(1e-3, rel=1e-3)
+    assert max(v for k, v in moved.items() if k.startswith("transition_net.blocks.")) == pytest.approx(3e-3, rel=1e-3)
+
+
+def test_training_metrics_are_logged_only_on_the_steps_a_logger_or_a_validation_reads():
+    logged = [step for step in range(1, 131) if logs_training_step(step, log_every=50, val_every=60, max_steps=130)]
+    assert logged == [50, 60, 100, 120, 130]  # the logger's steps, each validation's, the last
+    assert [s for s in range(1, 8) if logs_training_step(s, 50, 500, -1)] == []  # no last step known
+
+    # a run of 3 steps still logs, at its last step
+    model = tiny_dsprites_model()
+    trainer = _fit(model, "causal", steps=3)
+    assert {"train/loss", "train/transition_nll", "train/retrieval_acc"} <= set(trainer.callback_metrics)
 
 
 def test_gradients_are_clipped_to_the_configured_norm_before_each_optimizer_step():
