@@ -73,6 +73,9 @@ declare -A RUN_ARGS=(
     [shapes3d_kept0_aug]="--data shapes3d --preset small --max-steps 4000 6000 --code-pool 40000 --augment renderer,resample,blur,jpeg,colour --config benchmarks/configs/kept0_unbudgeted.json"
     [shapes3d_kept0]="--data shapes3d --preset small --max-steps 4000 6000 --code-pool 40000 --config benchmarks/configs/kept0_unbudgeted.json"
     [dsprites_kept0]="--data dsprites --preset small --max-steps 4000 4000 --code-pool 40000 --config benchmarks/configs/dsprites_kept0_unbudgeted.json"
+    # the same with relative positions in the equations (ModelConfig.transition_position; the cpu-small
+    # preset's, experiments/demo_edits, fourth round)
+    [dsprites_kept0_relative]="--data dsprites --preset small --max-steps 4000 4000 --code-pool 40000 --config benchmarks/configs/dsprites_kept0_relative.json"
 )
 declare -A RUN_DATA=([shapes3d_small]=shapes3d [dsprites_small]=dsprites
                      [dsprites_small_rare_scale50]=dsprites [shapes3d_default]=shapes3d
@@ -86,7 +89,8 @@ declare -A RUN_DATA=([shapes3d_small]=shapes3d [dsprites_small]=dsprites
                      [shapes3d_local]=shapes3d [shapes3d_local_resample]=shapes3d
                      [shapes3d_edit100]=shapes3d [shapes3d_edit1000]=shapes3d
                      [dsprites_edit100]=dsprites [dsprites_edit1000]=dsprites
-                     [shapes3d_kept0_aug]=shapes3d [shapes3d_kept0]=shapes3d [dsprites_kept0]=dsprites)
+                     [shapes3d_kept0_aug]=shapes3d [shapes3d_kept0]=shapes3d [dsprites_kept0]=dsprites
+                     [dsprites_kept0_relative]=dsprites)
 names=${RUN_ONLY:-"shapes3d_small dsprites_small dsprites_small_rare_scale50 shapes3d_default"}
 
 run() {

@@ -124,8 +124,9 @@ class ModelConfig:
             (models saved before the field): a learned embedding per node, added to the node's and
             its parents' inputs, so each cell learns its own equations. "relative" (grid layout
             only): no per-node embedding; each attention layer adds a learned bias per head for the
-            parent's offset from the node (dy, dx). Every cell then runs the same equations on
-            what its parents hold, so a rule learnt where a sprite was seen serves wherever it is.
+            parent's offset from the node (dy, dx). Every cell then computes its equation with the
+            same weights from what its parents hold (the graph still chooses each cell's parents
+            and targets), so a rule learnt where a sprite was seen can serve wherever it is.
         mixture_eps: floor on the probability of the target code under the intervention mixture;
             bounds the loss by -log(eps) and the straight-through gradient to the mask.
         equation_loss_weight: weight of the cross-entropy of the transition logits against the

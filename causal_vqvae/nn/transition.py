@@ -88,11 +88,11 @@ class TransitionLoss:
 class ParentAttentionBlock(nn.Module):
     """Node states attend over their (masked) parents' input embeddings and the action token."""
 
-    def __init__(self, dim: int, heads: int, mlp_ratio: int, offsets: int = 0) -> None:
+    def __init__(self, dim: int, heads: int, mlp_ratio: int, num_offsets: int = 0) -> None:
         super().__init__()
         self.heads = heads
         # One learned score per head and parent offset (relative positions; see CausalTransition).
-        self.offset_bias = nn.Parameter(torch.zeros(heads, offsets)) if offsets else None
+        self.offset_bias = nn.Parameter(torch.zeros(heads, num_offsets)) if num_offsets else None
         self.scale = (dim // heads) ** -0.5
         self.norm_query = nn.LayerNorm(dim)
         self.norm_memory = nn.LayerNorm(dim)
@@ -158,7 +158,7 @@ class CausalTransition(nn.Module):
             code (see ModelConfig.keep_threshold). Used for ``predicted_codes`` alone.
         position: "absolute" (a learned embedding per node, added to its input) or "relative" (the
             nodes are a square grid; no embedding per node, and each layer scores a parent by its
-            offset from the node: the same equations in every cell; see
+            offset from the node: the same weights in every cell; see
             ModelConfig.transition_position).
     """
 
@@ -194,10 +194,10 @@ class CausalTransition(nn.Module):
         self.register_buffer("offsets", node_code_offsets(num_nodes, num_codebooks, codes_per_node), persistent=False)
         self.register_buffer("node_group", self.offsets // codes_per_node, persistent=False)
         self.code_embed = nn.Embedding(num_codebooks * codes_per_node, dim)
-        offsets = 0
+        num_offsets = 0
         if position == "relative":
             self.position = None
-            offset_index, offsets = grid_offset_index(num_nodes)
+            offset_index, num_offsets = grid_offset_index(num_nodes)
             self.register_buffer("offset_index", offset_index, persistent=False)
         else:
             self.position = nn.Parameter(torch.randn(num_nodes, dim) * 0.02)
@@ -205,7 +205,7 @@ class CausalTransition(nn.Module):
         self.action_embed = nn.Embedding(graph.num_actions, dim)
         self.action_type = nn.Parameter(torch.randn(dim) * 0.02)
         self.constant = nn.Parameter(torch.randn(dim) * 0.02)
-        self.blocks = nn.ModuleList(ParentAttentionBlock(dim, heads, mlp_ratio, offsets) for _ in range(layers))
+        self.blocks = nn.ModuleList(ParentAttentionBlock(dim, heads, mlp_ratio, num_offsets) for _ in range(layers))
         self.norm = nn.LayerNorm(dim)
         self.head_weight = nn.Parameter(torch.randn(num_codebooks, codes_per_node, dim) * dim**-0.5)
         self.head_bias = nn.Parameter(torch.zeros(num_codebooks, codes_per_node))

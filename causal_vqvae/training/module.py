@@ -47,9 +47,11 @@ from ..model import CausalVQVAE
 from ..nn.compiling import compile_ready
 from ..nn.transition import TransitionLoss
 from .config import FROZEN_AUTOENCODER_STAGES, TrainConfig, check_stage
+from .optim import (drop_untrained_from_vqvae_optimizer_state, optimizer_group_mismatch, parameter_groups,
+                    regroup_optimizer_state)
 from .rundir import ADDED_SETTINGS
 
-__all__ = ["CausalVQVAEModule", "CheckpointMismatchError", "parameter_groups", "psnr"]
+__all__ = ["CausalVQVAEModule", "CheckpointMismatchError", "logs_training_step", "parameter_groups", "psnr"]
 
 AUTOENCODER_PARTS = ("encoder", "decoder", "quantizer", "token_encoder", "token_decoder")
 # Validation metrics shown on the progress bar (none from training steps: see training_step).
@@ -315,8 +317,11 @@ class CausalVQVAEModule(pl.LightningModule):
             raise CheckpointMismatchError(
                 f"the checkpoint is of stage {saved_stage!r}, this is stage {self.stage!r}; resume each stage "
                 "from its own OUT/<stage>/checkpoints/last.ckpt")
-        _drop_untrained_from_vqvae_optimizer_state(checkpoint, self.model, self.train_config)
-        _regroup_optimizer_state(checkpoint, self.model, self.train_config, self.stage)
+        drop_untrained_from_vqvae_optimizer_state(checkpoint, self.model, self.train_config)
+        regroup_optimizer_state(checkpoint, self.model, self.train_config, self.stage)
+        mismatch = optimizer_group_mismatch(checkpoint, self.model, self.train_config, self.stage)
+        if mismatch:
+            raise CheckpointMismatchError(mismatch)
 
     # ------------------------------------------------------------------ optimisation
     def _fused_adamw(self, param: torch.Tensor) -> bool | None:
@@ -358,114 +363,6 @@ def logs_training_step(step: int, log_every: int, val_every: int, max_steps: int
     about a millisecond of bookkeeping a call and a causal step logs nine values: on the CPU, a tenth
     of a ``cpu-small`` causal step went to values no logger writes."""
     return step % max(1, log_every) == 0 or step % max(1, val_every) == 0 or 0 < max_steps <= step
-
-
-def parameter_groups(
-    model: CausalVQVAE, lr: float, graph_lr_scale: float, weight_decay: float, head_lr: float = 0.0
-) -> list[dict[str, Any]]:
-    """AdamW parameter groups of the trainable parameters of ``model``: the graph's edge logits at
-    ``lr * graph_lr_scale`` without weight decay; with ``head_lr`` > 0 the retrieval head at
-    ``head_lr`` (:meth:`TrainConfig.head_lr_in`); everything else at ``lr`` with ``weight_decay`` (see
-    :class:`TrainConfig`). Empty groups are left out; the schedule scales every group alike."""
-    edge_ids = {id(p) for p in model.graph.edge_logits()}
-    head_ids = {id(p) for p in model.retrieval_head.parameters()} if head_lr > 0.0 else set()
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    groups = [
-        {"params": [p for p in trainable if id(p) not in edge_ids and id(p) not in head_ids], "lr": lr,
-         "weight_decay": weight_decay, "name": "model"},
-        {"params": [p for p in trainable if id(p) in edge_ids], "lr": lr * graph_lr_scale, "weight_decay": 0.0,
-         "name": "graph_edge_logits"},
-        {"params": [p for p in trainable if id(p) in head_ids], "lr": head_lr, "weight_decay": weight_decay,
-         "name": "retrieval_head"},
-    ]
-    return [g for g in groups if g["params"]]
-
-
-def _carry_adam_state(
-    saved: dict[str, Any], old_layout: list[list[torch.nn.Parameter]], groups: list[dict[str, Any]]
-) -> tuple[dict[int, Any], list[list[int]], list[int]]:
-    """Move the per-parameter state of the optimiser state dict ``saved``, whose groups held
-    ``old_layout``'s parameters in that order, to the parameter groups ``groups``: the new state by
-    index, each new group's parameter indices, and the saved group each new group's first
-    parameter came from. Parameters without state (never given a gradient) get none."""
-    where = {id(p): (g, saved["param_groups"][g]["params"][i])
-             for g, params in enumerate(old_layout) for i, p in enumerate(params)}
-    state, ids, sources, index = {}, [], [], 0
-    for group in groups:
-        ids.append([])
-        for p in group["params"]:
-            old_id = where[id(p)][1]
-            if old_id in saved["state"]:
-                state[index] = saved["state"][old_id]
-            ids[-1].append(index)
-            index += 1
-        sources.append(where[id(group["params"][0])][0])
-    return state, ids, sources
-
-
-def _drop_untrained_from_vqvae_optimizer_state(checkpoint: dict[str, Any], model: CausalVQVAE,
-                                               cfg: TrainConfig) -> None:
-    """Bring the optimiser state of a ``vqvae``-stage checkpoint written while that stage left every
-    parameter trainable (before it froze all but the autoencoder, which DDP needs) to this stage's
-    groups, in place: the autoencoder's parameters keep their Adam moments and step counts; the
-    others never had a gradient there, so they had no state to lose. The saved layout is one group of
-    every parameter, or :func:`parameter_groups`'s two (the edge logits apart). Anything else is left
-    to torch's own checks."""
-    optimizers = checkpoint.get("optimizer_states") or []
-    if checkpoint.get("hyper_parameters", {}).get("stage") != "vqvae" or len(optimizers) != 1:
-        return
-    saved = optimizers[0]
-    every = list(model.parameters())
-    edge_ids = {id(p) for p in model.graph.edge_logits()}
-    layouts = [[every], [[p for p in every if id(p) not in edge_ids], [p for p in every if id(p) in edge_ids]]]
-    sizes = [len(g["params"]) for g in saved.get("param_groups", [])]
-    old_layout = next((lay for lay in layouts if [len(g) for g in lay] == sizes), None)
-    if old_layout is None:  # this version's layout, or one torch's own checks judge
-        return
-    groups = parameter_groups(model, cfg.lr("vqvae"), cfg.graph_lr_scale, cfg.weight_decay)
-    state, ids, sources = _carry_adam_state(saved, old_layout, groups)
-    param_groups = [{**saved["param_groups"][source], "params": group_ids, "name": group["name"]}
-                    for group, group_ids, source in zip(groups, ids, sources)]
-    optimizers[0] = {"state": state, "param_groups": param_groups}
-    for schedule in checkpoint.get("lr_schedulers") or []:
-        for key in ("base_lrs", "_last_lr", "lr_lambdas"):
-            if len(schedule.get(key) or []) == len(sizes):
-                schedule[key] = [schedule[key][g] for g in sources]
-
-
-def _regroup_optimizer_state(checkpoint: dict[str, Any], model: CausalVQVAE, cfg: TrainConfig, stage: str) -> None:
-    """Bring the optimiser state of a checkpoint written before the edge logits had a group of their
-    own (before ``TrainConfig.graph_lr_scale``: one AdamW group of every trainable parameter, in
-    ``model.parameters()`` order) to :func:`parameter_groups`'s groups, in place. Every parameter
-    keeps its Adam moments and step count; the groups' rates, and the schedule's, become this
-    config's (the edge logits at ``graph_lr_scale`` times the rest), so the run goes on as one
-    started with it would. Anything else is left to torch's own checks."""
-    optimizers = checkpoint.get("optimizer_states") or []
-    if len(optimizers) != 1 or len(optimizers[0].get("param_groups", [])) != 1:
-        return
-    groups = parameter_groups(model, cfg.lr(stage), cfg.graph_lr_scale, cfg.weight_decay, cfg.head_lr_in(stage))
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    saved = optimizers[0]
-    (old,) = saved["param_groups"]
-    if len(groups) == 1 or len(old["params"]) != len(trainable):
-        return
-    factors = [g["lr"] / cfg.lr(stage) if cfg.lr(stage) else 1.0 for g in groups]
-    shared = {k: v for k, v in old.items() if k not in ("params", "param_names", "lr", "initial_lr", "weight_decay")}
-    state, all_ids, _ = _carry_adam_state(saved, [trainable], groups)
-    param_groups = []
-    for group, factor, ids in zip(groups, factors, all_ids):
-        regrouped = {**shared, "params": ids, "name": group["name"], "weight_decay": group["weight_decay"],
-                     "lr": old["lr"] * factor}
-        if "initial_lr" in old:
-            regrouped["initial_lr"] = old["initial_lr"] * factor
-        param_groups.append(regrouped)
-    optimizers[0] = {"state": state, "param_groups": param_groups}
-    for schedule in checkpoint.get("lr_schedulers") or []:
-        for key in ("base_lrs", "_last_lr"):
-            if len(schedule.get(key) or []) == 1:
-                schedule[key] = [schedule[key][0] * factor for factor in factors]
-        if len(schedule.get("lr_lambdas") or []) == 1:
-            schedule["lr_lambdas"] = schedule["lr_lambdas"] * len(groups)
 
 
 def _comparable(value: Any) -> Any:

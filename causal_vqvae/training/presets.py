@@ -23,7 +23,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     # seeds and take under 4 minutes with the autoencoder). Parents are not budgeted
     # (adjacency_budget 63: the graph still keeps about a third of them): with 4, no node saw enough
     # of a sprite to rotate or reshape it, and orientation edits were exact 7% of the time against
-    # 27%. The equations use relative positions (the same equations in every cell). The retrieval
+    # 27%. The equations use relative positions (the same weights in every cell). The retrieval
     # head trains at 1e-3 (causal_head_lr): at the transition's 3e-3 its hidden units died in one
     # seed of three. All measured in experiments/demo_edits/.
     "cpu-small": {

@@ -247,6 +247,16 @@ def test_relative_positions_run_the_same_equations_in_every_cell(position):
         with torch.no_grad():
             moved = m.transition(codes, torch.tensor([1]), sample=False).logits[0]
         assert not torch.allclose(moved[4 * side + 5], b, atol=1e-4)
+        # parents' codes enter without positions, so only the offset bias tells the cell above
+        # from the cell below: swapping their codes changes the node's logits
+        above, below = 3 * side + 5, 5 * side + 5
+        code = int(codes[0, above])
+        codes[0, above], codes[0, below] = (code + 1) % m.config.codes_per_node, code
+        with torch.no_grad():
+            before = m.transition(codes, torch.tensor([1]), sample=False).logits[0, 4 * side + 5]
+            codes[0, [above, below]] = codes[0, [below, above]]
+            after = m.transition(codes, torch.tensor([1]), sample=False).logits[0, 4 * side + 5]
+        assert not torch.allclose(before, after, atol=1e-4)
     else:  # a learned embedding per cell: each cell has its own equations
         assert not torch.allclose(a, b, atol=1e-4)
 
@@ -259,3 +269,17 @@ def test_relative_positions_need_a_grid_and_old_configs_read_absolute():
     saved = ModelConfig(**SMALL).to_dict()
     saved.pop("transition_position")  # a model saved before the field
     assert ModelConfig.from_dict(saved).transition_position == "absolute"
+
+
+def test_a_model_with_relative_positions_saves_and_loads_with_the_same_equations(tmp_path):
+    m = model(transition_position="relative")
+    with torch.no_grad():
+        for block in m.transition_net.blocks:
+            block.offset_bias.normal_()
+    save_pretrained(m, tmp_path / "relative")
+    loaded = CausalVQVAE.from_pretrained(tmp_path / "relative").eval()
+    assert loaded.config.transition_position == "relative" and loaded.transition_net.position is None
+    codes, actions = codes_and_actions(m)
+    with torch.no_grad():
+        assert torch.equal(m.transition(codes, actions, sample=False).logits,
+                           loaded.transition(codes, actions, sample=False).logits)

@@ -19,7 +19,6 @@ import train as train_script  # the entry at the repository's top: its flags are
 from tiny import TINY_JSON, tiny_dsprites_model
 
 
-
 def _fit(model, stage, steps=3, mode="pairs", compile_options=None, precision="32-true", **train_fields):
     dm = build_datamodule("dsprites", mode=mode, batch_size=8, train_length=8 * steps, val_length=16, num_workers=0)
     config = TrainConfig(**{f"{stage}_steps": steps}, warmup_steps=1, val_every=steps, **train_fields)
@@ -262,10 +261,53 @@ def test_training_metrics_are_logged_only_on_the_steps_a_logger_or_a_validation_
     assert logged == [50, 60, 100, 120, 130]  # the logger's steps, each validation's, the last
     assert [s for s in range(1, 8) if logs_training_step(s, 50, 500, -1)] == []  # no last step known
 
-    # a run of 3 steps still logs, at its last step
-    model = tiny_dsprites_model()
-    trainer = _fit(model, "causal", steps=3)
+    # a run of 3 steps (validated at its end) logs its training metrics once, at step 3
+    calls = []
+    original = CausalVQVAEModule.log_dict
+
+    def counting(self, metrics, *args, **kwargs):
+        if "train/loss" in metrics:
+            calls.append(self.global_step + 1)
+        return original(self, metrics, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(CausalVQVAEModule, "log_dict", counting)
+        trainer = _fit(tiny_dsprites_model(), "causal", steps=3)
+    assert calls == [3]
     assert {"train/loss", "train/transition_nll", "train/retrieval_acc"} <= set(trainer.callback_metrics)
+
+
+def test_a_checkpoint_whose_optimiser_groups_differ_is_refused_naming_the_head_rate():
+    from causal_vqvae.training.module import CheckpointMismatchError
+    from causal_vqvae.training.optim import optimizer_group_mismatch
+
+    model = tiny_dsprites_model()
+    model.requires_grad_(True)
+    two = {"optimizer_states": [{"param_groups": [{"name": "model"}, {"name": "graph_edge_logits"}]}]}
+    assert optimizer_group_mismatch(two, model, TrainConfig(), "causal") is None  # the same groups
+    message = optimizer_group_mismatch(two, model, TrainConfig(causal_head_lr=1e-3), "causal")
+    assert message.startswith("the checkpoint's optimiser has the parameter groups ['model', 'graph_edge_logits'], "
+                              "this run's are ['model', 'graph_edge_logits', 'retrieval_head']")
+    assert "causal_head_lr" in message
+    unnamed = {"optimizer_states": [{"param_groups": [{"lr": 1e-3}]}]}  # older checkpoints: torch's checks
+    assert optimizer_group_mismatch(unnamed, model, TrainConfig(causal_head_lr=1e-3), "causal") is None
+
+    # resuming such a checkpoint is refused with that message, before any state is loaded
+    module = CausalVQVAEModule(model, "causal", TrainConfig(causal_head_lr=1e-3))
+    checkpoint = {"hyper_parameters": {"stage": "causal", "model": model.config.to_dict()}, **two}
+    with pytest.raises(CheckpointMismatchError, match="causal_head_lr"):
+        module.on_load_checkpoint(checkpoint)
+
+
+def test_a_presets_relative_positions_give_way_to_the_tokens_layout(tmp_path, small_overrides):
+    out = tmp_path / "run"
+    rc = train_script.main(["--data", "dsprites", "--preset", "cpu-small", "--layout", "tokens", "--config",
+                            small_overrides, "--stage", "vqvae", "--max-steps", "1", "--batch-size", "8",
+                            "--gpus", "0", "--out", str(out), "--no-progress"])
+    assert rc == 0
+    model = json.loads((out / "config.json").read_text())["model"]
+    assert model["latent_layout"] == "tokens" and model["transition_position"] == "absolute"
+    assert PRESETS["cpu-small"]["model"]["transition_position"] == "relative"  # the grid keeps them
 
 
 def test_gradients_are_clipped_to_the_configured_norm_before_each_optimizer_step():
@@ -796,13 +838,14 @@ def test_train_py_hands_the_compile_mode_to_the_training_module(tmp_path, small_
     assert received == [{"mode": "reduce-overhead"}]
 
 
-@pytest.mark.parametrize("layout", ["grid", "tokens"])
-def test_each_training_step_function_traces_as_one_graph(layout):
+@pytest.mark.parametrize("layout, position", [("grid", "absolute"), ("tokens", "absolute"), ("grid", "relative")])
+def test_each_training_step_function_traces_as_one_graph(layout, position):
     """Under torch.compile every model function of a training step is one graph: the random draws
     (graph masks, restart picks) and the budgets are made eagerly first, and enter as inputs. Drawn
     inside, each split the graph (transition_loss was 11 graphs, autoencoder_loss 5), and with it
     the fusion and the CUDA-graph capture that --compile is for."""
-    model = tiny_dsprites_model(latent_layout=layout, state_dependent_targets=True, target_context_layers=1)
+    model = tiny_dsprites_model(latent_layout=layout, state_dependent_targets=True, target_context_layers=1,
+                                transition_position=position)
     model.train()
     g = torch.Generator().manual_seed(0)
     k, n = model.config.codes_per_node, model.config.num_nodes
