@@ -14,3 +14,12 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def no_data_root(monkeypatch):
+    """No ``$CAUSAL_VQVAE_DATA_ROOT`` for the test: data comes from the procedural twins, whatever the
+    machine running the tests has set."""
+    from datamodules.datamodule import DATA_ROOT_ENV
+
+    monkeypatch.delenv(DATA_ROOT_ENV, raising=False)

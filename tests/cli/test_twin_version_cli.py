@@ -21,16 +21,10 @@ from causal_vqvae.eval.data import (
     twin_datamodule,
 )
 from causal_vqvae.eval.factor_classifier import ClassifierSettings, cache_paths
-from datamodules.datamodule import DATA_ROOT_ENV
 from datamodules.factors import ActionSpace
 from datamodules.shapes3d import SHAPES3D, render_shapes3d
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(autouse=True)
-def no_data_root(monkeypatch):
-    monkeypatch.delenv(DATA_ROOT_ENV, raising=False)
+pytestmark = pytest.mark.usefixtures("one_thread", "no_data_root")
 
 
 def _shapes3d_model() -> CausalVQVAE:

@@ -9,15 +9,10 @@ import pytest
 import torch
 
 from datamodules.augment import AUGMENTATIONS, _jpeg, augment_images, check_augment, item_uniforms
-from datamodules.datamodule import DATA_ROOT_ENV, DataConfig, build_datamodule
+from datamodules.datamodule import DataConfig, build_datamodule
 from datamodules.shapes3d import render_shapes3d
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(autouse=True)
-def no_data_root(monkeypatch):
-    monkeypatch.delenv(DATA_ROOT_ENV, raising=False)
+pytestmark = pytest.mark.usefixtures("one_thread", "no_data_root")
 
 
 def _renders(n: int = 16) -> tuple[torch.Tensor, torch.Tensor]:

@@ -20,12 +20,7 @@ from datamodules.preview import main as preview_main
 from datamodules.shapes3d import SHAPES3D, render_shapes3d
 from datamodules.sources import TwinSource
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(autouse=True)
-def no_data_root(monkeypatch):
-    monkeypatch.delenv(DATA_ROOT_ENV, raising=False)
+pytestmark = pytest.mark.usefixtures("one_thread", "no_data_root")
 
 
 def _batch(version: str | None) -> tuple[dict, object]:
