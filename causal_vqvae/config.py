@@ -127,6 +127,11 @@ class ModelConfig:
             parent's offset from the node (dy, dx). Every cell then computes its equation with the
             same weights from what its parents hold (the graph still chooses each cell's parents
             and targets), so a rule learnt where a sprite was seen can serve wherever it is.
+            "relative_kv": as "relative", and each layer also adds a learned vector per offset to a
+            parent's key and to its value (relative position representations), so a node's state
+            holds where the parents it attends to are, not only what they hold (off by default; on
+            the demo model it did not change the exactness beyond a seed's spread:
+            experiments/demo_edits/, fifth round).
         mixture_eps: floor on the probability of the target code under the intervention mixture;
             bounds the loss by -log(eps) and the straight-through gradient to the mask.
         equation_loss_weight: weight of the cross-entropy of the transition logits against the
@@ -289,8 +294,8 @@ class ModelConfig:
         need(isinstance(self.local_encoder, bool), f"local_encoder must be true or false, got {self.local_encoder!r}")
         need(self.transition_position in TRANSITION_POSITIONS,
              f"transition_position must be one of {TRANSITION_POSITIONS}, got {self.transition_position!r}")
-        need(self.transition_position != "relative" or self.latent_layout == "grid",
-             "transition_position 'relative' needs latent_layout 'grid': tokens have no offsets")
+        need(self.transition_position == "absolute" or self.latent_layout == "grid",
+             f"transition_position {self.transition_position!r} needs latent_layout 'grid': tokens have no offsets")
         need(self.local_parent_logit is None or self.latent_layout == "grid",
              "local_parent_logit needs latent_layout 'grid': tokens have no neighbours")
         need(not (self.local_encoder and self.latent_layout == "tokens"),

@@ -49,7 +49,7 @@ __all__ = [
 # "resample", any code (see ModelConfig.intervention).
 INTERVENTIONS = ("change", "resample")
 # How an equation knows where its node and parents are (see ModelConfig.transition_position).
-TRANSITION_POSITIONS = ("absolute", "relative")
+TRANSITION_POSITIONS = ("absolute", "relative", "relative_kv")
 # The logit of an intervened node's current code under "change": far below any learned logit, so its
 # probability is 0 in float32, and finite, so that logits can still be subtracted and compared.
 EXCLUDED_LOGIT = -1e4
@@ -88,11 +88,14 @@ class TransitionLoss:
 class ParentAttentionBlock(nn.Module):
     """Node states attend over their (masked) parents' input embeddings and the action token."""
 
-    def __init__(self, dim: int, heads: int, mlp_ratio: int, num_offsets: int = 0) -> None:
+    def __init__(self, dim: int, heads: int, mlp_ratio: int, num_offsets: int = 0, offset_kv: bool = False) -> None:
         super().__init__()
         self.heads = heads
-        # One learned score per head and parent offset (relative positions; see CausalTransition).
+        # One learned score per head and parent offset (relative positions; see CausalTransition),
+        # and with ``offset_kv`` a learned vector per offset added to the parent's key and value.
         self.offset_bias = nn.Parameter(torch.zeros(heads, num_offsets)) if num_offsets else None
+        self.offset_key = nn.Parameter(torch.randn(num_offsets, dim) * 0.02) if offset_kv else None
+        self.offset_value = nn.Parameter(torch.randn(num_offsets, dim) * 0.02) if offset_kv else None
         self.scale = (dim // heads) ** -0.5
         self.norm_query = nn.LayerNorm(dim)
         self.norm_memory = nn.LayerNorm(dim)
@@ -127,6 +130,9 @@ class ParentAttentionBlock(nn.Module):
         scores_parent = torch.einsum("bhid,bhjd->bhij", q, k) * self.scale
         if self.offset_bias is not None:
             scores_parent = scores_parent + self.offset_bias[:, offset_index]  # (H, N, N) broadcast over B
+        if self.offset_key is not None:
+            key_offset = rearrange(self.offset_key[offset_index], "i j (h d) -> h i j d", h=heads)
+            scores_parent = scores_parent + torch.einsum("bhid,hijd->bhij", q, key_offset) * self.scale
         scores_const = torch.einsum("bhid,hd->bhi", q, k_const) * self.scale
         scores_parent = mask * scores_parent + (1.0 - mask) * scores_const.unsqueeze(-1)
         scores_extra = torch.einsum("bhid,bhed->bhie", q, k_extra) * self.scale
@@ -134,11 +140,15 @@ class ParentAttentionBlock(nn.Module):
         attn = torch.softmax(torch.cat([scores_parent, scores_extra], dim=-1).float(), dim=-1)
         attn_parent, attn_extra = attn[..., :num_parents], attn[..., num_parents:]
 
+        seen = (attn_parent * mask).to(v.dtype)
         out = (
-            torch.einsum("bhij,bhjd->bhid", (attn_parent * mask).to(v.dtype), v)
+            torch.einsum("bhij,bhjd->bhid", seen, v)
             + (attn_parent * (1.0 - mask)).sum(-1, keepdim=True).to(v.dtype) * v_const.unsqueeze(1)
             + torch.einsum("bhie,bhed->bhid", attn_extra.to(v.dtype), v_extra)
         )
+        if self.offset_value is not None:
+            value_offset = rearrange(self.offset_value[offset_index], "i j (h d) -> h i j d", h=heads)
+            out = out + torch.einsum("bhij,hijd->bhid", seen, value_offset)
         h = h + self.out(rearrange(out, "b h i d -> b i (h d)"))
         return h + self.ff(self.norm_ff(h))
 
@@ -156,10 +166,11 @@ class CausalTransition(nn.Module):
         keep_threshold: an intervened node keeps its current code only when the equation gives it at
             least this probability, else takes the most likely other code; None: the most likely
             code (see ModelConfig.keep_threshold). Used for ``predicted_codes`` alone.
-        position: "absolute" (a learned embedding per node, added to its input) or "relative" (the
+        position: "absolute" (a learned embedding per node, added to its input), "relative" (the
             nodes are a square grid; no embedding per node, and each layer scores a parent by its
-            offset from the node: the same weights in every cell; see
-            ModelConfig.transition_position).
+            offset from the node: the same weights in every cell) or "relative_kv" ("relative", and
+            a learned vector per offset added to each parent's key and value); see
+            ModelConfig.transition_position.
     """
 
     def __init__(
@@ -195,7 +206,7 @@ class CausalTransition(nn.Module):
         self.register_buffer("node_group", self.offsets // codes_per_node, persistent=False)
         self.code_embed = nn.Embedding(num_codebooks * codes_per_node, dim)
         num_offsets = 0
-        if position == "relative":
+        if position in ("relative", "relative_kv"):
             self.position = None
             offset_index, num_offsets = grid_offset_index(num_nodes)
             self.register_buffer("offset_index", offset_index, persistent=False)
@@ -205,7 +216,8 @@ class CausalTransition(nn.Module):
         self.action_embed = nn.Embedding(graph.num_actions, dim)
         self.action_type = nn.Parameter(torch.randn(dim) * 0.02)
         self.constant = nn.Parameter(torch.randn(dim) * 0.02)
-        self.blocks = nn.ModuleList(ParentAttentionBlock(dim, heads, mlp_ratio, num_offsets) for _ in range(layers))
+        self.blocks = nn.ModuleList(ParentAttentionBlock(dim, heads, mlp_ratio, num_offsets, position == "relative_kv")
+                                    for _ in range(layers))
         self.norm = nn.LayerNorm(dim)
         self.head_weight = nn.Parameter(torch.randn(num_codebooks, codes_per_node, dim) * dim**-0.5)
         self.head_bias = nn.Parameter(torch.zeros(num_codebooks, codes_per_node))

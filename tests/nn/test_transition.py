@@ -223,12 +223,12 @@ def _four_neighbour_graph(m: CausalVQVAE) -> None:
         m.graph.adjacency_logits.copy_(torch.where(near, 10.0, -10.0))
 
 
-@pytest.mark.parametrize("position", ["absolute", "relative"])
+@pytest.mark.parametrize("position", ["absolute", "relative", "relative_kv"])
 def test_relative_positions_run_the_same_equations_in_every_cell(position):
     m = model(transition_position=position, transition_layers=2)
     with torch.no_grad():  # parameters as after training: the offset biases are not all zero
         for name, p in m.transition_net.named_parameters():
-            if name.endswith("offset_bias"):
+            if name.endswith(("offset_bias", "offset_key", "offset_value")):
                 p.normal_()
     _four_neighbour_graph(m)
     side = m.config.grid_size
@@ -239,7 +239,7 @@ def test_relative_positions_run_the_same_equations_in_every_cell(position):
     with torch.no_grad():
         logits = m.transition(codes, torch.tensor([1]), sample=False).logits[0]
     a, b = logits[1 * side + 1], logits[4 * side + 5]
-    if position == "relative":
+    if position != "absolute":
         assert m.transition_net.position is None
         assert torch.allclose(a, b, atol=1e-5)
         # a parent's code still matters, and so does its offset: the cells differ once a neighbour does
@@ -261,9 +261,35 @@ def test_relative_positions_run_the_same_equations_in_every_cell(position):
         assert not torch.allclose(a, b, atol=1e-4)
 
 
-def test_relative_positions_need_a_grid_and_old_configs_read_absolute():
-    with pytest.raises(ValueError, match="transition_position 'relative' needs latent_layout 'grid'"):
-        ModelConfig(**{**SMALL, "latent_layout": "tokens", "transition_position": "relative"})
+@pytest.mark.parametrize("position", ["relative", "relative_kv"])
+def test_offset_vectors_tell_a_node_where_its_one_parent_is(position):
+    """One parent of the same code, to the left of one node and above another: with the offset bias
+    alone (here 0) the two nodes compute the same state; offset vectors in the value tell them apart."""
+    m = model(transition_position=position, transition_layers=1)
+    side = m.config.grid_size
+    node_a, node_b = 2 * side + 2, 5 * side + 5
+    parent_a, parent_b = node_a - 1, node_b - side  # left of a, above b
+    with torch.no_grad():
+        logits = torch.full((side * side, side * side), -10.0)
+        logits[parent_a, node_a] = logits[parent_b, node_b] = 10.0
+        m.graph.adjacency_logits.copy_(logits)
+        for block in m.transition_net.blocks:
+            block.offset_bias.zero_()
+            if block.offset_value is not None:
+                block.offset_value.normal_()
+        codes = torch.zeros(1, side * side, dtype=torch.long)
+        codes[0, [parent_a, parent_b]] = 1
+        out = m.transition(codes, torch.tensor([0]), sample=False).logits[0]
+    if position == "relative":
+        assert torch.allclose(out[node_a], out[node_b], atol=1e-5)
+    else:
+        assert not torch.allclose(out[node_a], out[node_b], atol=1e-3)
+
+
+@pytest.mark.parametrize("position", ["relative", "relative_kv"])
+def test_relative_positions_need_a_grid_and_old_configs_read_absolute(position):
+    with pytest.raises(ValueError, match=f"transition_position '{position}' needs latent_layout 'grid'"):
+        ModelConfig(**{**SMALL, "latent_layout": "tokens", "transition_position": position})
     with pytest.raises(ValueError, match="transition_position must be one of"):
         ModelConfig(**{**SMALL, "transition_position": "learned"})
     saved = ModelConfig(**SMALL).to_dict()
@@ -271,14 +297,17 @@ def test_relative_positions_need_a_grid_and_old_configs_read_absolute():
     assert ModelConfig.from_dict(saved).transition_position == "absolute"
 
 
-def test_a_model_with_relative_positions_saves_and_loads_with_the_same_equations(tmp_path):
-    m = model(transition_position="relative")
+@pytest.mark.parametrize("position", ["relative", "relative_kv"])
+def test_a_model_with_relative_positions_saves_and_loads_with_the_same_equations(tmp_path, position):
+    m = model(transition_position=position)
     with torch.no_grad():
-        for block in m.transition_net.blocks:
-            block.offset_bias.normal_()
-    save_pretrained(m, tmp_path / "relative")
-    loaded = CausalVQVAE.from_pretrained(tmp_path / "relative").eval()
-    assert loaded.config.transition_position == "relative" and loaded.transition_net.position is None
+        for name, p in m.transition_net.named_parameters():
+            if name.endswith(("offset_bias", "offset_key", "offset_value")):
+                p.normal_()
+    save_pretrained(m, tmp_path / position)
+    loaded = CausalVQVAE.from_pretrained(tmp_path / position).eval()
+    assert loaded.config.transition_position == position and loaded.transition_net.position is None
+    assert (loaded.transition_net.blocks[0].offset_value is not None) == (position == "relative_kv")
     codes, actions = codes_and_actions(m)
     with torch.no_grad():
         assert torch.equal(m.transition(codes, actions, sample=False).logits,
