@@ -14,7 +14,8 @@ A parent j of node i enters with its mask value m = adjacency[j, i]: its key/val
 ``m * kv(parent) + (1 - m) * kv(constant)``. With a 0/1 mask (straight-through in training, hard at
 evaluation) a masked parent is *replaced* by a learned constant, so the output of a node with no
 parents is the same whatever the other nodes' codes are, while the mask still receives gradient.
-The scores and outputs are computed densely over all N nodes (no N x N x D tensor).
+The scores and outputs are computed densely over all N nodes (no N x N x D tensor, but for the
+offset vectors of ``position="relative_kv"``, one per layer).
 """
 
 from __future__ import annotations
@@ -113,7 +114,7 @@ class ParentAttentionBlock(nn.Module):
         extra: torch.Tensor,  # (B, E, D) always-visible tokens (the action)
         constant: torch.Tensor,  # (D,) replaces a masked parent
         mask: torch.Tensor,  # (B, 1, N_child, N_parent) in [0, 1]
-        offset_index: torch.Tensor | None = None,  # (N_child, N_parent) long: each pair's offset, with offset_bias
+        offset_index: torch.Tensor | None = None,  # (N_child, N_parent) long: each pair's offset (relative)
     ) -> torch.Tensor:
         heads = self.heads
         q = rearrange(self.to_q(self.norm_query(h)), "b i (h d) -> b h i d", h=heads)

@@ -247,8 +247,9 @@ def test_relative_positions_run_the_same_equations_in_every_cell(position):
         with torch.no_grad():
             moved = m.transition(codes, torch.tensor([1]), sample=False).logits[0]
         assert not torch.allclose(moved[4 * side + 5], b, atol=1e-4)
-        # parents' codes enter without positions, so only the offset bias tells the cell above
-        # from the cell below: swapping their codes changes the node's logits
+        # parents' codes enter without positions, so only the offsets (the bias, and with
+        # relative_kv the vectors) tell the cell above from the cell below: swapping their codes
+        # changes the node's logits
         above, below = 3 * side + 5, 5 * side + 5
         code = int(codes[0, above])
         codes[0, above], codes[0, below] = (code + 1) % m.config.codes_per_node, code
@@ -261,10 +262,12 @@ def test_relative_positions_run_the_same_equations_in_every_cell(position):
         assert not torch.allclose(a, b, atol=1e-4)
 
 
-@pytest.mark.parametrize("position", ["relative", "relative_kv"])
-def test_offset_vectors_tell_a_node_where_its_one_parent_is(position):
+@pytest.mark.parametrize("position, vectors", [("relative", ()), ("relative_kv", ("offset_value",)),
+                                               ("relative_kv", ("offset_key",))])
+def test_offset_vectors_tell_a_node_where_its_one_parent_is(position, vectors):
     """One parent of the same code, to the left of one node and above another: with the offset bias
-    alone (here 0) the two nodes compute the same state; offset vectors in the value tell them apart."""
+    alone (here 0) the two nodes compute the same state; an offset vector in the value, or in the key
+    alone (it moves the attention between the parent and the action token), tells them apart."""
     m = model(transition_position=position, transition_layers=1)
     side = m.config.grid_size
     node_a, node_b = 2 * side + 2, 5 * side + 5
@@ -275,8 +278,9 @@ def test_offset_vectors_tell_a_node_where_its_one_parent_is(position):
         m.graph.adjacency_logits.copy_(logits)
         for block in m.transition_net.blocks:
             block.offset_bias.zero_()
-            if block.offset_value is not None:
-                block.offset_value.normal_()
+            for name in ("offset_key", "offset_value"):
+                if getattr(block, name) is not None:
+                    getattr(block, name).copy_(torch.randn_like(getattr(block, name)) if name in vectors else 0.0)
         codes = torch.zeros(1, side * side, dtype=torch.long)
         codes[0, [parent_a, parent_b]] = 1
         out = m.transition(codes, torch.tensor([0]), sample=False).logits[0]
