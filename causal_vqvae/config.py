@@ -129,9 +129,9 @@ class ModelConfig:
             and targets), so a rule learnt where a sprite was seen can serve wherever it is.
             "relative_kv": as "relative", and each layer also adds a learned vector per offset to a
             parent's key and to its value (relative position representations), so a node's state
-            holds where the parents it attends to are, not only what they hold (off by default; on
-            the demo model it did not change the exactness beyond a seed's spread:
-            experiments/demo_edits/, fifth round).
+            holds where the parents it attends to are, not only what they hold (off by default: in
+            one run on the demo model, edits within the intervals of the preset's and the
+            direction of a turn still undecided; experiments/demo_edits/, fifth round).
         mixture_eps: floor on the probability of the target code under the intervention mixture;
             bounds the loss by -log(eps) and the straight-through gradient to the mask.
         equation_loss_weight: weight of the cross-entropy of the transition logits against the
