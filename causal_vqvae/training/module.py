@@ -158,6 +158,7 @@ class CausalVQVAEModule(pl.LightningModule):
     # ------------------------------------------------------------------ training
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         cfg = self.train_config
+        logs = self._logs_this_step()
         if self._compiled:
             # A new iteration for CUDA graphs (compile mode "reduce-overhead"): the outputs of the
             # last step's graphs may be overwritten from here on. A no-op in the other modes.
@@ -165,7 +166,7 @@ class CausalVQVAEModule(pl.LightningModule):
         if self.stage == "vqvae":
             x = batch["image"] if "image_next" not in batch else torch.cat([batch["image"], batch["image_next"]])
             ae = self._step_functions["autoencoder_loss"](x, generator=self._step_generator())
-            if not self._logs_this_step():
+            if not logs:
                 return ae.loss
             self.log_dict({
                 "train/loss": ae.loss, "train/reconstruction": ae.reconstruction_loss,
@@ -191,7 +192,7 @@ class CausalVQVAEModule(pl.LightningModule):
                 target_codes = self._step_functions["encode_codes"](batch["image_next"])
         if self.stage == "head":
             rl = self._step_functions["retrieval_loss"](codes, target_codes, action)
-            if self._logs_this_step():
+            if logs:
                 self.log_dict({"train/loss": rl.loss, "train/retrieval_acc": rl.accuracy})
             return rl.loss
         generator = self._step_generator()
@@ -201,14 +202,14 @@ class CausalVQVAEModule(pl.LightningModule):
                                                           generator=generator)
             codes, target_codes = ae.output.quantizer.codes.detach().chunk(2)
             loss = loss + cfg.reconstruction_weight * ae.loss
-            if self._logs_this_step():
+            if logs:
                 self.log("train/reconstruction", ae.reconstruction_loss)
         tl = self._step_functions["transition_loss"](codes, action, target_codes, progress=self._progress(),
                                                      generator=generator)
         rl = self._step_functions["retrieval_loss"](codes, target_codes, action)
         loss = loss + cfg.transition_weight * tl.loss + cfg.retrieval_weight * rl.loss
         self._pending_multiplier_update = tl
-        if not self._logs_this_step():
+        if not logs:
             return loss
         self.log_dict({
             "train/loss": loss, "train/transition_nll": tl.nll, "train/sparsity": tl.sparsity,

@@ -56,7 +56,9 @@ def writable_directory(out: str | Path) -> Path:
 # read off; before local_encoder, the encoder saw the whole image; before edit_loss_weight, no decoded
 # edit was trained on; before local_parent_logit, every edge started alike; before kept_equation_weight,
 # the equation term weighed the nodes that keep their code like the others; before twin_version, the
-# twins had one renderer, version "1"; before augment, no training batch was augmented).
+# twins had one renderer, version "1"; before augment, no training batch was augmented; before
+# causal_head_lr, the retrieval head trained at the causal stage's rate; before transition_position,
+# every node had a position embedding of its own).
 ADDED_SETTINGS = {"train": {"graph_lr_scale": 1.0, "code_pool": 0, "keep": "last", "causal_head_lr": 0.0},
                   "model": {"retrieval_score": "nll", "intervention": "resample", "keep_threshold": None,
                             "local_encoder": False, "edit_loss_weight": 0.0, "local_parent_logit": None,

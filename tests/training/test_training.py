@@ -838,7 +838,8 @@ def test_train_py_hands_the_compile_mode_to_the_training_module(tmp_path, small_
     assert received == [{"mode": "reduce-overhead"}]
 
 
-@pytest.mark.parametrize("layout, position", [("grid", "absolute"), ("tokens", "absolute"), ("grid", "relative")])
+@pytest.mark.parametrize("layout, position", [("grid", "absolute"), ("tokens", "absolute"), ("grid", "relative"),
+                                              ("grid", "relative_kv")])
 def test_each_training_step_function_traces_as_one_graph(layout, position):
     """Under torch.compile every model function of a training step is one graph: the random draws
     (graph masks, restart picks) and the budgets are made eagerly first, and enter as inputs. Drawn
