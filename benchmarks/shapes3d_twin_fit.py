@@ -1,4 +1,5 @@
-"""Polish a 3D Shapes twin scene on DeepMind's real frames by coordinate search.
+"""Fit a 3D Shapes twin scene to DeepMind's real frames: object shading by least squares, the rest
+by coordinate search.
 
 The last step of how twin version 2 was fitted (``docs/twin_fidelity.md``). The frames' states are
 held fixed (their exact nearest states, from ``shapes3d_twin_psnr.json``); each scene number in turn
@@ -10,11 +11,20 @@ ray-casts the whole table (a few seconds), so a pass takes a while (about 15 min
     OMP_NUM_THREADS=1 python benchmarks/shapes3d_twin_fit.py [--version 2] [--passes 3]
 
 Prints the best scene after each pass, as a ``Shapes3DScene(...)`` to paste into ``scene.py``.
+
+``--shading`` instead fits the object shading of version 3 (``Shapes3DScene.object_shading_world``
+and ``object_shading_camera``, a quadratic in the surface normal in the world and camera frames) to
+the object's inner pixels (all of a pixel's rays hit the object, and its four neighbours' too) of
+the frames at their states, by least squares (channels at 250 or more, clipped, left out); the
+geometry is the starting version's. ``--fit-frames`` and ``--test-frames`` hold frames out:
+
+    python benchmarks/shapes3d_twin_fit.py --version 2 --shading [--fit-frames 0-23 --test-frames 24-52]
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import dataclasses
 import json
 from pathlib import Path
@@ -27,6 +37,7 @@ from datamodules.shapes3d import (
     SHAPES3D,
     TWIN_VERSIONS,
     Shapes3DScene,
+    raycast,
     shapes3d_surface_colours,
 )
 from datamodules.shapes3d.fidelity import GIF_CONTENT, area_matrix, psnr, real_frames_64
@@ -46,7 +57,7 @@ STEPS = {
     "left_wall_gain": .02, "right_wall_gain": .02, "wall_light_xyz": (.1, .1, .1), "wall_light_exponent": .1,
     "wall_light_falloff": .05, "floor_light_xy": (.05, .05), "floor_light_height": .05,
     "floor_light_exponent": .1, "floor_peak": .03, "floor_falloff": .1, "shadow_light": (.05, .05, .05),
-    "shadow_spread": .01, "shadow_gain": .02,
+    "shadow_spread": .01, "shadow_gain": .02, "shadow_light_xyz": (.05, .05, .05),
 }
 
 
@@ -62,7 +73,7 @@ class Objective:
     """Mean PSNR of the frames against their states rendered under a candidate scene."""
 
     def __init__(self, targets: torch.Tensor, states: torch.Tensor) -> None:
-        self.targets, self.blur = targets, gif_blur_matrix()
+        self.targets, self.states, self.blur = targets, states, gif_blur_matrix()
         self.combo = (states[:, 3] * 4 + states[:, 4]) * 15 + states[:, 5]
         self.colours = shapes3d_surface_colours(states).transpose(1, 2)  # (N, 3, 4)
 
@@ -70,6 +81,84 @@ class Objective:
         weights = _build_weight_table(scene).flatten(2)[self.combo]  # (N, 4, 4096)
         images = (torch.bmm(self.colours, weights).clamp(0, 1) * 255).view(-1, 3, 64, 64)
         return float(psnr(self.blur @ images @ self.blur.T, self.targets).mean())
+
+
+def object_pixels(scene: Shapes3DScene, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inner object pixels of one state ``(6,)``: their shading features ``(P, 15)`` (world, then the camera
+    frame's raycast.CAMERA_FEATURES; averaged over the pixel's rays) and their indices ``(P,)`` in 64 * 64."""
+    scale_i, shape, orientation = (int(v) for v in state[3:])
+    origins, dirs = raycast._camera_rays(scene)
+    scale = SHAPES3D.factors[3].values[scale_i]
+    base = torch.tensor([*scene.object_xy, 0.0], dtype=torch.float64)
+    d = dirs[orientation] / scale
+    o = ((origins[orientation] - base) / scale).expand_as(d)
+    entry, exit_ = raycast._object_interval(scene, shape, o, d)
+    hit = (entry <= exit_) & (entry > 0)
+    normals = raycast._object_normal(scene, shape, o[hit] + entry[hit, None] * d[hit])
+    at = torch.full((len(normals),), orientation)
+    phi = torch.zeros(*hit.shape, 15, dtype=torch.float64)
+    seen = raycast.shading_features(raycast.camera_frame_normals(normals, at))[:, raycast.CAMERA_FEATURES]
+    phi[hit] = torch.cat([raycast.shading_features(normals), seen], -1)
+    ss = scene.supersample
+    inner = torch.nn.functional.avg_pool2d(hit.double()[None, None], ss)[0, 0] == 1
+    inner = inner & inner.roll(1, 0) & inner.roll(-1, 0) & inner.roll(1, 1) & inner.roll(-1, 1)
+    phi = torch.nn.functional.avg_pool2d(phi.permute(2, 0, 1)[None], ss)[0]  # (15, 64, 64)
+    return phi[:, inner].T, inner.flatten().nonzero()[:, 0]
+
+
+def shading_system(scene: Shapes3DScene, targets: torch.Tensor, states: torch.Tensor, frames: list[int]
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Least-squares rows ``(R, 15)`` and values ``(R,)`` in [0, 1]: an inner object pixel's channel is
+    its object colour times the shading; channels the real frame clips (>= 250) are left out."""
+    colours = shapes3d_surface_colours(states).double()  # (N, 4, 3)
+    rows, values = [], []
+    for f in frames:
+        phi, where = object_pixels(scene, states[f])
+        for c in range(3):
+            real = targets[f, c].flatten()[where].double()
+            keep = real < 250
+            rows.append(colours[f, 2, c] * phi[keep])
+            values.append(real[keep] / 255)
+    return torch.cat(rows), torch.cat(values)
+
+
+def fit_object_shading(scene: Shapes3DScene, targets: torch.Tensor, states: torch.Tensor, fit: list[int],
+                       test: list[int]) -> Shapes3DScene:
+    """``scene`` with its object shading fitted on frames ``fit``; prints the shading's RMSE (on [0, 1])
+    on the inner object pixels of ``fit`` and ``test`` before and after."""
+    x, y = shading_system(scene, targets, states, fit)
+    solution = torch.linalg.lstsq(x, y[:, None]).solution[:, 0]
+    fitted = dataclasses.replace(scene, object_shading_world=tuple(round(float(v), 5) for v in solution[:9]),
+                                 object_shading_camera=tuple(round(float(v), 5) for v in solution[9:]))
+    for name, frames in (("fit", fit), ("test", test)):
+        if not frames:
+            continue
+        x, y = shading_system(scene, targets, states, frames)
+        before = Objective(targets[frames], states[frames])
+        print(f"{name} frames ({len(frames)}): shading RMSE {float((x @ solution - y).pow(2).mean().sqrt()):.4f}, "
+              f"PSNR through the GIF model {before(scene):.3f} -> {before(fitted):.3f} dB", flush=True)
+    return fitted
+
+
+def frame_list(text: str | None, count: int) -> list[int]:
+    """``"0-23,30"`` -> [0, ..., 23, 30]; None -> every frame."""
+    if text is None:
+        return list(range(count))
+    out = []
+    for part in text.split(","):
+        lo, _, hi = part.partition("-")
+        out += list(range(int(lo), int(hi or lo) + 1))
+    return out
+
+
+def used(scene: Shapes3DScene, name: str) -> bool:
+    """Whether the scene's render depends on a number (quadratic shading replaces the object light;
+    a point shadow light replaces the distant one)."""
+    if scene.object_shading_world is not None and name in ("object_ambient", "object_diffuse", "object_light"):
+        return False
+    if name == "shadow_light_xyz":
+        return scene.shadow_light_xyz is not None
+    return not (name == "shadow_light" and scene.shadow_light_xyz is not None)
 
 
 def moved(scene: Shapes3DScene, name: str, part: int, delta: float) -> Shapes3DScene:
@@ -87,6 +176,13 @@ def main() -> None:
     parser.add_argument("--passes", type=int, default=3)
     parser.add_argument("--frames", type=Path, default=DEFAULT_FRAMES)
     parser.add_argument("--states", type=Path, default=DEFAULT_STATES, help="JSON of shapes3d_twin_psnr.py")
+    parser.add_argument("--only", nargs="+", default=None, choices=sorted(STEPS), metavar="NAME",
+                        help="search these scene numbers only (default: every one the scene uses)")
+    parser.add_argument("--start", nargs="+", default=[], metavar="NAME=VALUE",
+                        help="start from the version with these numbers changed, e.g. 'shadow_gain=0.27'")
+    parser.add_argument("--shading", action="store_true", help="fit the object shading by least squares, then stop")
+    parser.add_argument("--fit-frames", default=None, help="frames the shading is fitted on, e.g. 0-23 (default all)")
+    parser.add_argument("--test-frames", default=None, help="frames it is tested on (default none)")
     args = parser.parse_args()
     torch.set_num_threads(1)
 
@@ -95,14 +191,24 @@ def main() -> None:
     per_frame = json.loads(args.states.read_text())["per_frame"][args.version]
     objective = Objective(targets, SHAPES3D.unravel(torch.tensor([r["state_index"] for r in per_frame])))
     scene = TWIN_VERSIONS[args.version]
+    for change in args.start:
+        name, _, value = change.partition("=")
+        scene = dataclasses.replace(scene, **{name.strip(): ast.literal_eval(value.strip())})
+    if args.shading:
+        states = objective.states
+        fitted = fit_object_shading(scene, targets, states, frame_list(args.fit_frames, len(targets)),
+                                    frame_list(args.test_frames, len(targets)) if args.test_frames else [])
+        print(repr(fitted))
+        return
     if scene.wall_light_xyz is None:  # give the wall light a place to start from
         scene = dataclasses.replace(scene, wall_light_xyz=(-0.44, 0.01, 1.52))
+    searched = {name: STEPS[name] for name in (args.only or STEPS) if used(scene, name)}
     best = objective(scene)
     print(f"start: {best:.3f} dB (render through the GIF model)", flush=True)
     shrink = 1.0
     for p in range(args.passes):
         start = best
-        for name, steps in STEPS.items():
+        for name, steps in searched.items():
             for part, step in enumerate(steps if isinstance(steps, tuple) else (steps,)):
                 for sign in (1, -1):
                     went = False

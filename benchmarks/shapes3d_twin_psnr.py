@@ -13,10 +13,10 @@ one palette of <= 256 colours for all frames, cut, area-downsample) and compared
 Also reported: the PSNR between the real frames and the round-tripped nearest renders (both sides
 degraded alike).
 
-    OMP_NUM_THREADS=1 python benchmarks/shapes3d_twin_psnr.py [--versions 1 2] [--out-dir DIR]
+    OMP_NUM_THREADS=1 python benchmarks/shapes3d_twin_psnr.py [--versions 1 2 3] [--out-dir DIR]
 
-Writes ``shapes3d_twin_psnr.json`` and ``shapes3d_twin_v1_v2_vs_real.png`` (real | v1 | v2 | real - v2)
-under ``--out-dir`` (default ``benchmarks/results/shapes3d_twin_fidelity``).
+Writes ``shapes3d_twin_psnr.json`` and ``shapes3d_twin_versions_vs_real.png`` (real | each version |
+real minus the last version) under ``--out-dir`` (default ``benchmarks/results/shapes3d_twin_fidelity``).
 """
 
 from __future__ import annotations
@@ -81,7 +81,8 @@ def search(targets: torch.Tensor, version: str) -> tuple[dict, list[dict], torch
 
 
 def figure(targets: torch.Tensor, renders: dict[str, torch.Tensor], scores: dict[str, list[float]], path: Path) -> None:
-    """One row per picked frame: real | nearest v1 | nearest v2 | difference real - v2 (x2 around grey)."""
+    """One row per picked frame: real | the nearest render of each version | real minus the last version's
+    (x2 around grey)."""
     zoom, gap, label = 3, 6, 14
     tile = IMAGE_SIZE * zoom
     versions = list(renders)
@@ -138,7 +139,7 @@ def main() -> None:
     (args.out_dir / "shapes3d_twin_psnr.json").write_text(
         json.dumps({"summary": report, "per_frame": per_frame}, indent=2) + "\n")
     figure(targets, renders, {v: [r["psnr_db"] for r in per_frame[v]] for v in args.versions},
-           args.out_dir / "shapes3d_twin_v1_v2_vs_real.png")
+           args.out_dir / "shapes3d_twin_versions_vs_real.png")
 
 
 if __name__ == "__main__":

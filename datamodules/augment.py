@@ -8,8 +8,8 @@ real frames (80.4%, 41% of codes); resampling, blur and JPEG cost 3-6 points, a 
 brightness shift 1-2 points but 3-6 dB of reconstruction, and the GIF's palette little (93.0%).
 So the augmentations are, by name (:data:`AUGMENTATIONS`):
 
-- ``renderer``: the image rendered by another renderer version of the twin (3D Shapes: version 2
-  for a model on version 1, and the other way round);
+- ``renderer``: the image rendered by another renderer version of the twin (3D Shapes: the next
+  version, 1 -> 2 -> 3 -> 1, so version 2 for a model on version 1);
 - ``resample``: down to 40x40 and back up, mixed with the image by a random strength;
 - ``blur``: a Gaussian blur (sigma 1 pixel), mixed with the image by a random strength (the study
   measured sigma 0.7);

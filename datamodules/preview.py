@@ -26,6 +26,7 @@ from PIL import Image, ImageDraw
 from PIL.PngImagePlugin import PngInfo
 
 from .datamodule import DATASETS, CelebADataModule, build_datamodule
+from .shapes3d.scene import TWIN_VERSIONS
 from .sources import TwinSource
 
 LABEL_WIDTH = 110
@@ -128,9 +129,9 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> Path:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", choices=sorted(DATASETS), default="shapes3d", help="dataset to preview")
     parser.add_argument("--data-root", default=None, help="folder or file of the real dataset; omit for the twin")
-    parser.add_argument("--twin-version", choices=["1", "2"], default="1",
+    parser.add_argument("--twin-version", choices=sorted(TWIN_VERSIONS), default="1",
                         help="renderer version of the 3D Shapes procedural twin: 1 (default; the released models' "
-                             "twin) or 2 (closer to the real frames, docs/twin_fidelity.md); not with --data-root")
+                             "twin), 2 or 3 (closer to the real frames, docs/twin_fidelity.md); not with --data-root")
     parser.add_argument("--out", type=Path, default=None,
                         help="PNG path, or a folder to write preview_<data>.png in (default: out/)")
     parser.add_argument("--steps", type=int, default=10, help="images per row")

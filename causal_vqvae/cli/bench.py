@@ -1,7 +1,7 @@
 """Held-out benchmark of a trained model on a procedural twin (dSprites or 3D Shapes).
 
     causal-vqvae bench --model MODEL --data dsprites [--pairs 2000] [--batch-size 256] [--seed 0]
-                       [--twin-version 1|2]
+                       [--twin-version 1|2|3]
                        [--device auto|cpu|cuda|cuda:N|mps] [--out DIR_OR_JSON] [--json] [--no-cache]
                                  [--baseline-steps N] [--baseline-batch B] [--skip-baseline]
                                  [--classifier-steps N] [--classifier-batch B] [--skip-classifier]
@@ -62,6 +62,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .common import (
+    TWIN_VERSIONS,
+    TWIN_VERSIONS_HELP,
     Parser,
     add_device,
     add_json,
@@ -77,7 +79,6 @@ __all__ = ["bench", "main"]
 
 PROG = "python -m causal_vqvae.cli.bench"
 DATASETS = ("dsprites", "shapes3d")  # causal_vqvae.eval.data.DATASETS, without importing torch
-TWIN_VERSIONS = ("1", "2")  # datamodules.shapes3d.TWIN_VERSIONS, without importing torch
 
 
 def _parser(prog: str = PROG) -> argparse.ArgumentParser:
@@ -85,8 +86,8 @@ def _parser(prog: str = PROG) -> argparse.ArgumentParser:
     add_model(p)
     p.add_argument("--data", required=True, choices=DATASETS, help="procedural twin to evaluate on")
     p.add_argument("--twin-version", choices=TWIN_VERSIONS, default=None,
-                   help="renderer version of the 3D Shapes twin: 1 (the released models' twin) or 2 (closer to "
-                        "the real frames, docs/twin_fidelity.md); default: the version the model was trained on "
+                   help=f"renderer version of the 3D Shapes twin: {TWIN_VERSIONS_HELP}; default: the version "
+                        "the model was trained on "
                         "(its metadata.json), else 1. dSprites has version 1 only")
     p.add_argument("--pairs", type=positive_int, default=2000, help="test pairs (items 0..pairs-1)")
     p.add_argument("--batch-size", "--batch", dest="batch", type=positive_int, default=256,

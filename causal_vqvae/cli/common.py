@@ -25,6 +25,12 @@ from typing import Any
 
 from ..locate import RELEASED_NAMES
 
+# The 3D Shapes twin's renderer versions (datamodules.shapes3d.TWIN_VERSIONS, without importing torch;
+# a test keeps the two alike) and what each is, for --twin-version's help.
+TWIN_VERSIONS = ("1", "2", "3")
+TWIN_VERSIONS_HELP = ("1 (the released models' twin), 2 (closer to DeepMind's real frames) or 3 (2 with the "
+                      "objects shaded as in those frames; docs/twin_fidelity.md)")
+
 __all__ = [
     "DEBUG_VARIABLE",
     "CommandExit",

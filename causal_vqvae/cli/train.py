@@ -45,7 +45,16 @@ import argparse
 import os
 import sys
 
-from .common import Parser, add_json, command, device_name, positive_int, whole_number
+from .common import (
+    TWIN_VERSIONS,
+    TWIN_VERSIONS_HELP,
+    Parser,
+    add_json,
+    command,
+    device_name,
+    positive_int,
+    whole_number,
+)
 
 __all__ = ["build_parser", "main"]
 
@@ -62,11 +71,10 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     p.add_argument("--data", choices=sorted(DATASETS), default="shapes3d", help="dataset (default: %(default)s)")
     p.add_argument("--data-root", default=None,
                    help="real dataset file or its folder (default: $CAUSAL_VQVAE_DATA_ROOT, else the procedural twin)")
-    p.add_argument("--twin-version", choices=["1", "2"], default=None,
-                   help="renderer version of the 3D Shapes procedural twin: 1 (default; the released models' twin) "
-                        "or 2 (closer to DeepMind's real frames, docs/twin_fidelity.md). Recorded in the run's "
-                        "config.json and each model's metadata.json, where bench reads it; a version other than 1 "
-                        "cannot go with --data-root (real files have none) and uses the twin even if "
+    p.add_argument("--twin-version", choices=TWIN_VERSIONS, default=None,
+                   help=f"renderer version of the 3D Shapes procedural twin (default 1): {TWIN_VERSIONS_HELP}. "
+                        "Recorded in the run's config.json and each model's metadata.json, where bench reads it; "
+                        "a version other than 1 cannot go with --data-root (real files have none) and uses the twin even if "
                         "$CAUSAL_VQVAE_DATA_ROOT is set. Also data.twin_version in a --config file")
     p.add_argument("--augment", default=None, metavar="NAMES",
                    help="augment the training images, for a model that holds up on real images; comma-separated: "

@@ -2,7 +2,7 @@
 
 * :mod:`.space`: the factor space :data:`SHAPES3D` and the constants of the factors and surfaces;
 * :mod:`.scene`: :class:`Shapes3DScene`, the numbers of the twin's scene, per renderer version
-  (:data:`TWIN_VERSIONS`: ``"1"`` = :data:`SCENE`, the default; ``"2"`` = :data:`SCENE_V2`);
+  (:data:`TWIN_VERSIONS`: ``"1"`` = :data:`SCENE`, the default; ``"2"`` = :data:`SCENE_V2`; ``"3"`` = :data:`SCENE_V3`);
 * :mod:`.raycast`: the scene ray-cast into the surface-weight table (:func:`shapes3d_surface_weights`);
 * :mod:`.twin`: :func:`render_shapes3d` and :func:`shapes3d_twin`, the twin that colours that table;
 * :mod:`.fidelity`: the real GIF frames at 64x64, the GIF round trip and PSNR (how close a twin is);
@@ -17,6 +17,7 @@ from .scene import (
     DEFAULT_TWIN_VERSION,
     SCENE,
     SCENE_V2,
+    SCENE_V3,
     TWIN_VERSIONS,
     Shapes3DScene,
     twin_scene,
@@ -30,6 +31,7 @@ __all__ = [
     "IMAGE_SIZE",
     "SCENE",
     "SCENE_V2",
+    "SCENE_V3",
     "SHAPES3D",
     "SHAPE_NAMES",
     "SKY_RGB",

@@ -281,6 +281,39 @@ def _shadow_maps(scene: Shapes3DScene) -> tuple[torch.Tensor, float]:
     return torch.stack(maps), reach
 
 
+def _point_shadow_map(scene: Shapes3DScene, shape: int, scale: float) -> tuple[torch.Tensor, float]:
+    """Occluded fraction ``(N, N)`` of a disc-shaped light centred at ``shadow_light_xyz`` (radius
+    ``shadow_spread`` times its distance from the footprint, facing it) on the floor around a shape at
+    ``scale``, on ``[-reach, reach]^2`` (world units) around the footprint; and ``reach``. Unlike a
+    distant light's, a near light's shadow grows faster than its object, so each scale has its map."""
+    base = torch.tensor([*scene.object_xy, 0.0], dtype=torch.float64)
+    centre = torch.tensor(scene.shadow_light_xyz, dtype=torch.float64) - base
+    axis = F.normalize(centre, dim=0)
+    e1 = F.normalize(torch.linalg.cross(axis, torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64)), dim=0)
+    e2 = torch.linalg.cross(axis, e1)
+    k = torch.arange(scene.shadow_samples, dtype=torch.float64)
+    radius = scene.shadow_spread * centre.norm() * torch.sqrt((k + 0.5) / scene.shadow_samples)
+    angle = k * math.pi * (3.0 - math.sqrt(5.0))  # golden angle
+    lights = centre + radius[:, None] * (torch.cos(angle)[:, None] * e1 + torch.sin(angle)[:, None] * e2)  # (K, 3)
+    # The shadow's reach: the object's bounding box projected from every light point onto the floor.
+    centre_z, bound = _bounding_sphere(scene, shape)
+    corners = _box_corners((-bound, bound), (-bound, bound), (0.0, (centre_z + bound)))[None] * scale  # (1, 8, 3)
+    height = lights[:, None, 2]
+    top = corners[..., 2].clamp_max(0.95 * float(height.min()))
+    floor_points = lights[:, None, :2] + (corners[..., :2] - lights[:, None, :2]) * (height / (height - top))[..., None]
+    reach = float(floor_points.abs().max()) + 0.05
+    n = int(math.ceil(2 * reach * scene.shadow_texels_per_unit)) + 1
+    grid = torch.linspace(-reach, reach, n, dtype=torch.float64)
+    gy, gx = torch.meshgrid(grid, grid, indexing="ij")
+    points = torch.stack([gx, gy, torch.zeros_like(gx)], -1).reshape(-1, 1, 3)
+    # Segments from each floor point to each light point, in the object's frame at scale 1.
+    o = (points / scale).expand(-1, len(lights), -1)
+    d = (lights[None] - points) / scale
+    entry, exit_ = _object_interval(scene, shape, o, d)
+    blocked = (entry <= exit_) & (exit_ > _EPS) & (entry < 1)
+    return blocked.double().mean(-1).reshape(n, n), reach
+
+
 def _object_lights(scene: Shapes3DScene) -> torch.Tensor:
     """Unit direction towards the object's light at each orientation, ``(15, 3)`` world."""
     light = torch.tensor(scene.object_light, dtype=torch.float64)
@@ -291,6 +324,39 @@ def _object_lights(scene: Shapes3DScene) -> torch.Tensor:
     towards_camera = torch.stack([torch.sin(az), -torch.cos(az), torch.zeros_like(az)], -1)
     up = torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64)
     return F.normalize(light[0] * right + light[1] * towards_camera + light[2] * up, dim=-1)
+
+
+# The shading features that change with the camera's azimuth (see Shapes3DScene.object_shading_camera).
+CAMERA_FEATURES = (1, 2, 4, 6, 7, 8)
+
+
+def shading_features(normals: torch.Tensor) -> torch.Tensor:
+    """``(..., 9)`` features of unit normals ``(..., 3)`` whose linear combinations are the quadratic
+    shadings of ``Shapes3DScene.object_shading_world``: 1, x, y, z, x^2 - y^2, 3z^2 - 1, xy, xz, yz
+    (the real spherical harmonics of degree 0 to 2, unnormalised)."""
+    x, y, z = normals.unbind(-1)
+    return torch.stack([torch.ones_like(x), x, y, z, x * x - y * y, 3 * z * z - 1, x * y, x * z, y * z], -1)
+
+
+def camera_frame_normals(normals: torch.Tensor, orientation: torch.Tensor) -> torch.Tensor:
+    """World normals ``(..., 3)`` seen from the camera of each ``orientation`` index ``(...)``:
+    components along (right, towards the camera, up) of its horizontal frame."""
+    az = torch.deg2rad(torch.tensor(SHAPES3D.factors[_ORIENTATION].values, dtype=normals.dtype))[orientation]
+    x, y, z = normals.unbind(-1)
+    return torch.stack([torch.cos(az) * x + torch.sin(az) * y, torch.sin(az) * x - torch.cos(az) * y, z], -1)
+
+
+def _object_shade(scene: Shapes3DScene, normals: torch.Tensor, lights: torch.Tensor,
+                  orientation: torch.Tensor) -> torch.Tensor:
+    """Object surface weight at world ``normals`` ``(P, 3)``: ambient + diffuse * max(0, n . light), or
+    with ``object_shading_world`` the quadratic shading in the world and camera frames."""
+    if scene.object_shading_world is None:
+        return scene.object_ambient + scene.object_diffuse * (normals * lights).sum(-1).clamp_min(0)
+    shade = shading_features(normals) @ torch.tensor(scene.object_shading_world, dtype=normals.dtype)
+    if scene.object_shading_camera is not None:
+        seen = shading_features(camera_frame_normals(normals, orientation))[:, CAMERA_FEATURES]
+        shade = shade + seen @ torch.tensor(scene.object_shading_camera, dtype=normals.dtype)
+    return shade.clamp_min(0)
 
 
 def _box_corners(x: tuple[float, float], y: tuple[float, float], z: tuple[float, float]) -> torch.Tensor:
@@ -324,16 +390,26 @@ def _build_weight_table(scene: Shapes3DScene) -> torch.Tensor:
             reach_xy = radius * scale
             points = [_box_corners((bx - reach_xy, bx + reach_xy), (by - reach_xy, by + reach_xy),
                                    ((centre_z - radius) * scale, (centre_z + radius) * scale))]
-            if rows_any.numel():
-                x = (-reach + texel * cols_any.double()) * scale + bx
-                y = (-reach + texel * rows_any.double()) * scale + by
+            if scene.shadow_light_xyz is None:  # one map per shape, scaled: (p - object_xy) / scale
+                shadow_map, map_reach, shadow_rows, shadow_cols = shadow, scale * reach, rows_any, cols_any
+                if rows_any.numel():
+                    x = (-reach + texel * cols_any.double()) * scale + bx
+                    y = (-reach + texel * rows_any.double()) * scale + by
+            else:  # a point light: a map per shape and scale, in world units around the footprint
+                point_map, map_reach = _point_shadow_map(scene, shape, scale)
+                shadow_map = point_map[None, None].float()
+                shadow_rows, shadow_cols = torch.nonzero(point_map > 0, as_tuple=True)
+                step = 2 * map_reach / (point_map.shape[-1] - 1)
+                x = -map_reach + step * shadow_cols.double() + bx
+                y = -map_reach + step * shadow_rows.double() + by
+            if shadow_rows.numel():
                 points.append(_box_corners((float(x.min()), float(x.max())), (float(y.min()), float(y.max())),
                                            (0.0, 0.0)))
             rows, cols = _window(scene, torch.cat(points))
             w = room[:, :, rows, cols].clone()  # (15, 4, h, w)
-            # Floor shadow: look up the shape's map at (p - object_xy) / scale.
-            grid = ((floor_xy[:, rows, cols] - base[:2]) / (scale * reach)).float()
-            occlusion = F.grid_sample(shadow.expand(_NUM_ORIENTATIONS, -1, -1, -1), grid, mode="bilinear",
+            # Floor shadow: look up the map at p - object_xy.
+            grid = ((floor_xy[:, rows, cols] - base[:2]) / map_reach).float()
+            occlusion = F.grid_sample(shadow_map.expand(_NUM_ORIENTATIONS, -1, -1, -1), grid, mode="bilinear",
                                       padding_mode="zeros", align_corners=True)[:, 0].double()
             w[:, _FLOOR] *= 1 - (1 - scene.shadow_gain) * occlusion * floor_mask[:, rows, cols]
             # Object: rays in the object's frame at scale 1 (t is unchanged).
@@ -343,8 +419,8 @@ def _build_weight_table(scene: Shapes3DScene) -> torch.Tensor:
             hit = (entry <= exit_) & (entry > 0)  # (15, h, w)
             p = o[hit] + entry[hit, None] * d[hit]
             normals = _object_normal(scene, shape, p)
-            lit = (normals * lights[:, None, None].expand(-1, *hit.shape[1:], -1)[hit]).sum(-1).clamp_min(0)
-            shade = scene.object_ambient + scene.object_diffuse * lit
+            shade = _object_shade(scene, normals, lights[:, None, None].expand(-1, *hit.shape[1:], -1)[hit],
+                                  hit.nonzero()[:, 0])
             w *= (~hit)[:, None]
             w[:, _OBJECT][hit] = shade
             pixels = room_pixels.clone()

@@ -10,10 +10,11 @@ from the first recipe in ``datasets.md`` (``DATASETS_MD_SCENE``) the fit is why,
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
-__all__ = ["DATASETS_MD_SCENE", "DEFAULT_TWIN_VERSION", "SCENE", "SCENE_V2", "TWIN_VERSIONS", "Shapes3DScene",
-           "twin_scene"]
+__all__ = ["DATASETS_MD_SCENE", "DEFAULT_TWIN_VERSION", "SCENE", "SCENE_V2", "SCENE_V3", "TWIN_VERSIONS",
+           "Shapes3DScene", "twin_scene"]
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,15 @@ class Shapes3DScene:
     object_light_follows_camera: bool = True
     object_ambient: float = 0.57
     object_diffuse: float = 0.46
+    # Optional object shading as a quadratic in the surface normal (None: ambient + diffuse above). It
+    # replaces the light by what a distant lighting environment gives a matte surface, to the order of
+    # spherical harmonics that carries most of it: object_shading_world holds the 9 coefficients of
+    # the features of raycast.shading_features (1, x, y, z, x^2 - y^2, 3z^2 - 1, xy, xz, yz) of the
+    # world normal, object_shading_camera 6 more of the normal in the camera's horizontal frame (right,
+    # towards the camera, up), for light that turns with the camera: those of x, y, x^2 - y^2, xy, xz,
+    # yz (the others do not change with the camera's azimuth).
+    object_shading_world: tuple[float, ...] | None = None
+    object_shading_camera: tuple[float, ...] | None = None
     # Walls: constant brightness per wall.
     back_wall_gain: float = 0.98
     left_wall_gain: float = 0.77
@@ -77,10 +87,22 @@ class Shapes3DScene:
     # Fitted: the light is nearly overhead, a little to the left and back, so shadows fall to the
     # right and towards the camera as in the real frames.
     shadow_light: tuple[float, float, float] = (-0.35, 0.2, 1.0)
+    # Optional: the shadow's light as a point (a disc of radius shadow_spread times its distance from
+    # the object) at this world position instead of the distant light above, so that a taller
+    # object's shadow grows more than in proportion, as under a lamp.
+    shadow_light_xyz: tuple[float, float, float] | None = None
     shadow_spread: float = 0.06
     shadow_gain: float = 0.31
     shadow_samples: int = 16
     shadow_texels_per_unit: int = 128  # resolution of the per-shape floor shadow maps at scale 1
+
+    def __post_init__(self) -> None:
+        world, camera = self.object_shading_world, self.object_shading_camera
+        if world is not None and len(world) != 9:
+            raise ValueError(f"object_shading_world takes 9 coefficients, got {len(world)}")
+        if camera is not None and (world is None or len(camera) != 6):
+            raise ValueError("object_shading_camera takes 6 coefficients, and needs object_shading_world"
+                             f" (got {len(camera)} coefficients, world {'set' if world else 'unset'})")
 
 
 SCENE = Shapes3DScene()
@@ -118,9 +140,26 @@ SCENE_V2 = Shapes3DScene(
     shadow_spread=0.08, shadow_gain=0.27,
 )
 
+# Version 3: version 2's camera, room, walls and floor, with (docs/twin_fidelity.md)
+# * the object shaded by a quadratic in its normal, in the world and the camera's frame
+#   (object_shading_world, object_shading_camera), fitted by least squares to the inner object pixels
+#   of the 53 real frames (benchmarks/shapes3d_twin_fit.py --version 2 --shading): version 2's one
+#   fixed light left most of the real shading unexplained, and part of the real light turns with the
+#   camera;
+# * the shadow cast by a lamp above and behind-left of the object (shadow_light_xyz) instead of a
+#   distant light: the real capsule's shadow is larger for its height than the cube's; its position,
+#   size and gain by coordinate search on the frames (shapes3d_twin_fit.py --version 3 --only
+#   shadow_light_xyz shadow_spread shadow_gain, three passes from the floor light's position).
+SCENE_V3 = dataclasses.replace(
+    SCENE_V2,
+    object_shading_world=(0.24072, -0.28346, -0.143, 0.43776, 0.14513, 0.17251, -0.19769, -0.13713, 0.09693),
+    object_shading_camera=(0.29696, 1.03547, 0.15803, -0.33268, -0.0703, -0.15251),
+    shadow_light_xyz=(-0.29, 0.06, 1.87), shadow_spread=0.04, shadow_gain=0.33,
+)
+
 # Named renderer versions. "1" is the scene the released checkpoints were trained on and stays bit for
 # bit as it is; new fits are added under new names, never by editing a released one.
-TWIN_VERSIONS: dict[str, Shapes3DScene] = {"1": SCENE, "2": SCENE_V2}
+TWIN_VERSIONS: dict[str, Shapes3DScene] = {"1": SCENE, "2": SCENE_V2, "3": SCENE_V3}
 DEFAULT_TWIN_VERSION = "1"
 
 

@@ -1,0 +1,150 @@
+"""3D Shapes twin: the quadratic object shading and the point shadow light of version 3, and the
+least-squares fit that gave version 3 its shading."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from datamodules.shapes3d import SCENE_V2, SHAPES3D, TWIN_VERSIONS, Shapes3DScene, render_shapes3d
+from datamodules.shapes3d.fidelity import psnr, real_frames_64
+from datamodules.shapes3d.raycast import (
+    _object_shade,
+    _point_shadow_map,
+    camera_frame_normals,
+    shading_features,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+REAL_FRAMES = ROOT.parent / "shared" / "data" / "shapes3d_real_frames.npz"
+STATES = torch.tensor([0, 7, 123457, 250000, 479999])
+# Version 2 rendered by the code before version 3 existed: its table is unchanged bit for bit.
+V2_SUMS = [5384.278419837356, 5566.670487195253, 7939.059850802645, 7337.349880620837, 6710.349026247859]
+AZIMUTHS = torch.deg2rad(torch.tensor(SHAPES3D.factors[5].values, dtype=torch.float64))
+
+
+def test_version_2_renders_as_before_and_version_3_differs_only_on_the_object():
+    classes = SHAPES3D.unravel(STATES)
+    v2 = render_shapes3d(classes, version="2")
+    np.testing.assert_allclose(v2.double().sum(dim=(1, 2, 3)).numpy(), V2_SUMS, rtol=1e-7)
+    v3 = render_shapes3d(classes, version="3")
+    changed = (v3 - v2).abs().amax(1) > 0  # (B, 64, 64)
+    # Version 3 keeps version 2's room: the sky's corner and a floor pixel far from the object agree.
+    assert not changed[:, 0, 0].any() and not changed[:, 63, 0].any()
+    assert changed.flatten(1).any(1).all()  # every state's object is shaded anew
+    assert TWIN_VERSIONS["3"].supersample == SCENE_V2.supersample and TWIN_VERSIONS["3"].camera_radius == 1.3045
+
+
+def test_shading_features_are_the_quadratic_harmonics_of_the_normal():
+    up = torch.tensor([[0.0, 0.0, 1.0]], dtype=torch.float64)
+    assert shading_features(up).tolist() == [[1.0, 0.0, 0.0, 1.0, 0.0, 2.0, 0.0, 0.0, 0.0]]
+    n = torch.nn.functional.normalize(torch.tensor([[1.0, 2.0, 2.0]], dtype=torch.float64), dim=-1)
+    x, y, z = (1 / 3, 2 / 3, 2 / 3)
+    assert shading_features(n)[0].tolist() == pytest.approx([1, x, y, z, x * x - y * y, 3 * z * z - 1, x * y, x * z,
+                                                             y * z])
+
+
+def test_camera_frame_normals_turn_with_the_camera():
+    # At azimuth 0 (orientation 7) the camera looks along +y: right is +x, towards the camera is -y.
+    n = torch.tensor([[1.0, 0.0, 0.0], [0.0, -1.0, 0.0], [0.0, 0.0, 1.0]], dtype=torch.float64)
+    assert torch.allclose(camera_frame_normals(n, torch.tensor([7, 7, 7])), torch.eye(3, dtype=torch.float64))
+    # At every azimuth, the world direction towards that camera is (0, 1, 0) in its frame.
+    towards = torch.stack([torch.sin(AZIMUTHS), -torch.cos(AZIMUTHS), torch.zeros_like(AZIMUTHS)], -1)
+    seen = camera_frame_normals(towards, torch.arange(15))
+    assert torch.allclose(seen, torch.tensor([0.0, 1.0, 0.0], dtype=torch.float64).expand(15, 3))
+
+
+def test_quadratic_shading_reduces_to_the_light_it_replaces_and_turns_with_the_camera():
+    normals = torch.nn.functional.normalize(torch.randn(50, 3, generator=torch.Generator().manual_seed(0),
+                                                        dtype=torch.float64), dim=-1)
+    orientation = torch.arange(50) % 15
+    lights = torch.zeros(50, 3, dtype=torch.float64)
+    flat = dataclasses.replace(SCENE_V2, object_ambient=0.7, object_diffuse=0.0)
+    constant = dataclasses.replace(SCENE_V2, object_shading_world=(0.7,) + (0.0,) * 8)
+    assert torch.equal(_object_shade(flat, normals, lights, orientation),
+                       _object_shade(constant, normals, lights, orientation))
+    # A light that turns with the camera: a normal facing the camera gets one shade at every azimuth.
+    camera = dataclasses.replace(constant, object_shading_camera=(0.0, 0.2, 0.0, 0.0, 0.0, 0.0))
+    towards = torch.stack([torch.sin(AZIMUTHS), -torch.cos(AZIMUTHS), torch.zeros_like(AZIMUTHS)], -1)
+    shades = _object_shade(camera, towards, lights[:15], torch.arange(15))
+    assert torch.allclose(shades, torch.full((15,), 0.9, dtype=torch.float64))
+    # Turned away from the camera, the shade is clamped at 0, never negative.
+    dark = dataclasses.replace(camera, object_shading_camera=(0.0, 5.0, 0.0, 0.0, 0.0, 0.0))
+    assert float(_object_shade(dark, -towards, lights[:15], torch.arange(15)).max()) == 0.0
+
+
+def test_scene_refuses_shading_coefficients_of_the_wrong_count():
+    with pytest.raises(ValueError, match="object_shading_world takes 9 coefficients, got 3"):
+        Shapes3DScene(object_shading_world=(1.0, 0.0, 0.0))
+    with pytest.raises(ValueError, match="object_shading_camera takes 6 coefficients.*world unset"):
+        Shapes3DScene(object_shading_camera=(0.0,) * 6)
+    with pytest.raises(ValueError, match=r"object_shading_camera takes 6 coefficients.*\(got 8"):
+        Shapes3DScene(object_shading_world=(1.0,) + (0.0,) * 8, object_shading_camera=(0.0,) * 8)
+
+
+def shadow_area_and_centre(scene: Shapes3DScene, shape: int, scale: float) -> tuple[float, torch.Tensor]:
+    occluded, reach = _point_shadow_map(scene, shape, scale)
+    n = occluded.shape[0]
+    axis = torch.linspace(-reach, reach, n, dtype=torch.float64)
+    texel = (2 * reach / (n - 1)) ** 2
+    gy, gx = torch.meshgrid(axis, axis, indexing="ij")
+    total = occluded.sum()
+    return float(total * texel), torch.stack([(occluded * gx).sum(), (occluded * gy).sum()]) / total
+
+
+def test_a_point_light_casts_a_shadow_away_from_it_that_grows_faster_than_its_object():
+    scene = dataclasses.replace(SCENE_V2, shadow_light_xyz=(-0.5, 0.1, 1.5), shadow_samples=4,
+                                shadow_texels_per_unit=64)
+    small, centre = shadow_area_and_centre(scene, 3, 0.75)  # a capsule, smallest and largest scale
+    large, _ = shadow_area_and_centre(scene, 3, 1.25)
+    light_xy = torch.tensor([-0.5, 0.1], dtype=torch.float64) - torch.tensor(scene.object_xy, dtype=torch.float64)
+    assert float(centre @ light_xy) < 0  # the shadow falls on the side away from the light
+    assert large / small > (1.25 / 0.75) ** 2 * 1.05  # a distant light would give exactly the square
+    # A light far overhead casts the footprint's own disc: a sphere's shadow is about pi r^2.
+    overhead = dataclasses.replace(scene, shadow_light_xyz=(scene.object_xy[0], scene.object_xy[1], 200.0),
+                                   shadow_spread=0.0, shadow_texels_per_unit=256)
+    area, centre = shadow_area_and_centre(overhead, 2, 1.0)
+    assert area == pytest.approx(math.pi * SCENE_V2.sphere_radius**2, rel=0.03)
+    assert float(centre.abs().max()) < 0.01
+
+
+def load_fit_script():
+    spec = importlib.util.spec_from_file_location("shapes3d_twin_fit", ROOT / "benchmarks" / "shapes3d_twin_fit.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_shading_fit_recovers_the_coefficients_of_frames_rendered_with_them(capsys):
+    fit = load_fit_script()
+    truth = TWIN_VERSIONS["3"]
+    states = SHAPES3D.sample(12, torch.Generator().manual_seed(1))
+    frames = render_shapes3d(states, truth).double() * 255  # float frames: no rounding to undo
+    fitted = fit.fit_object_shading(SCENE_V2, frames, states, list(range(12)), [])
+    got = torch.tensor(fitted.object_shading_world + fitted.object_shading_camera)
+    want = torch.tensor(truth.object_shading_world + truth.object_shading_camera)
+    assert torch.allclose(got, want, atol=2e-3), (got, want)
+    assert "shading RMSE 0.0000" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(not REAL_FRAMES.exists(), reason=f"real 3D Shapes frames not found at {REAL_FRAMES}")
+def test_version_3_is_closer_to_the_real_frames_than_version_2():
+    frames = [0, 7, 14, 20, 30, 45]  # their nearest states are the same under versions 2 and 3
+    states = SHAPES3D.unravel(torch.tensor([30300, 30307, 30314, 30479, 33599, 20639]))
+    with np.load(REAL_FRAMES) as data:
+        real = real_frames_64(data["images"][frames])
+    v2 = psnr(render_shapes3d(states, version="2") * 255, real)
+    v3 = psnr(render_shapes3d(states, version="3") * 255, real)
+    assert float((v3 - v2).mean()) > 0.3, (v2, v3)
+
+
+def test_the_command_lines_offer_every_twin_version():
+    from causal_vqvae.cli.common import TWIN_VERSIONS as CLI_VERSIONS
+
+    assert CLI_VERSIONS == tuple(sorted(TWIN_VERSIONS))
