@@ -29,15 +29,16 @@ V2_SUMS = [5384.278419837356, 5566.670487195253, 7939.059850802645, 7337.3498806
 AZIMUTHS = torch.deg2rad(torch.tensor(SHAPES3D.factors[5].values, dtype=torch.float64))
 
 
-def test_version_2_renders_as_before_and_version_3_differs_only_on_the_object():
+def test_version_2_renders_as_before_and_version_3_keeps_its_sky():
     classes = SHAPES3D.unravel(STATES)
     v2 = render_shapes3d(classes, version="2")
     np.testing.assert_allclose(v2.double().sum(dim=(1, 2, 3)).numpy(), V2_SUMS, rtol=1e-7)
     v3 = render_shapes3d(classes, version="3")
     changed = (v3 - v2).abs().amax(1) > 0  # (B, 64, 64)
-    # Version 3 keeps version 2's room: the sky's corner and a floor pixel far from the object agree.
-    assert not changed[:, 0, 0].any() and not changed[:, 63, 0].any()
-    assert changed.flatten(1).any(1).all()  # every state's object is shaded anew
+    # Version 3 keeps version 2's sky and walls (its orbit centre moved 0.015 to the right, which shifts
+    # the room by a fraction of a pixel below the walls' top): the top rows agree.
+    assert not changed[:, :6].any()  # above the tallest object
+    assert changed.flatten(1).any(1).all()
     assert TWIN_VERSIONS["3"].supersample == SCENE_V2.supersample and TWIN_VERSIONS["3"].camera_radius == 1.3045
 
 
@@ -126,7 +127,8 @@ def test_the_shading_fit_recovers_the_coefficients_of_frames_rendered_with_them(
     truth = TWIN_VERSIONS["3"]
     states = SHAPES3D.sample(12, torch.Generator().manual_seed(1))
     frames = render_shapes3d(states, truth).double() * 255  # float frames: no rounding to undo
-    fitted = fit.fit_object_shading(SCENE_V2, frames, states, list(range(12)), [])
+    unshaded = dataclasses.replace(truth, object_shading_world=None, object_shading_camera=None)
+    fitted = fit.fit_object_shading(unshaded, frames, states, list(range(12)), [])
     got = torch.tensor(fitted.object_shading_world + fitted.object_shading_camera)
     want = torch.tensor(truth.object_shading_world + truth.object_shading_camera)
     assert torch.allclose(got, want, atol=2e-3), (got, want)
@@ -148,3 +150,4 @@ def test_the_command_lines_offer_every_twin_version():
     from causal_vqvae.cli.common import TWIN_VERSIONS as CLI_VERSIONS
 
     assert CLI_VERSIONS == tuple(sorted(TWIN_VERSIONS))
+
