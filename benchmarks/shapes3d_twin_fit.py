@@ -13,9 +13,10 @@ ray-casts the whole table (a few seconds), so a pass takes a while (about 15 min
 Prints the best scene after each pass, as a ``Shapes3DScene(...)`` to paste into ``scene.py``.
 
 ``--shading`` instead fits the object shading of version 3 (``Shapes3DScene.object_shading_world``
-and ``object_shading_camera``, a quadratic in the surface normal in the world and camera frames) to
+and ``object_shading_camera``, a quadratic in the surface normal in the world and camera frames, and
+``object_sky_world``, the sky's colour the object shows, a quadratic in the world normal) to
 the object's inner pixels (all of a pixel's rays hit the object, and its four neighbours' too) of
-the frames at their states, by least squares (channels at 250 or more, clipped, left out); the
+the frames at their states, by least squares (clipped channels, 0 or 250 and more, left out); the
 geometry is the starting version's. ``--fit-frames`` and ``--test-frames`` hold frames out:
 
     python benchmarks/shapes3d_twin_fit.py --version 2 --shading [--fit-frames 0-23 --test-frames 24-52]
@@ -108,16 +109,17 @@ def object_pixels(scene: Shapes3DScene, state: torch.Tensor) -> tuple[torch.Tens
 
 def shading_system(scene: Shapes3DScene, targets: torch.Tensor, states: torch.Tensor, frames: list[int]
                    ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Least-squares rows ``(R, 15)`` and values ``(R,)`` in [0, 1]: an inner object pixel's channel is
-    its object colour times the shading; channels the real frame clips (>= 250) are left out."""
-    colours = shapes3d_surface_colours(states).double()  # (N, 4, 3)
+    """Least-squares rows ``(R, 24)`` and values ``(R,)`` in [0, 1]: an inner object pixel's channel is
+    its object colour times the shading (15 features) plus the sky's colour times the sky's share (the
+    9 world features); channels the real frame clips (0, or 250 and more) are left out."""
+    colours = shapes3d_surface_colours(states).double()  # (N, 4, 3): floor, wall, object, sky
     rows, values = [], []
     for f in frames:
         phi, where = object_pixels(scene, states[f])
         for c in range(3):
             real = targets[f, c].flatten()[where].double()
-            keep = real < 250
-            rows.append(colours[f, 2, c] * phi[keep])
+            keep = (real > 0) & (real < 250)  # not clipped
+            rows.append(torch.cat([colours[f, 2, c] * phi[keep], colours[f, 3, c] * phi[keep][:, :9]], 1))
             values.append(real[keep] / 255)
     return torch.cat(rows), torch.cat(values)
 
@@ -128,8 +130,12 @@ def fit_object_shading(scene: Shapes3DScene, targets: torch.Tensor, states: torc
     on the inner object pixels of ``fit`` and ``test`` before and after."""
     x, y = shading_system(scene, targets, states, fit)
     solution = torch.linalg.lstsq(x, y[:, None]).solution[:, 0]
-    fitted = dataclasses.replace(scene, object_shading_world=tuple(round(float(v), 5) for v in solution[:9]),
-                                 object_shading_camera=tuple(round(float(v), 5) for v in solution[9:]))
+    def coefficients(part: torch.Tensor) -> tuple[float, ...]:
+        return tuple(round(float(v), 5) for v in part)
+
+    fitted = dataclasses.replace(scene, object_shading_world=coefficients(solution[:9]),
+                                 object_shading_camera=coefficients(solution[9:15]),
+                                 object_sky_world=coefficients(solution[15:]))
     for name, frames in (("fit", fit), ("test", test)):
         if not frames:
             continue
@@ -191,9 +197,9 @@ def main() -> None:
     per_frame = json.loads(args.states.read_text())["per_frame"][args.version]
     objective = Objective(targets, SHAPES3D.unravel(torch.tensor([r["state_index"] for r in per_frame])))
     scene = TWIN_VERSIONS[args.version]
-    for change in args.start:
-        name, _, value = change.partition("=")
-        scene = dataclasses.replace(scene, **{name.strip(): ast.literal_eval(value.strip())})
+    changes = {name.strip(): ast.literal_eval(value.strip())
+               for name, _, value in (change.partition("=") for change in args.start)}
+    scene = dataclasses.replace(scene, **changes)  # at once: some numbers only make sense together
     if args.shading:
         states = objective.states
         fitted = fit_object_shading(scene, targets, states, frame_list(args.fit_frames, len(targets)),

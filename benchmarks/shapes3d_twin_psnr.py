@@ -128,7 +128,7 @@ def main() -> None:
               "bound": "PSNR between each nearest render and itself after the GIF round trip "
                        "(uint8, PIL upscale 64 -> 223, GIF frame, median-cut palette of <= 256 colours, cut, "
                        "area-downsample); keys name the upscale filter and whether one palette is shared by all frames",
-              "command": "OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 python " + " ".join(sys.argv),
+              "command": f"OMP_NUM_THREADS={args.threads} MKL_NUM_THREADS={args.threads} python " + " ".join(sys.argv),
               "torch_threads": torch.get_num_threads(), "versions": {}}
     per_frame, renders = {}, {}
     for version in args.versions:

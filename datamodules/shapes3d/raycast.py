@@ -26,6 +26,7 @@ from .space import (
     _OBJECT,
     _ORIENTATION,
     _SCALE,
+    _SKY,
     IMAGE_SIZE,
     SHAPES3D,
 )
@@ -423,6 +424,8 @@ def _build_weight_table(scene: Shapes3DScene) -> torch.Tensor:
                                   hit.nonzero()[:, 0])
             w *= (~hit)[:, None]
             w[:, _OBJECT][hit] = shade
+            if scene.object_sky_world is not None:  # the sky's colour the object shows (as fitted: linear)
+                w[:, _SKY][hit] = shading_features(normals) @ torch.tensor(scene.object_sky_world, dtype=normals.dtype)
             pixels = room_pixels.clone()
             window = (slice(None), slice(None), slice(rows.start // ss, rows.stop // ss),
                       slice(cols.start // ss, cols.stop // ss))

@@ -65,6 +65,10 @@ class Shapes3DScene:
     # yz (the others do not change with the camera's azimuth).
     object_shading_world: tuple[float, ...] | None = None
     object_shading_camera: tuple[float, ...] | None = None
+    # Optional: how much of the sky's colour the object shows on top of its own (light from the sky,
+    # which tints upward faces whatever the object's hue), as 9 coefficients of the same features of
+    # the world normal (None: none). Not clamped, as it was fitted: the image is clamped at the end.
+    object_sky_world: tuple[float, ...] | None = None
     # Walls: constant brightness per wall.
     back_wall_gain: float = 0.98
     left_wall_gain: float = 0.77
@@ -100,6 +104,8 @@ class Shapes3DScene:
         world, camera = self.object_shading_world, self.object_shading_camera
         if world is not None and len(world) != 9:
             raise ValueError(f"object_shading_world takes 9 coefficients, got {len(world)}")
+        if self.object_sky_world is not None and len(self.object_sky_world) != 9:
+            raise ValueError(f"object_sky_world takes 9 coefficients, got {len(self.object_sky_world)}")
         if camera is not None and (world is None or len(camera) != 6):
             raise ValueError("object_shading_camera takes 6 coefficients, and needs object_shading_world"
                              f" (got {len(camera)} coefficients, world {'set' if world else 'unset'})")
@@ -142,10 +148,11 @@ SCENE_V2 = Shapes3DScene(
 
 # Version 3: version 2's camera, room, walls and floor, with (docs/twin_fidelity.md)
 # * the object shaded by a quadratic in its normal, in the world and the camera's frame
-#   (object_shading_world, object_shading_camera), fitted by least squares to the inner object pixels
-#   of the 53 real frames (benchmarks/shapes3d_twin_fit.py --version 2 --shading): version 2's one
-#   fixed light left most of the real shading unexplained, and part of the real light turns with the
-#   camera;
+#   (object_shading_world, object_shading_camera), and tinted by the sky's colour (object_sky_world),
+#   fitted by least squares to the inner object pixels of the 53 real frames
+#   (benchmarks/shapes3d_twin_fit.py --shading): version 2's one fixed light left most of the real
+#   shading unexplained, part of the real light turns with the camera, and upward faces show ~10% of
+#   the sky's colour whatever the object's hue;
 # * the shadow cast by a lamp above and behind-left of the object (shadow_light_xyz) instead of a
 #   distant light: the real capsule's shadow is larger for its height than the cube's; its position,
 #   size and gain by coordinate search on the frames (shapes3d_twin_fit.py, from the floor light's
@@ -154,8 +161,9 @@ SCENE_V2 = Shapes3DScene(
 SCENE_V3 = dataclasses.replace(
     SCENE_V2,
     object_xy=(0.027, -0.0517),
-    object_shading_world=(0.24072, -0.28346, -0.143, 0.43776, 0.14513, 0.17251, -0.19769, -0.13713, 0.09693),
-    object_shading_camera=(0.29696, 1.03547, 0.15803, -0.33268, -0.0703, -0.15251),
+    object_shading_world=(0.13781, -0.22872, -0.22538, 0.49817, 0.15616, 0.14633, -0.15463, -0.15693, 0.18226),
+    object_shading_camera=(0.29439, 1.0376, 0.15936, -0.33026, -0.04478, -0.23631),
+    object_sky_world=(0.11006, -0.05499, 0.08669, -0.07569, -0.01257, 0.03127, -0.04386, 0.04964, -0.20277),
     shadow_light_xyz=(-0.315, 0.085, 1.945), shadow_spread=0.035, shadow_gain=0.34,
 )
 

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from datamodules.shapes3d import SCENE_V2, SHAPES3D, TWIN_VERSIONS, Shapes3DScene, render_shapes3d
+from datamodules.shapes3d import raycast
 from datamodules.shapes3d.fidelity import psnr, real_frames_64
 from datamodules.shapes3d.raycast import (
     _object_shade,
@@ -83,6 +84,8 @@ def test_quadratic_shading_reduces_to_the_light_it_replaces_and_turns_with_the_c
 def test_scene_refuses_shading_coefficients_of_the_wrong_count():
     with pytest.raises(ValueError, match="object_shading_world takes 9 coefficients, got 3"):
         Shapes3DScene(object_shading_world=(1.0, 0.0, 0.0))
+    with pytest.raises(ValueError, match="object_sky_world takes 9 coefficients, got 2"):
+        Shapes3DScene(object_sky_world=(0.1, 0.0))
     with pytest.raises(ValueError, match="object_shading_camera takes 6 coefficients.*world unset"):
         Shapes3DScene(object_shading_camera=(0.0,) * 6)
     with pytest.raises(ValueError, match=r"object_shading_camera takes 6 coefficients.*\(got 8"):
@@ -127,10 +130,10 @@ def test_the_shading_fit_recovers_the_coefficients_of_frames_rendered_with_them(
     truth = TWIN_VERSIONS["3"]
     states = SHAPES3D.sample(12, torch.Generator().manual_seed(1))
     frames = render_shapes3d(states, truth).double() * 255  # float frames: no rounding to undo
-    unshaded = dataclasses.replace(truth, object_shading_world=None, object_shading_camera=None)
+    unshaded = dataclasses.replace(truth, object_shading_world=None, object_shading_camera=None, object_sky_world=None)
     fitted = fit.fit_object_shading(unshaded, frames, states, list(range(12)), [])
-    got = torch.tensor(fitted.object_shading_world + fitted.object_shading_camera)
-    want = torch.tensor(truth.object_shading_world + truth.object_shading_camera)
+    got = torch.tensor(fitted.object_shading_world + fitted.object_shading_camera + fitted.object_sky_world)
+    want = torch.tensor(truth.object_shading_world + truth.object_shading_camera + truth.object_sky_world)
     assert torch.allclose(got, want, atol=2e-3), (got, want)
     assert "shading RMSE 0.0000" in capsys.readouterr().out
 
@@ -151,3 +154,18 @@ def test_the_command_lines_offer_every_twin_version():
 
     assert CLI_VERSIONS == tuple(sorted(TWIN_VERSIONS))
 
+
+
+def test_the_sky_tint_adds_the_skys_colour_on_the_object_only():
+    classes = SHAPES3D.unravel(STATES)
+    untinted = dataclasses.replace(TWIN_VERSIONS["3"], object_sky_world=None)
+    tinted = dataclasses.replace(untinted, object_sky_world=(0.1,) + (0.0,) * 8)
+    surface = raycast.shapes3d_surface_weights("cpu", untinted)
+    tinted_surface = raycast.shapes3d_surface_weights("cpu", tinted)
+    rows = (classes[:, 3] * 4 + classes[:, 4]) * 15 + classes[:, 5]
+    a, b = surface[rows], tinted_surface[rows]  # (B, 4, 64, 64): floor, wall, object, sky
+    on_object = a[:, 2] > 0
+    assert torch.equal(a[:, :3], b[:, :3])  # the object's own shading, walls and floor are untouched
+    assert torch.equal(a[:, 3][~on_object], b[:, 3][~on_object])  # so is the sky off the object
+    inner = a[:, 2] > 0.3  # pixels mostly on the object: their sky weight grows by 0.1 times the coverage
+    assert bool(((b[:, 3] - a[:, 3])[inner] > 0.02).all()) and float((b[:, 3] - a[:, 3]).max()) <= 0.1 + 1e-6
