@@ -1,7 +1,7 @@
 """Fit a 3D Shapes twin scene to DeepMind's real frames: object shading by least squares, the rest
 by coordinate search.
 
-The last step of how twin version 2 was fitted (``docs/twin_fidelity.md``). The frames' states are
+How twin versions 2 and 3 were fitted (``docs/twin_fidelity.md``). The frames' states are
 held fixed (their exact nearest states, from ``shapes3d_twin_psnr.json``); each scene number in turn
 is moved by its step, up or down, for as long as the mean PSNR of the 53 frames rises. The render is
 passed through a linear model of the GIF's trip (PIL bicubic upscale 64 -> 223, exact area
@@ -19,7 +19,10 @@ the object's inner pixels (all of a pixel's rays hit the object, and its four ne
 the frames at their states, by least squares (clipped channels, 0 or 250 and more, left out); the
 geometry is the starting version's. ``--fit-frames`` and ``--test-frames`` hold frames out:
 
-    python benchmarks/shapes3d_twin_fit.py --version 2 --shading [--fit-frames 0-23 --test-frames 24-52]
+    python benchmarks/shapes3d_twin_fit.py --version 3 --shading [--fit-frames 0-23 --test-frames 24-52]
+
+``--start NAME=VALUE ...`` starts from the version with those numbers changed (Python literals, e.g.
+``"shadow_light_xyz=(-0.49, 0.01, 1.52)"`` or ``object_sky_world=None``).
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from datamodules.shapes3d import (
     TWIN_VERSIONS,
     Shapes3DScene,
     raycast,
+    shading,
     shapes3d_surface_colours,
 )
 from datamodules.shapes3d.fidelity import GIF_CONTENT, area_matrix, psnr, real_frames_64
@@ -86,7 +90,7 @@ class Objective:
 
 def object_pixels(scene: Shapes3DScene, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Inner object pixels of one state ``(6,)``: their shading features ``(P, 15)`` (world, then the camera
-    frame's raycast.CAMERA_FEATURES; averaged over the pixel's rays) and their indices ``(P,)`` in 64 * 64."""
+    frame's shading.CAMERA_FEATURES; averaged over the pixel's rays) and their indices ``(P,)`` in 64 * 64."""
     scale_i, shape, orientation = (int(v) for v in state[3:])
     origins, dirs = raycast._camera_rays(scene)
     scale = SHAPES3D.factors[3].values[scale_i]
@@ -98,8 +102,8 @@ def object_pixels(scene: Shapes3DScene, state: torch.Tensor) -> tuple[torch.Tens
     normals = raycast._object_normal(scene, shape, o[hit] + entry[hit, None] * d[hit])
     at = torch.full((len(normals),), orientation)
     phi = torch.zeros(*hit.shape, 15, dtype=torch.float64)
-    seen = raycast.shading_features(raycast.camera_frame_normals(normals, at))[:, raycast.CAMERA_FEATURES]
-    phi[hit] = torch.cat([raycast.shading_features(normals), seen], -1)
+    seen = shading.shading_features(shading.camera_frame_normals(normals, at))[:, shading.CAMERA_FEATURES]
+    phi[hit] = torch.cat([shading.shading_features(normals), seen], -1)
     ss = scene.supersample
     inner = torch.nn.functional.avg_pool2d(hit.double()[None, None], ss)[0, 0] == 1
     inner = inner & inner.roll(1, 0) & inner.roll(-1, 0) & inner.roll(1, 1) & inner.roll(-1, 1)
@@ -197,10 +201,24 @@ def main() -> None:
     per_frame = json.loads(args.states.read_text())["per_frame"][args.version]
     objective = Objective(targets, SHAPES3D.unravel(torch.tensor([r["state_index"] for r in per_frame])))
     scene = TWIN_VERSIONS[args.version]
-    changes = {name.strip(): ast.literal_eval(value.strip())
-               for name, _, value in (change.partition("=") for change in args.start)}
-    scene = dataclasses.replace(scene, **changes)  # at once: some numbers only make sense together
+    fields = {field.name for field in dataclasses.fields(Shapes3DScene)}
+    changes = {}
+    for change in args.start:
+        name, _, value = (part.strip() for part in change.partition("="))
+        if name not in fields:
+            parser.error(f"--start {change!r}: {name!r} is not a Shapes3DScene number; "
+                         f"choose from {', '.join(sorted(fields))}")
+        try:
+            changes[name] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            parser.error(f"--start {change!r}: the value is not a Python literal (a number, a tuple or None)")
+    try:
+        scene = dataclasses.replace(scene, **changes)  # at once: some numbers only make sense together
+    except ValueError as error:
+        parser.error(f"--start: {error}")
     if args.shading:
+        if args.only:
+            parser.error("--only chooses numbers for the coordinate search; --shading fits the shading alone")
         states = objective.states
         fitted = fit_object_shading(scene, targets, states, frame_list(args.fit_frames, len(targets)),
                                     frame_list(args.test_frames, len(targets)) if args.test_frames else [])
@@ -209,6 +227,9 @@ def main() -> None:
     if scene.wall_light_xyz is None:  # give the wall light a place to start from
         scene = dataclasses.replace(scene, wall_light_xyz=(-0.44, 0.01, 1.52))
     searched = {name: STEPS[name] for name in (args.only or STEPS) if used(scene, name)}
+    unused = sorted(set(args.only or ()) - set(searched))
+    if unused:
+        print(f"not searched, as this scene does not use them: {', '.join(unused)}", flush=True)
     best = objective(scene)
     print(f"start: {best:.3f} dB (render through the GIF model)", flush=True)
     shrink = 1.0

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -128,7 +129,8 @@ def main() -> None:
               "bound": "PSNR between each nearest render and itself after the GIF round trip "
                        "(uint8, PIL upscale 64 -> 223, GIF frame, median-cut palette of <= 256 colours, cut, "
                        "area-downsample); keys name the upscale filter and whether one palette is shared by all frames",
-              "command": f"OMP_NUM_THREADS={args.threads} MKL_NUM_THREADS={args.threads} python " + " ".join(sys.argv),
+              "command": " ".join(f"{k}={os.environ[k]}" for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS") if k in os.environ)
+                         + " python " + " ".join(sys.argv),
               "torch_threads": torch.get_num_threads(), "versions": {}}
     per_frame, renders = {}, {}
     for version in args.versions:

@@ -84,7 +84,7 @@ def check_augment(names: Sequence[str], probability: float, versions: int, twin:
         raise ValueError(f"augment_probability must be in (0, 1], got {probability}")
     if "renderer" in names and (versions < 2 or not twin):
         why = ("the data is a real file, which has one rendering" if versions >= 2 else
-               "this dataset's twin has one renderer version (only 3D Shapes has two)")
+               "this dataset's twin has one renderer version (only 3D Shapes has more)")
         raise ValueError(f"augment: 'renderer' swaps the twin's renderer version, but {why}; leave it out")
     return names
 
@@ -172,7 +172,7 @@ def augment_images(images: Sequence[torch.Tensor], index: torch.Tensor, names: S
         for i, x in enumerate(out):
             if name == "renderer":
                 if render_alternate is None:
-                    raise ValueError("augment: 'renderer' needs the twin's other renderer")
+                    raise ValueError("augment: 'renderer' needs another renderer of the twin")
                 changed = render_alternate(i).to(x.dtype)
             elif name == "resample":
                 changed = x + strength * (resample(x) - x)

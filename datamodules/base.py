@@ -276,7 +276,7 @@ class _BaseDataModule(pl.LightningDataModule):
         return batch
 
     def alternate_render(self):
-        """A render function of the twin's other renderer version, for the ``renderer``
+        """A render function of another renderer version of the twin (the next one), for the ``renderer``
         augmentation; None where there is none (real data, a twin of one version)."""
         return None
 

@@ -3,7 +3,7 @@
     python -m datamodules.preview --data shapes3d --out preview.png [--data-root DIR] [--seed 0]
     python -m datamodules.preview --data shapes3d --twin-version 2 --sample out/sample.png
 
-``--twin-version`` picks the renderer of the 3D Shapes twin (``"1"``, the default, or ``"2"``,
+``--twin-version`` picks the renderer of the 3D Shapes twin (``"1"``, the default, ``"2"`` or ``"3"``,
 ``docs/twin_fidelity.md``); a sample's PNG records its factors and, for a twin, that version.
 
 dSprites / 3D Shapes: one row per factor, each row moves that factor across its values (up to

@@ -42,7 +42,7 @@ __all__ = ["DEFAULT_TWIN_VERSION", "TwinSource", "ArraySource", "build_memmap_ca
 
 CACHE_VERSION = 1
 # The renderer version of every procedural twin unless told otherwise (DataConfig.twin_version; 3D Shapes
-# also has "2": datamodules.shapes3d.TWIN_VERSIONS, whose default is this one).
+# also has "2" and "3": datamodules.shapes3d.TWIN_VERSIONS, whose default is this one).
 DEFAULT_TWIN_VERSION = "1"
 
 

@@ -276,8 +276,13 @@ def cache_paths(cache_root: Path, kind: str, settings: Mapping[str, Any]) -> tup
     """``(weights, record)`` paths of a trained network: ``<root>/bench/<kind>/<dataset>-<key>``
     + ``.safetensors`` / ``.json``, ``key`` a hash of the JSON of ``settings`` (which hold the
     dataset, the budget, the seed and a version string). A ``twin_version`` of ``"1"`` is left out of
-    the key, so that networks cached before there were twin versions are found again."""
+    the key, so that networks cached before there were twin versions are found again; any other
+    version enters it with its scene's numbers, so that a refitted scene trains anew."""
     settings = {k: v for k, v in settings.items() if not (k == "twin_version" and v == DEFAULT_TWIN_VERSION)}
+    if "twin_version" in settings:
+        from datamodules.shapes3d.scene import twin_scene
+
+        settings["twin_scene"] = repr(twin_scene(settings["twin_version"]))
     key = hashlib.sha256(json.dumps(dict(settings), sort_keys=True).encode()).hexdigest()[:16]
     stem = Path(cache_root) / "bench" / kind / f"{settings['dataset']}-{key}"
     return stem.with_suffix(".safetensors"), stem.with_suffix(".json")

@@ -1,11 +1,12 @@
 """3D Shapes: the twin's scene ray-cast into a table of per-pixel surface weights.
 
 The geometry depends only on (scale, shape, orientation), 8 * 4 * 15 = 480 combinations. They are
-ray-cast once (2x2 supersampling in version 1, 3x3 in version 2; soft floor shadow) into a table of per-pixel *surface weights*
-``(480, 4, 64, 64)`` for the surfaces floor, wall, object and sky. Lighting, wall darkening, object
-shading and the shadow are folded into the weights. The table (31 MB) is built lazily on the CPU (one to
-two seconds on 2 cores) and copied once to each device that asks for it
-(:func:`shapes3d_surface_weights`); :mod:`.twin` colours it.
+ray-cast once (2x2 supersampling in version 1, 3x3 in versions 2 and 3; soft floor shadow) into a
+table of per-pixel *surface weights* ``(480, 4, 64, 64)`` for the surfaces floor, wall, object and
+sky. Lighting, wall darkening, object shading (:mod:`.shading`), the sky's tint on the object
+(version 3) and the shadow are folded into the weights. The table (31 MB) is built lazily on the CPU
+(one to six seconds: version 3 casts a shadow map per shape and scale) and copied once to each
+device that asks for it (:func:`shapes3d_surface_weights`); :mod:`.twin` colours it.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from .scene import SCENE, Shapes3DScene
+from .shading import object_shade, shading_features
 from .space import (
     _FLOOR,
     _NUM_COMBOS,
@@ -327,39 +329,6 @@ def _object_lights(scene: Shapes3DScene) -> torch.Tensor:
     return F.normalize(light[0] * right + light[1] * towards_camera + light[2] * up, dim=-1)
 
 
-# The shading features that change with the camera's azimuth (see Shapes3DScene.object_shading_camera).
-CAMERA_FEATURES = (1, 2, 4, 6, 7, 8)
-
-
-def shading_features(normals: torch.Tensor) -> torch.Tensor:
-    """``(..., 9)`` features of unit normals ``(..., 3)`` whose linear combinations are the quadratic
-    shadings of ``Shapes3DScene.object_shading_world``: 1, x, y, z, x^2 - y^2, 3z^2 - 1, xy, xz, yz
-    (the real spherical harmonics of degree 0 to 2, unnormalised)."""
-    x, y, z = normals.unbind(-1)
-    return torch.stack([torch.ones_like(x), x, y, z, x * x - y * y, 3 * z * z - 1, x * y, x * z, y * z], -1)
-
-
-def camera_frame_normals(normals: torch.Tensor, orientation: torch.Tensor) -> torch.Tensor:
-    """World normals ``(..., 3)`` seen from the camera of each ``orientation`` index ``(...)``:
-    components along (right, towards the camera, up) of its horizontal frame."""
-    az = torch.deg2rad(torch.tensor(SHAPES3D.factors[_ORIENTATION].values, dtype=normals.dtype))[orientation]
-    x, y, z = normals.unbind(-1)
-    return torch.stack([torch.cos(az) * x + torch.sin(az) * y, torch.sin(az) * x - torch.cos(az) * y, z], -1)
-
-
-def _object_shade(scene: Shapes3DScene, normals: torch.Tensor, lights: torch.Tensor,
-                  orientation: torch.Tensor) -> torch.Tensor:
-    """Object surface weight at world ``normals`` ``(P, 3)``: ambient + diffuse * max(0, n . light), or
-    with ``object_shading_world`` the quadratic shading in the world and camera frames."""
-    if scene.object_shading_world is None:
-        return scene.object_ambient + scene.object_diffuse * (normals * lights).sum(-1).clamp_min(0)
-    shade = shading_features(normals) @ torch.tensor(scene.object_shading_world, dtype=normals.dtype)
-    if scene.object_shading_camera is not None:
-        seen = shading_features(camera_frame_normals(normals, orientation))[:, CAMERA_FEATURES]
-        shade = shade + seen @ torch.tensor(scene.object_shading_camera, dtype=normals.dtype)
-    return shade.clamp_min(0)
-
-
 def _box_corners(x: tuple[float, float], y: tuple[float, float], z: tuple[float, float]) -> torch.Tensor:
     return torch.tensor([[a, b, c] for a in x for b in y for c in z], dtype=torch.float64)
 
@@ -420,7 +389,7 @@ def _build_weight_table(scene: Shapes3DScene) -> torch.Tensor:
             hit = (entry <= exit_) & (entry > 0)  # (15, h, w)
             p = o[hit] + entry[hit, None] * d[hit]
             normals = _object_normal(scene, shape, p)
-            shade = _object_shade(scene, normals, lights[:, None, None].expand(-1, *hit.shape[1:], -1)[hit],
+            shade = object_shade(scene, normals, lights[:, None, None].expand(-1, *hit.shape[1:], -1)[hit],
                                   hit.nonzero()[:, 0])
             w *= (~hit)[:, None]
             w[:, _OBJECT][hit] = shade
@@ -448,7 +417,8 @@ def shapes3d_surface_weights(device: torch.device | str = "cpu",
     Row ``(scale * 4 + shape) * 15 + orientation`` holds, for the surfaces ``SURFACE_NAMES`` (floor,
     wall, object, sky), the weight of each surface's colour in each pixel: an image is
     ``clamp(einsum("shw,sc->chw", weights[row], colours), 0, 1)`` with the colours of
-    :func:`shapes3d_surface_colours`.
+    :func:`shapes3d_surface_colours`. Weights may pass 1 (an over-exposed floor) and, in version 3, the
+    sky's weight on the object may dip a little below 0 (its tint is a fitted quadratic, not clamped).
     """
     scene = SCENE if scene is None else scene
     key = (scene, str(torch.device(device)))

@@ -59,15 +59,17 @@ class Shapes3DScene:
     # Optional object shading as a quadratic in the surface normal (None: ambient + diffuse above). It
     # replaces the light by what a distant lighting environment gives a matte surface, to the order of
     # spherical harmonics that carries most of it: object_shading_world holds the 9 coefficients of
-    # the features of raycast.shading_features (1, x, y, z, x^2 - y^2, 3z^2 - 1, xy, xz, yz) of the
+    # the features of shading.shading_features (1, x, y, z, x^2 - y^2, 3z^2 - 1, xy, xz, yz) of the
     # world normal, object_shading_camera 6 more of the normal in the camera's horizontal frame (right,
     # towards the camera, up), for light that turns with the camera: those of x, y, x^2 - y^2, xy, xz,
     # yz (the others do not change with the camera's azimuth).
     object_shading_world: tuple[float, ...] | None = None
     object_shading_camera: tuple[float, ...] | None = None
-    # Optional: how much of the sky's colour the object shows on top of its own (light from the sky,
-    # which tints upward faces whatever the object's hue), as 9 coefficients of the same features of
-    # the world normal (None: none). Not clamped, as it was fitted: the image is clamped at the end.
+    # Optional: how much of the sky's colour the object shows on top of its own, whatever its hue, as
+    # 9 coefficients of the same features of the world normal (None: none). Fitted to the real frames
+    # it is about 0.1 on upward faces and up to 0.25 on downward ones, so it is not light from the sky
+    # alone (what it stands for, room light or the GIF's blur, is not known). Not clamped, as it was
+    # fitted (it can dip a little below 0): the image is clamped at the end.
     object_sky_world: tuple[float, ...] | None = None
     # Walls: constant brightness per wall.
     back_wall_gain: float = 0.98
@@ -106,6 +108,9 @@ class Shapes3DScene:
             raise ValueError(f"object_shading_world takes 9 coefficients, got {len(world)}")
         if self.object_sky_world is not None and len(self.object_sky_world) != 9:
             raise ValueError(f"object_sky_world takes 9 coefficients, got {len(self.object_sky_world)}")
+        light = self.shadow_light_xyz
+        if light is not None and (len(light) != 3 or light[2] <= 0):
+            raise ValueError(f"shadow_light_xyz is a point (x, y, z) above the floor (z > 0), got {light!r}")
         if camera is not None and (world is None or len(camera) != 6):
             raise ValueError("object_shading_camera takes 6 coefficients, and needs object_shading_world"
                              f" (got {len(camera)} coefficients, world {'set' if world else 'unset'})")
@@ -151,8 +156,8 @@ SCENE_V2 = Shapes3DScene(
 #   (object_shading_world, object_shading_camera), and tinted by the sky's colour (object_sky_world),
 #   fitted by least squares to the inner object pixels of the 53 real frames
 #   (benchmarks/shapes3d_twin_fit.py --shading): version 2's one fixed light left most of the real
-#   shading unexplained, part of the real light turns with the camera, and upward faces show ~10% of
-#   the sky's colour whatever the object's hue;
+#   shading unexplained, part of the real light turns with the camera, and the object shows 10-25%
+#   of the sky's colour whatever its hue;
 # * the shadow cast by a lamp above and behind-left of the object (shadow_light_xyz) instead of a
 #   distant light: the real capsule's shadow is larger for its height than the cube's; its position,
 #   size and gain by coordinate search on the frames (shapes3d_twin_fit.py, from the floor light's

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -87,6 +88,17 @@ def test_the_cached_networks_keep_their_version_1_keys_and_get_new_ones_for_vers
     assert cache_paths(tmp_path, "c", v2.__dict__) != cache_paths(tmp_path, "c", v1.__dict__)
     b1, b2 = BaselineSettings("shapes3d", 2, 8), BaselineSettings("shapes3d", 2, 8, twin_version="2")
     assert cache_paths(tmp_path, "b", b1.__dict__) != cache_paths(tmp_path, "b", b2.__dict__)
+
+
+def test_a_refitted_scene_gets_a_new_cache_key_under_the_same_version_name(tmp_path, monkeypatch):
+    from datamodules.shapes3d import scene
+
+    v3 = ClassifierSettings.for_dataset("shapes3d", twin_version="3")
+    now = cache_paths(tmp_path, "c", v3.__dict__)
+    assert now != cache_paths(tmp_path, "c", ClassifierSettings.for_dataset("shapes3d", twin_version="2").__dict__)
+    refitted = dataclasses.replace(scene.TWIN_VERSIONS["3"], shadow_gain=0.5)
+    monkeypatch.setitem(scene.TWIN_VERSIONS, "3", refitted)
+    assert cache_paths(tmp_path, "c", v3.__dict__) != now
 
 
 def test_train_records_the_twin_version_where_bench_reads_it(tmp_path):

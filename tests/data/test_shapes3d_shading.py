@@ -12,21 +12,18 @@ import numpy as np
 import pytest
 import torch
 
-from datamodules.shapes3d import SCENE_V2, SHAPES3D, TWIN_VERSIONS, Shapes3DScene, render_shapes3d
-from datamodules.shapes3d import raycast
+from datamodules.shapes3d import SCENE_V2, SHAPES3D, TWIN_VERSIONS, Shapes3DScene, raycast, render_shapes3d
 from datamodules.shapes3d.fidelity import psnr, real_frames_64
-from datamodules.shapes3d.raycast import (
-    _object_shade,
-    _point_shadow_map,
-    camera_frame_normals,
-    shading_features,
-)
+from datamodules.shapes3d.raycast import _build_weight_table, _point_shadow_map
+from datamodules.shapes3d.shading import camera_frame_normals, object_shade, shading_features
 
 ROOT = Path(__file__).resolve().parents[2]
 REAL_FRAMES = ROOT.parent / "shared" / "data" / "shapes3d_real_frames.npz"
 STATES = torch.tensor([0, 7, 123457, 250000, 479999])
-# Version 2 rendered by the code before version 3 existed: its table is unchanged bit for bit.
+# Version 2 rendered by the code before version 3 existed: its table is unchanged bit for bit (the
+# sums of its whole table, plain and weighted, and of five renders).
 V2_SUMS = [5384.278419837356, 5566.670487195253, 7939.059850802645, 7337.349880620837, 6710.349026247859]
+V2_TABLE_SUMS = (1876968.2168986741, 916075675.5576525)
 AZIMUTHS = torch.deg2rad(torch.tensor(SHAPES3D.factors[5].values, dtype=torch.float64))
 
 
@@ -34,13 +31,15 @@ def test_version_2_renders_as_before_and_version_3_keeps_its_sky():
     classes = SHAPES3D.unravel(STATES)
     v2 = render_shapes3d(classes, version="2")
     np.testing.assert_allclose(v2.double().sum(dim=(1, 2, 3)).numpy(), V2_SUMS, rtol=1e-7)
+    table = raycast.shapes3d_surface_weights("cpu", SCENE_V2).double()
+    weights = (torch.arange(table.numel(), dtype=torch.float64) % 977).reshape(table.shape)
+    assert (float(table.sum()), float((table * weights).sum())) == pytest.approx(V2_TABLE_SUMS, rel=1e-12)
     v3 = render_shapes3d(classes, version="3")
     changed = (v3 - v2).abs().amax(1) > 0  # (B, 64, 64)
     # Version 3 keeps version 2's sky and walls (its orbit centre moved 0.015 to the right, which shifts
     # the room by a fraction of a pixel below the walls' top): the top rows agree.
     assert not changed[:, :6].any()  # above the tallest object
     assert changed.flatten(1).any(1).all()
-    assert TWIN_VERSIONS["3"].supersample == SCENE_V2.supersample and TWIN_VERSIONS["3"].camera_radius == 1.3045
 
 
 def test_shading_features_are_the_quadratic_harmonics_of_the_normal():
@@ -69,16 +68,16 @@ def test_quadratic_shading_reduces_to_the_light_it_replaces_and_turns_with_the_c
     lights = torch.zeros(50, 3, dtype=torch.float64)
     flat = dataclasses.replace(SCENE_V2, object_ambient=0.7, object_diffuse=0.0)
     constant = dataclasses.replace(SCENE_V2, object_shading_world=(0.7,) + (0.0,) * 8)
-    assert torch.equal(_object_shade(flat, normals, lights, orientation),
-                       _object_shade(constant, normals, lights, orientation))
+    assert torch.equal(object_shade(flat, normals, lights, orientation),
+                       object_shade(constant, normals, lights, orientation))
     # A light that turns with the camera: a normal facing the camera gets one shade at every azimuth.
     camera = dataclasses.replace(constant, object_shading_camera=(0.0, 0.2, 0.0, 0.0, 0.0, 0.0))
     towards = torch.stack([torch.sin(AZIMUTHS), -torch.cos(AZIMUTHS), torch.zeros_like(AZIMUTHS)], -1)
-    shades = _object_shade(camera, towards, lights[:15], torch.arange(15))
+    shades = object_shade(camera, towards, lights[:15], torch.arange(15))
     assert torch.allclose(shades, torch.full((15,), 0.9, dtype=torch.float64))
     # Turned away from the camera, the shade is clamped at 0, never negative.
     dark = dataclasses.replace(camera, object_shading_camera=(0.0, 5.0, 0.0, 0.0, 0.0, 0.0))
-    assert float(_object_shade(dark, -towards, lights[:15], torch.arange(15)).max()) == 0.0
+    assert float(object_shade(dark, -towards, lights[:15], torch.arange(15)).max()) == 0.0
 
 
 def test_scene_refuses_shading_coefficients_of_the_wrong_count():
@@ -156,16 +155,22 @@ def test_the_command_lines_offer_every_twin_version():
 
 
 
-def test_the_sky_tint_adds_the_skys_colour_on_the_object_only():
+def test_the_sky_tint_adds_the_skys_colour_on_the_object_only_and_the_lamp_casts_a_full_shadow():
     classes = SHAPES3D.unravel(STATES)
     untinted = dataclasses.replace(TWIN_VERSIONS["3"], object_sky_world=None)
     tinted = dataclasses.replace(untinted, object_sky_world=(0.1,) + (0.0,) * 8)
-    surface = raycast.shapes3d_surface_weights("cpu", untinted)
-    tinted_surface = raycast.shapes3d_surface_weights("cpu", tinted)
     rows = (classes[:, 3] * 4 + classes[:, 4]) * 15 + classes[:, 5]
-    a, b = surface[rows], tinted_surface[rows]  # (B, 4, 64, 64): floor, wall, object, sky
+    a, b = _build_weight_table(untinted)[rows], _build_weight_table(tinted)[rows]  # (B, 4, 64, 64)
     on_object = a[:, 2] > 0
     assert torch.equal(a[:, :3], b[:, :3])  # the object's own shading, walls and floor are untouched
     assert torch.equal(a[:, 3][~on_object], b[:, 3][~on_object])  # so is the sky off the object
     inner = a[:, 2] > 0.3  # pixels mostly on the object: their sky weight grows by 0.1 times the coverage
     assert bool(((b[:, 3] - a[:, 3])[inner] > 0.02).all()) and float((b[:, 3] - a[:, 3]).max()) <= 0.1 + 1e-6
+    # In the table, the lamp's shadow darkens the floor to shadow_gain of its light at its core.
+    origins, dirs = raycast._camera_rays(untinted)
+    room = raycast._room(untinted, origins, dirs)[0].view(15, 4, 192, 192)
+    lit = torch.nn.functional.avg_pool2d(room[:, 0], 3).float()[classes[:, 5]]  # (B, 64, 64) unshadowed floor
+    ratio = a[:, 0] / lit.clamp_min(1e-6)
+    on_floor = (lit > 0.5) & (a[:, 2] == 0)
+    darkest = torch.where(on_floor, ratio, torch.ones_like(ratio)).flatten(1).min(1).values
+    assert torch.allclose(darkest, torch.full_like(darkest, untinted.shadow_gain), atol=0.02), darkest

@@ -8,7 +8,7 @@ such per-pixel maps reproduce the frames (in-sample, and each frame left out of 
 a version's maps are from them per surface, and how well a polynomial in the floor's world position
 fits the clean floor pixels of all 53 frames (held-out splits), against the version's floor light.
 
-    python experiments/twin_surface_maps/surface_maps.py [--version 2]
+    python experiments/twin_v3/surface_maps.py [--version 2]
 """
 
 from __future__ import annotations
