@@ -390,11 +390,12 @@ def _build_weight_table(scene: Shapes3DScene) -> torch.Tensor:
             p = o[hit] + entry[hit, None] * d[hit]
             normals = _object_normal(scene, shape, p)
             shade = object_shade(scene, normals, lights[:, None, None].expand(-1, *hit.shape[1:], -1)[hit],
-                                  hit.nonzero()[:, 0])
+                                 hit.nonzero()[:, 0])
             w *= (~hit)[:, None]
             w[:, _OBJECT][hit] = shade
             if scene.object_sky_world is not None:  # the sky's colour the object shows (as fitted: linear)
-                w[:, _SKY][hit] = shading_features(normals) @ torch.tensor(scene.object_sky_world, dtype=normals.dtype)
+                tint = torch.tensor(scene.object_sky_world, dtype=normals.dtype)
+                w[:, _SKY][hit] = shading_features(normals) @ tint
             pixels = room_pixels.clone()
             window = (slice(None), slice(None), slice(rows.start // ss, rows.stop // ss),
                       slice(cols.start // ss, cols.stop // ss))
