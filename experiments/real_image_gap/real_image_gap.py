@@ -69,6 +69,7 @@ def perturbations(states: torch.Tensor, generator: torch.Generator) -> dict[str,
     return {
         "none (the clean render)": clean,
         "renderer version 2 of the same state": render_shapes3d(states, version="2"),
+        "renderer version 3 of the same state": render_shapes3d(states, version="3"),
         "GIF round trip (bicubic upscale, shared palette)": (gif_round_trip(clean) / 255).float(),
         "version 2, then the GIF round trip": (gif_round_trip(render_shapes3d(states, version="2")) / 255).float(),
         "Gaussian blur, sigma 0.7 px": blur(clean, 0.7).clamp(0, 1),
