@@ -247,16 +247,21 @@ def _wall_light(scene: Shapes3DScene, surface: torch.Tensor,
     return torch.where(on_wall, factor, torch.ones_like(factor))
 
 
-def _light_directions(scene: Shapes3DScene) -> torch.Tensor:
-    """``(K, 3)`` unit directions towards points of the disc-shaped shadow light (sunflower pattern)."""
-    centre = F.normalize(torch.tensor(scene.shadow_light, dtype=torch.float64), dim=0)
-    e1 = F.normalize(torch.linalg.cross(centre, torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64)), dim=0)
-    e2 = torch.linalg.cross(centre, e1)
+def _disc_offsets(scene: Shapes3DScene, axis: torch.Tensor) -> torch.Tensor:
+    """``(K, 3)`` points of a disc of radius ``shadow_spread`` facing the unit ``axis``, about its
+    centre (sunflower pattern, ``shadow_samples`` of them): where a disc-shaped light is sampled."""
+    e1 = F.normalize(torch.linalg.cross(axis, torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64)), dim=0)
+    e2 = torch.linalg.cross(axis, e1)
     k = torch.arange(scene.shadow_samples, dtype=torch.float64)
     radius = scene.shadow_spread * torch.sqrt((k + 0.5) / scene.shadow_samples)
     angle = k * math.pi * (3.0 - math.sqrt(5.0))  # golden angle
-    offsets = radius[:, None] * (torch.cos(angle)[:, None] * e1 + torch.sin(angle)[:, None] * e2)
-    return F.normalize(centre + offsets, dim=-1)
+    return radius[:, None] * (torch.cos(angle)[:, None] * e1 + torch.sin(angle)[:, None] * e2)
+
+
+def _light_directions(scene: Shapes3DScene) -> torch.Tensor:
+    """``(K, 3)`` unit directions towards points of the distant disc-shaped shadow light."""
+    centre = F.normalize(torch.tensor(scene.shadow_light, dtype=torch.float64), dim=0)
+    return F.normalize(centre + _disc_offsets(scene, centre), dim=-1)
 
 
 def _shadow_maps(scene: Shapes3DScene) -> tuple[torch.Tensor, float]:
@@ -291,13 +296,7 @@ def _point_shadow_map(scene: Shapes3DScene, shape: int, scale: float) -> tuple[t
     distant light's, a near light's shadow grows faster than its object, so each scale has its map."""
     base = torch.tensor([*scene.object_xy, 0.0], dtype=torch.float64)
     centre = torch.tensor(scene.shadow_light_xyz, dtype=torch.float64) - base
-    axis = F.normalize(centre, dim=0)
-    e1 = F.normalize(torch.linalg.cross(axis, torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64)), dim=0)
-    e2 = torch.linalg.cross(axis, e1)
-    k = torch.arange(scene.shadow_samples, dtype=torch.float64)
-    radius = scene.shadow_spread * centre.norm() * torch.sqrt((k + 0.5) / scene.shadow_samples)
-    angle = k * math.pi * (3.0 - math.sqrt(5.0))  # golden angle
-    lights = centre + radius[:, None] * (torch.cos(angle)[:, None] * e1 + torch.sin(angle)[:, None] * e2)  # (K, 3)
+    lights = centre + centre.norm() * _disc_offsets(scene, F.normalize(centre, dim=0))  # (K, 3)
     # The shadow's reach: the object's bounding box projected from every light point onto the floor.
     centre_z, bound = _bounding_sphere(scene, shape)
     corners = _box_corners((-bound, bound), (-bound, bound), (0.0, (centre_z + bound)))[None] * scale  # (1, 8, 3)
@@ -315,6 +314,25 @@ def _point_shadow_map(scene: Shapes3DScene, shape: int, scale: float) -> tuple[t
     entry, exit_ = _object_interval(scene, shape, o, d)
     blocked = (entry <= exit_) & (exit_ > _EPS) & (entry < 1)
     return blocked.double().mean(-1).reshape(n, n), reach
+
+
+def _floor_shadow(scene: Shapes3DScene, shape: int, scale: float, distant: tuple[torch.Tensor, float] | None
+                  ) -> tuple[torch.Tensor, float, torch.Tensor, torch.Tensor]:
+    """A shape's floor-shadow map at ``scale`` ``(1, 1, N, N)`` float32, its reach in world units
+    around the footprint, and the world x and y of its occluded texels: from the distant light's
+    maps at scale 1 (``distant``, :func:`_shadow_maps`; scaling an object scales its shadow), or cast
+    for this scale from the lamp at ``shadow_light_xyz`` (``distant`` None)."""
+    bx, by = scene.object_xy
+    if distant is not None:
+        maps, reach = distant
+        rows, cols = torch.nonzero(maps[shape] > 0, as_tuple=True)
+        texel = 2 * reach / (maps.shape[-1] - 1)
+        return (maps[shape][None, None].float(), scale * reach, (-reach + texel * cols.double()) * scale + bx,
+                (-reach + texel * rows.double()) * scale + by)
+    occluded, reach = _point_shadow_map(scene, shape, scale)
+    rows, cols = torch.nonzero(occluded > 0, as_tuple=True)
+    step = 2 * reach / (occluded.shape[-1] - 1)
+    return occluded[None, None].float(), reach, -reach + step * cols.double() + bx, -reach + step * rows.double() + by
 
 
 def _object_lights(scene: Shapes3DScene) -> torch.Tensor:
@@ -345,34 +363,20 @@ def _build_weight_table(scene: Shapes3DScene) -> torch.Tensor:
     room = room.view(_NUM_ORIENTATIONS, 4, n, n)
     floor_xy, floor_mask = floor_xy.view(_NUM_ORIENTATIONS, n, n, 2), floor_mask.view(_NUM_ORIENTATIONS, n, n)
     room_pixels = F.avg_pool2d(room, ss).float()
-    maps, reach = _shadow_maps(scene)  # (4, N, N) on [-reach, reach]^2 around the footprint, scale 1
+    distant = _shadow_maps(scene) if scene.shadow_light_xyz is None else None
     bx, by = scene.object_xy
     base = torch.tensor([bx, by, 0.0], dtype=torch.float64)
     lights = _object_lights(scene)  # (15, 3)
     table = torch.empty(_NUM_SCALES, _NUM_SHAPES, _NUM_ORIENTATIONS, 4, IMAGE_SIZE, IMAGE_SIZE)
     for shape in range(_NUM_SHAPES):
         centre_z, radius = _bounding_sphere(scene, shape)
-        shadow = maps[shape][None, None].float()
-        rows_any, cols_any = torch.nonzero(maps[shape] > 0, as_tuple=True)
-        texel = 2 * reach / (maps.shape[-1] - 1)
         for si, scale in enumerate(SHAPES3D.factors[_SCALE].values):
             # The window that the object and its shadow (both scale with the object) can reach.
             reach_xy = radius * scale
             points = [_box_corners((bx - reach_xy, bx + reach_xy), (by - reach_xy, by + reach_xy),
                                    ((centre_z - radius) * scale, (centre_z + radius) * scale))]
-            if scene.shadow_light_xyz is None:  # one map per shape, scaled: (p - object_xy) / scale
-                shadow_map, map_reach, shadow_rows, shadow_cols = shadow, scale * reach, rows_any, cols_any
-                if rows_any.numel():
-                    x = (-reach + texel * cols_any.double()) * scale + bx
-                    y = (-reach + texel * rows_any.double()) * scale + by
-            else:  # a point light: a map per shape and scale, in world units around the footprint
-                point_map, map_reach = _point_shadow_map(scene, shape, scale)
-                shadow_map = point_map[None, None].float()
-                shadow_rows, shadow_cols = torch.nonzero(point_map > 0, as_tuple=True)
-                step = 2 * map_reach / (point_map.shape[-1] - 1)
-                x = -map_reach + step * shadow_cols.double() + bx
-                y = -map_reach + step * shadow_rows.double() + by
-            if shadow_rows.numel():
+            shadow_map, map_reach, x, y = _floor_shadow(scene, shape, scale, distant)
+            if x.numel():
                 points.append(_box_corners((float(x.min()), float(x.max())), (float(y.min()), float(y.max())),
                                            (0.0, 0.0)))
             rows, cols = _window(scene, torch.cat(points))
