@@ -131,6 +131,7 @@ class CausalVQVAE(PretrainedMixin, nn.Module):
             intervention=c.intervention,
             keep_threshold=c.keep_threshold,
             position=c.transition_position,
+            window=c.transition_window,
         )
         if c.resolved_retrieval_head == "conv":
             self.retrieval_head = ConvRetrievalHead(
@@ -410,8 +411,8 @@ class CausalVQVAE(PretrainedMixin, nn.Module):
         "target_head_dim", "target_context_layers", "target_state_bound", "sparsity_mode",
         "target_penalty_weight", "adjacency_penalty_weight", "target_budget", "target_budget_start",
         "adjacency_budget", "adjacency_budget_start", "dual_lr", "transition_dim", "transition_layers",
-        "transition_heads", "transition_position", "mixture_eps", "equation_loss_weight", "kept_equation_weight",
-        "intervention", "keep_threshold", "edit_loss_weight",
+        "transition_heads", "transition_position", "transition_window", "mixture_eps", "equation_loss_weight",
+        "kept_equation_weight", "intervention", "keep_threshold", "edit_loss_weight",
     )
 
     # Settings that no weight depends on: how the causal stage is trained (budgets and their

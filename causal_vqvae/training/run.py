@@ -201,8 +201,10 @@ def _run(args: argparse.Namespace, argv: list[str] | None, cleanup: contextlib.E
         model_fields = {**preset["model"], **model_overrides}
         if args.layout:
             model_fields["latent_layout"] = args.layout
-        if model_fields.get("latent_layout") == "tokens" and "transition_position" not in model_overrides:
-            model_fields.pop("transition_position", None)  # a preset's relative positions need a grid
+        if model_fields.get("latent_layout") == "tokens":  # a preset's relative positions and window need a grid
+            for grid_only in ("transition_position", "transition_window"):
+                if grid_only not in model_overrides:
+                    model_fields.pop(grid_only, None)
         model = CausalVQVAE(build_settings(
             ModelConfig, model_fields, f"{source}, model", in_channels=probe.channels, dataset=args.data,
             num_actions=len(actions), action_names=tuple(actions.names), seed=args.seed))

@@ -62,7 +62,8 @@ def writable_directory(out: str | Path) -> Path:
 ADDED_SETTINGS = {"train": {"graph_lr_scale": 1.0, "code_pool": 0, "keep": "last", "causal_head_lr": 0.0},
                   "model": {"retrieval_score": "nll", "intervention": "resample", "keep_threshold": None,
                             "local_encoder": False, "edit_loss_weight": 0.0, "local_parent_logit": None,
-                            "kept_equation_weight": 1.0, "transition_position": "absolute"},
+                            "kept_equation_weight": 1.0, "transition_position": "absolute",
+                            "transition_window": 0},
                   "data": {"twin_version": "1", "augment": [], "augment_probability": 0.3}}
 
 
@@ -86,8 +87,16 @@ def check_same_run(path: Path, resolved: dict[str, Any]) -> None:
     if differ:
         details = "; ".join(
             f"{key}: {_diff(before.get(key), now.get(key))}" for key in differ)
+        # what restores the run's settings: the fields it predates and every other that differs
+        restore = {}
+        for section in dict.fromkeys([*ADDED_SETTINGS, "model", "train", "data"]):
+            was, is_now = before.get(section), now.get(section)
+            if isinstance(was, dict) and isinstance(is_now, dict):
+                changed = {k: v for k, v in was.items() if k in is_now and is_now[k] != v}
+                if changed:
+                    restore[section] = changed
         hint = "" if not older else (f" (it predates {', '.join(k for s in older.values() for k in s)}: "
-                                     f"add {json.dumps(older)} to the --config file)")
+                                     f"add {json.dumps(restore)} to the --config file)")
         raise SystemExit(f"--resume: {path} was written by a run with other settings ({details}); "
                          f"resume with the original flags{hint}, or pass a new --out to start a new run")
 

@@ -238,7 +238,7 @@ def test_resuming_a_run_from_before_graph_lr_scale_says_which_setting_reproduces
     now["train"].update(graph_lr_scale=20.0, code_pool=0, keep="last", causal_head_lr=0.0)  # as a run writes them now
     now["model"].update(retrieval_score="nll", intervention="resample", keep_threshold=None, local_encoder=False,
                         edit_loss_weight=0.0, local_parent_logit=None, kept_equation_weight=1.0,
-                        transition_position="absolute")
+                        transition_position="absolute", transition_window=0)
     now["data"].update(twin_version="1", augment=[], augment_probability=0.3)
     with pytest.raises(SystemExit, match=r'graph_lr_scale was 1.0, now 20.0.*add \{"train": \{"graph_lr_scale": 1.0'):
         check_same_run(tmp_path / "config.json", now)
@@ -264,6 +264,12 @@ def test_resuming_a_run_from_before_graph_lr_scale_says_which_setting_reproduces
     now["model"]["transition_position"], now["train"]["causal_head_lr"] = "relative", 1e-3
     with pytest.raises(SystemExit, match=r'add \{"train": \{"causal_head_lr": 0.0\}, "model": '
                                          r'\{"transition_position": "absolute"\}\}'):
+        check_same_run(tmp_path / "config.json", now)
+    # where the preset also changed a setting the run had, the hint restores that one too
+    now["model"]["transition_position"], now["train"]["causal_head_lr"] = "absolute", 0.0
+    now["model"].update(codebook_size=32, transition_window=5)
+    with pytest.raises(SystemExit, match=r'it predates transition_window: add \{"model": '
+                                         r'\{"codebook_size": 16, "transition_window": 0\}\}'):
         check_same_run(tmp_path / "config.json", now)
 
 

@@ -299,7 +299,7 @@ def test_a_checkpoint_whose_optimiser_groups_differ_is_refused_naming_the_head_r
         module.on_load_checkpoint(checkpoint)
 
 
-def test_a_presets_relative_positions_give_way_to_the_tokens_layout(tmp_path, small_overrides):
+def test_a_presets_relative_positions_and_window_give_way_to_the_tokens_layout(tmp_path, small_overrides):
     out = tmp_path / "run"
     rc = train_script.main(["--data", "dsprites", "--preset", "cpu-small", "--layout", "tokens", "--config",
                             small_overrides, "--stage", "vqvae", "--max-steps", "1", "--batch-size", "8",
@@ -307,7 +307,9 @@ def test_a_presets_relative_positions_give_way_to_the_tokens_layout(tmp_path, sm
     assert rc == 0
     model = json.loads((out / "config.json").read_text())["model"]
     assert model["latent_layout"] == "tokens" and model["transition_position"] == "absolute"
+    assert model["transition_window"] == 0
     assert PRESETS["cpu-small"]["model"]["transition_position"] == "relative"  # the grid keeps them
+    assert PRESETS["cpu-small"]["model"]["transition_window"] == 5
 
 
 def test_gradients_are_clipped_to_the_configured_norm_before_each_optimizer_step():
