@@ -82,7 +82,8 @@ declare -A RUN_ARGS=(
     [shapes3d_v3_kept0_aug]="--data shapes3d --twin-version 3 --preset small --max-steps 4000 6000 --code-pool 40000 --augment resample,blur,jpeg,colour --config benchmarks/configs/kept0_unbudgeted.json"
     # whole runs whose equations read a 5 x 5 window of cells (ModelConfig.transition_window; the cpu-small
     # preset's, experiments/demo_edits, seventh round); the releases' new transitions were trained on the CPU
-    # with the same settings (benchmarks/results/window/)
+    # with the same model settings, at lr 3e-3 and the head at 1e-3 (window_new_transition.json,
+    # benchmarks/results/window/)
     [dsprites_window]="--data dsprites --preset small --max-steps 4000 6000 --code-pool 40000 --config benchmarks/configs/window_unbudgeted.json"
     [shapes3d_v3_window_aug]="--data shapes3d --twin-version 3 --preset small --max-steps 4000 6000 --code-pool 40000 --augment resample,blur,jpeg,colour --config benchmarks/configs/window_unbudgeted.json"
 )

@@ -32,6 +32,7 @@ SIZE_LIMITS = {
     "token_codebook_size": 1 << 16, "token_layers": 64, "token_heads": 256, "mlp_ratio": 64,
     "target_head_dim": 8192, "target_context_layers": 64, "transition_dim": 8192, "transition_layers": 64,
     "transition_heads": 256, "retrieval_dim": 8192, "retrieval_layers": 64, "retrieval_heads": 256,
+    "transition_window": 127,
 }
 
 
@@ -139,7 +140,7 @@ class ModelConfig:
             enters as the learned constant, so the graph still decides what a node depends on).
             Attention sums what it reads, and could not tell which way a small sprite turns; a
             window computes any function of the neighbourhood's configuration, as a convolution
-            does (on the demo model: orientation edits 14% -> 83% exact, the direction of a turn
+            does (on the demo model: orientation edits 14% -> 86% exact, the direction of a turn
             retrieved 56% -> 100%; experiments/demo_edits/, seventh round).
         mixture_eps: floor on the probability of the target code under the intervention mixture;
             bounds the loss by -log(eps) and the straight-through gradient to the mask.

@@ -243,6 +243,8 @@ class CausalTransition(nn.Module):
             raise ValueError(f"intervention must be one of {INTERVENTIONS}, got {intervention!r}")
         if position not in TRANSITION_POSITIONS:
             raise ValueError(f"position must be one of {TRANSITION_POSITIONS}, got {position!r}")
+        if window and (window < 3 or window % 2 == 0):
+            raise ValueError(f"window must be 0 (none) or an odd width >= 3, got {window}")
         self.intervention = intervention
         self.keep_threshold = keep_threshold
         self.graph = graph

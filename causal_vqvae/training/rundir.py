@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..files import write_json
+from .presets import RUN_DATA_FIELDS, RUN_MODEL_FIELDS
 
 __all__ = ["ADDED_SETTINGS", "LOCK_NAME", "RunLock", "check_checkpoint", "check_same_run", "claim_run_folder",
            "run_stages",
@@ -58,7 +59,7 @@ def writable_directory(out: str | Path) -> Path:
 # the equation term weighed the nodes that keep their code like the others; before twin_version, the
 # twins had one renderer, version "1"; before augment, no training batch was augmented; before
 # causal_head_lr, the retrieval head trained at the causal stage's rate; before transition_position,
-# every node had a position embedding of its own).
+# every node had a position embedding of its own; before transition_window, no equation read a window).
 ADDED_SETTINGS = {"train": {"graph_lr_scale": 1.0, "code_pool": 0, "keep": "last", "causal_head_lr": 0.0},
                   "model": {"retrieval_score": "nll", "intervention": "resample", "keep_threshold": None,
                             "local_encoder": False, "edit_loss_weight": 0.0, "local_parent_logit": None,
@@ -88,11 +89,14 @@ def check_same_run(path: Path, resolved: dict[str, Any]) -> None:
         details = "; ".join(
             f"{key}: {_diff(before.get(key), now.get(key))}" for key in differ)
         # what restores the run's settings: the fields it predates and every other that differs
+        # (not those a run takes from its flags: a --config file may not set them)
+        from_flags = {"model": RUN_MODEL_FIELDS, "data": RUN_DATA_FIELDS}
         restore = {}
         for section in dict.fromkeys([*ADDED_SETTINGS, "model", "train", "data"]):
             was, is_now = before.get(section), now.get(section)
             if isinstance(was, dict) and isinstance(is_now, dict):
-                changed = {k: v for k, v in was.items() if k in is_now and is_now[k] != v}
+                changed = {k: v for k, v in was.items()
+                           if k in is_now and is_now[k] != v and k not in from_flags.get(section, ())}
                 if changed:
                     restore[section] = changed
         hint = "" if not older else (f" (it predates {', '.join(k for s in older.values() for k in s)}: "

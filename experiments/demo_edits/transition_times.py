@@ -2,8 +2,8 @@
 
     python experiments/demo_edits/transition_times.py [--batch 32] [--repeats 50]
 
-For each variant (relative positions with 2 layers, offset vectors in keys and values, 3 layers,
-a parent window of 5 or 3 cells, a window of 5 with one attention layer):
+For each variant (relative positions with 2 attention layers, offset vectors in keys and values, 3
+layers, a parent window of 5 or 3 cells before 2 layers, the preset's window of 5 before 1 layer):
 an untrained dSprites-sized transition (64 nodes, 32 codes, 10 actions) in training mode (graph
 masks sampled), ``--batch`` random code grids and actions; the median over ``--repeats`` timed
 passes after 10 untimed ones, in milliseconds, on this machine's CPU with torch's default threads.
@@ -26,11 +26,13 @@ from causal_vqvae.config import ModelConfig
 from causal_vqvae.model import CausalVQVAE
 from causal_vqvae.training.presets import PRESETS
 
-VARIANTS = {"relative, 2 layers (the preset)": {}, "relative_kv, 2 layers": {"transition_position": "relative_kv"},
-            "relative, 3 layers": {"transition_layers": 3},
-            "relative, 2 layers, window 5": {"transition_window": 5},
-            "relative, 2 layers, window 3": {"transition_window": 3},
-            "relative, 1 layer, window 5": {"transition_window": 5, "transition_layers": 1}}
+ATTENTION_ONLY = {"transition_window": 0, "transition_layers": 2}  # the preset before the seventh round
+VARIANTS = {"relative, 2 layers (the preset before the window)": ATTENTION_ONLY,
+            "relative_kv, 2 layers": {**ATTENTION_ONLY, "transition_position": "relative_kv"},
+            "relative, 3 layers": {**ATTENTION_ONLY, "transition_layers": 3},
+            "relative, 2 layers, window 5": {"transition_window": 5, "transition_layers": 2},
+            "relative, 2 layers, window 3": {"transition_window": 3, "transition_layers": 2},
+            "relative, 1 layer, window 5 (the preset now)": {}}
 
 
 def main(argv: list[str] | None = None) -> None:

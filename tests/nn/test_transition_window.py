@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from causal_vqvae import CausalVQVAE, ModelConfig
-from causal_vqvae.nn.transition import grid_window_index
+from causal_vqvae.nn.transition import ParentWindowBlock, grid_window_index
 from causal_vqvae.pretrained import save_pretrained
 
 SMALL = dict(in_channels=1, hidden_dims=(8, 16, 16), num_res_blocks=1, norm_groups=4, code_dim=8, codebook_size=4,
@@ -116,7 +116,7 @@ def test_the_graph_mask_of_a_window_parent_gets_gradient_in_training():
     assert grad[node - side, node].abs() > 0 and grad[node + 1, node].abs() > 0
 
 
-def test_window_settings_are_checked_and_old_models_read_none(tmp_path):
+def test_window_settings_are_checked_and_old_models_read_none():
     for bad in (2, 1, -3):
         with pytest.raises(ValueError, match="transition_window must be 0"):
             ModelConfig(**{**SMALL, "transition_window": bad})
@@ -126,6 +126,8 @@ def test_window_settings_are_checked_and_old_models_read_none(tmp_path):
     saved.pop("transition_window")  # a model saved before the field
     assert ModelConfig.from_dict(saved).transition_window == 0
     assert CausalVQVAE(ModelConfig.from_dict(saved)).transition_net.window is None
+    with pytest.raises(ValueError, match="transition_window 129 is above its limit"):
+        ModelConfig(**{**SMALL, "transition_window": 129})
 
 
 def test_a_model_with_a_window_saves_and_loads_with_the_same_equations(tmp_path):
@@ -138,3 +140,55 @@ def test_a_model_with_a_window_saves_and_loads_with_the_same_equations(tmp_path)
     with torch.no_grad():
         assert torch.equal(m.transition(codes, actions, sample=False).logits,
                            loaded.transition(codes, actions, sample=False).logits)
+
+
+def window_block(side: int = 8, window: int = 3, dim: int = 8) -> tuple[ParentWindowBlock, dict]:
+    """The block alone, with random inputs: (block, inputs) where inputs holds h, parents, action_vec,
+    constant and an adjacency with no edge."""
+    g = torch.Generator().manual_seed(3)
+    block = ParentWindowBlock(dim, window, 2 * dim, side * side)
+    with torch.no_grad():
+        block.pad.normal_(generator=g)
+    n = side * side
+    inputs = dict(h=torch.zeros(1, n, dim), parents=torch.randn(1, n, dim, generator=g),
+                  action_vec=torch.randn(1, dim, generator=g), constant=torch.randn(dim, generator=g),
+                  adjacency=torch.zeros(1, n, n))
+    return block, inputs
+
+
+def test_the_block_reads_a_window_parent_and_ignores_the_same_cell_when_it_is_not_a_parent():
+    block, inputs = window_block()
+    node, cell = 3 * 8 + 3, 2 * 8 + 4  # the cell up and to the right of the node
+    change = torch.linspace(-1.0, 1.0, 8)  # not a shift: the block normalises each embedding
+    before = block(**inputs)[0, node]
+    inputs["parents"][0, cell] += change
+    assert torch.equal(block(**inputs)[0, node], before)  # not a parent: the constant stands in
+    inputs["adjacency"][0, cell, node] = 1.0
+    with_edge = block(**inputs)[0, node]
+    inputs["parents"][0, cell] -= change
+    assert not torch.allclose(block(**inputs)[0, node], with_edge, atol=1e-5)
+
+
+def test_off_grid_slots_read_the_pad_and_never_cell_zero():
+    """A corner node's slots off the grid hold cell 0's id as a placeholder: even where cell 0 is a
+    parent (an edge outside the window), the window reads the pad there, not cell 0."""
+    block, inputs = window_block()
+    node = 7  # row 0, last column: 5 of its 9 slots are off the grid
+    inputs["adjacency"][0, 0, node] = 1.0
+    before = block(**inputs)[0, node]
+    inputs["parents"][0, 0] += torch.linspace(-1.0, 1.0, 8)
+    assert torch.equal(block(**inputs)[0, node], before)
+    with torch.no_grad():
+        block.pad.add_(1.0)
+    assert not torch.allclose(block(**inputs)[0, node], before, atol=1e-5)  # the pad is read there
+
+
+def test_the_mask_gets_gradient_through_the_window_itself():
+    block, inputs = window_block()
+    node = 3 * 8 + 3
+    adjacency = torch.full((1, 64, 64), 0.5, requires_grad=True)
+    block(**{**inputs, "adjacency": adjacency})[0, node].sum().backward()
+    grad = adjacency.grad[0, :, node]
+    in_window = set(grid_window_index(64, 3)[0][node].tolist()) - {node}
+    assert all(grad[j].abs() > 0 for j in in_window)
+    assert all(grad[j] == 0 for j in set(range(64)) - in_window)  # outside the window: no dependence
