@@ -81,7 +81,7 @@ declare -A RUN_ARGS=(
     # photometric augmentation; bench it with BENCH_FLAGS="--real-images ../shared/data/shapes3d_real_frames.npz"
     [shapes3d_v3_kept0_aug]="--data shapes3d --twin-version 3 --preset small --max-steps 4000 6000 --code-pool 40000 --augment resample,blur,jpeg,colour --config benchmarks/configs/kept0_unbudgeted.json"
     # whole runs whose equations read a 5 x 5 window of cells (ModelConfig.transition_window; the cpu-small
-    # preset's, experiments/demo_edits, seventh round); the releases' new transitions were trained on the CPU
+    # preset's, experiments/demo_edits, seventh round); new transitions for the releases were trained on the CPU
     # with the same model settings, at lr 3e-3 and the head at 1e-3 (window_new_transition.json,
     # benchmarks/results/window/)
     [dsprites_window]="--data dsprites --preset small --max-steps 4000 6000 --code-pool 40000 --config benchmarks/configs/window_unbudgeted.json"
