@@ -58,6 +58,7 @@ from tqdm.auto import tqdm
 
 from datamodules.factors import FactorSpace
 from datamodules.pairs import StateSamples
+from datamodules.shapes3d.scene import twin_scene
 from datamodules.sources import DEFAULT_TWIN_VERSION, TwinSource
 
 from ..files import atomic_write
@@ -280,8 +281,6 @@ def cache_paths(cache_root: Path, kind: str, settings: Mapping[str, Any]) -> tup
     version enters it with its scene's numbers, so that a refitted scene trains anew."""
     settings = {k: v for k, v in settings.items() if not (k == "twin_version" and v == DEFAULT_TWIN_VERSION)}
     if "twin_version" in settings:
-        from datamodules.shapes3d.scene import twin_scene
-
         settings["twin_scene"] = repr(twin_scene(settings["twin_version"]))
     key = hashlib.sha256(json.dumps(dict(settings), sort_keys=True).encode()).hexdigest()[:16]
     stem = Path(cache_root) / "bench" / kind / f"{settings['dataset']}-{key}"

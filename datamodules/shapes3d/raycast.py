@@ -325,11 +325,9 @@ def _floor_shadow(scene: Shapes3DScene, shape: int, scale: float, distant: tuple
     bx, by = scene.object_xy
     if distant is not None:
         maps, reach = distant
-        rows, cols = torch.nonzero(maps[shape] > 0, as_tuple=True)
-        texel = 2 * reach / (maps.shape[-1] - 1)
-        return (maps[shape][None, None].float(), scale * reach, (-reach + texel * cols.double()) * scale + bx,
-                (-reach + texel * rows.double()) * scale + by)
-    occluded, reach = _point_shadow_map(scene, shape, scale)
+        occluded, reach = maps[shape], scale * reach
+    else:
+        occluded, reach = _point_shadow_map(scene, shape, scale)
     rows, cols = torch.nonzero(occluded > 0, as_tuple=True)
     step = 2 * reach / (occluded.shape[-1] - 1)
     return occluded[None, None].float(), reach, -reach + step * cols.double() + bx, -reach + step * rows.double() + by
