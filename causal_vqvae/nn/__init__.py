@@ -4,7 +4,8 @@
 - :mod:`.quantizer`: the vector quantizer (EMA or loss codebook, dead-code restarts).
 - :mod:`.graph`: the causal graph: action -> node intervention targets and node -> node edges, their
   Gumbel-sigmoid masks and the dual ascent that holds them to budgets.
-- :mod:`.transition`: the structural equations that recompute intervened nodes from their parents.
+- :mod:`.transition`: the structural equations that recompute intervened nodes from their parents;
+  :mod:`.window`: the grid's offsets, and the window of cells an equation can read.
 - :mod:`.retrieval`: scoring actions by transition, and the learned retrieval heads.
 - :mod:`.layers`: attention blocks shared by the above; :mod:`.seeding`: per-device generators.
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from causal_vqvae import CausalVQVAE, ModelConfig
-from causal_vqvae.nn.transition import ParentWindowBlock, grid_window_index
+from causal_vqvae.nn.window import ParentWindowBlock, grid_window_index
 from causal_vqvae.pretrained import save_pretrained
 
 SMALL = dict(in_channels=1, hidden_dims=(8, 16, 16), num_res_blocks=1, norm_groups=4, code_dim=8, codebook_size=4,
