@@ -9,9 +9,10 @@ twin renders are compared with the edited image by pixel MSE, and the nearest on
 - **exact**: the nearest candidate is ``t`` (on dSprites, or a state whose only difference from ``t``
   is an orientation that renders the same under the shape's rotational symmetry, as
   :func:`~causal_vqvae.eval.factor_classifier.factor_matches` rules; ``exact_strict`` allows none);
-- **unchanged**: the nearest candidate is ``s`` itself (up to the same symmetry) while ``t`` is not:
-  the edit did nothing (a chain of actions that ends where it started is judged exact or not, never
-  unchanged);
+- **unchanged**: the nearest candidate is ``s`` itself (up to the same symmetry) while ``t`` is not,
+  and the edit is not exact: the edit did nothing (a chain of actions that ends where it started is
+  judged exact or not, never unchanged; a square turned by 180 degrees matches its source and, by
+  half a class step, the source turned one step: such an edit is exact);
 - **two-sided**: exact, and the edit is also nearer ``t`` than every render one factor away from
   ``t``, so a side effect cannot hide behind a larger intended change (a changed colour beside a
   moved object is nearer "moved object, changed colour" than "moved object").
@@ -107,7 +108,7 @@ def judge_edits(
         "exact": exact,
         "exact_strict": (nearest == target).all(-1),
         "unchanged": factor_matches(nearest, source, space).all(-1)
-        & ~factor_matches(target, source, space).all(-1),
+        & ~factor_matches(target, source, space).all(-1) & ~exact,
         "two_sided": exact & (to_target < closest_other),
         "nearest": nearest,
     }

@@ -94,6 +94,20 @@ def test_a_chain_that_ends_where_it_started_is_exact_or_not_never_unchanged():
     assert not missed["exact"].any() and not missed["unchanged"].any()
 
 
+def test_a_square_that_matches_both_its_source_and_its_target_is_exact_not_unchanged():
+    """dSprites orientation classes are 360/39 degrees apart: a square at class k + 20 is the square
+    at k turned by 184.6 degrees, which the half-step rule matches to k (4-fold symmetry) and to
+    k + 1 alike. Landing there is an exact turn, not an edit that did nothing."""
+    source = torch.tensor([[0, 0, 3, 5, 16, 16]] * 2)  # color, shape (square), scale, orientation, posX, posY
+    target = source.clone()
+    target[:, 3] = 6
+    landed = source.clone()
+    landed[:, 3] = 25
+    verdict = judge_edits(render_dsprites(landed), source, target, DSPRITES, render_dsprites)
+    assert torch.equal(verdict["nearest"], landed)
+    assert verdict["exact"].all() and not verdict["exact_strict"].any() and not verdict["unchanged"].any()
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("single_step", [True, False])
 def test_the_judge_of_images_on_a_gpu_matches_the_cpu_and_answers_on_the_cpu(single_step):
