@@ -136,7 +136,7 @@ class ModelConfig:
         transition_window: 0 (models saved before the field): none. An odd width k >= 3 (grid
             layout only): before the attention layers, each node reads the k x k cells around it
             at once, through an MLP over their concatenated embeddings and the action
-            (:class:`~causal_vqvae.nn.transition.ParentWindowBlock`; a cell that is not a parent
+            (:class:`~causal_vqvae.nn.window.ParentWindowBlock`; a cell that is not a parent
             enters as the learned constant, so the graph still decides what a node depends on).
             Attention sums what it reads, and could not tell which way a small sprite turns; a
             window computes any function of the neighbourhood's configuration, as a convolution

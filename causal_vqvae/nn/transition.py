@@ -15,7 +15,7 @@ A parent j of node i enters with its mask value m = adjacency[j, i]: its key/val
 evaluation) a masked parent is *replaced* by a learned constant, so the output of a node with no
 parents is the same whatever the other nodes' codes are, while the mask still receives gradient.
 With a parent window (``window``, grid layout), a node first reads the k x k cells around it at
-once, each in its own slot, through an MLP (:class:`ParentWindowBlock`), with the same masking:
+once, each in its own slot, through an MLP (:class:`~.window.ParentWindowBlock`), with the same masking:
 attention sums its parents' values, which relative positions weigh but do not place, while the
 window keeps each parent where it is.
 The scores and outputs are computed densely over all N nodes (no N x N x D tensor, but for the
@@ -176,7 +176,7 @@ class CausalTransition(nn.Module):
             offset from the node: the same weights in every cell) or "relative_kv" ("relative", and
             a learned vector per offset added to each parent's key and value); see
             ModelConfig.transition_position.
-        window: 0 (none) or an odd width: a :class:`ParentWindowBlock` over that window of cells
+        window: 0 (none) or an odd width: a :class:`~.window.ParentWindowBlock` over that window of cells
             before the attention layers (grid only; see ModelConfig.transition_window).
     """
 

@@ -1,4 +1,4 @@
-"""The nodes' grid: which cell sits at each offset of a node, and the window of cells an equation
+"""The nodes' grid: the id of each cell's offset from a node, and the window of cells an equation
 reads (:class:`ParentWindowBlock`, ``ModelConfig.transition_window``). Nodes are a square grid,
 row-major, wherever these are used."""
 
