@@ -207,9 +207,9 @@ def bench(argv: Sequence[str] | None = None, prog: str = PROG) -> dict:
         results["edits"] = {
             "definition": "the nearest render by pixel MSE among the start state and every state one factor "
                           "away from it (k = 1; k > 1: the start, the target and every state one factor away "
-                          "from the target): exact when it is the target, unchanged when it is the start and not exact; "
-                          "two-sided also asks the edit to be nearer the target than anything one factor away "
-                          "from the target (causal_vqvae.eval.judge)",
+                          "from the target): exact when it is the target, unchanged when it is the start and "
+                          "the edit is not exact; two-sided also asks the edit to be nearer the target than "
+                          "anything one factor away from the target (causal_vqvae.eval.judge)",
             **evaluate_edits(model, dm, args.pairs, args.batch, args.seed, device),
         }
     if not (args.skip_exactness or args.skip_classifier):
