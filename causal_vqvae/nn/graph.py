@@ -13,7 +13,6 @@ Conventions:
 
 from __future__ import annotations
 
-import math
 from typing import NamedTuple
 
 import torch
@@ -22,6 +21,7 @@ from torch import nn
 
 from .compiling import eager
 from .layers import TransformerBlock
+from .window import grid_cells
 
 __all__ = [
     "GraphNoise",
@@ -173,10 +173,7 @@ class StateTargetHead(nn.Module):
 def grid_neighbours(num_nodes: int) -> torch.Tensor:
     """(N, N) bool: [j, i] when cells j and i of the square grid of N cells (row-major) are one
     step apart, diagonals included (the 8 around a cell; fewer at the border)."""
-    side = math.isqrt(num_nodes)
-    if side * side != num_nodes:
-        raise ValueError(f"a grid's neighbours need a square number of nodes, got {num_nodes}")
-    rows, cols = torch.arange(num_nodes) // side, torch.arange(num_nodes) % side
+    _, rows, cols = grid_cells(num_nodes, "a grid's neighbours")
     distance = torch.maximum((rows[:, None] - rows[None]).abs(), (cols[:, None] - cols[None]).abs())
     return distance == 1
 

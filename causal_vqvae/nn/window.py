@@ -11,14 +11,15 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-__all__ = ["ParentWindowBlock", "grid_offset_index", "grid_window_index"]
+__all__ = ["ParentWindowBlock", "grid_cells", "grid_offset_index", "grid_window_index"]
 
 
-def _grid_side(num_nodes: int, what: str) -> tuple[int, torch.Tensor, torch.Tensor]:
-    """The side of a square grid of ``num_nodes`` and each node's (row, col)."""
+def grid_cells(num_nodes: int, what: str) -> tuple[int, torch.Tensor, torch.Tensor]:
+    """The side of a square grid of ``num_nodes`` and each node's (row, col); a ValueError that
+    names ``what`` needs the grid when ``num_nodes`` is not a square number."""
     side = math.isqrt(num_nodes)
     if side * side != num_nodes:
-        raise ValueError(f"{what} need a square grid of nodes, got {num_nodes} nodes")
+        raise ValueError(f"{what} need a square grid of nodes (a square number of nodes), got {num_nodes} nodes")
     nodes = torch.arange(num_nodes)
     return side, nodes // side, nodes % side
 
@@ -26,7 +27,7 @@ def _grid_side(num_nodes: int, what: str) -> tuple[int, torch.Tensor, torch.Tens
 def grid_offset_index(num_nodes: int) -> tuple[torch.Tensor, int]:
     """For nodes on a square grid, row-major: ``index[i, j]``, the id of parent j's offset (dy, dx)
     from node i among the ``(2 * side - 1) ** 2`` offsets a grid has, and that count."""
-    side, row, col = _grid_side(num_nodes, "relative positions")
+    side, row, col = grid_cells(num_nodes, "relative positions")
     dy = row[None, :] - row[:, None] + side - 1
     dx = col[None, :] - col[:, None] + side - 1
     return dy * (2 * side - 1) + dx, (2 * side - 1) ** 2
@@ -36,7 +37,7 @@ def grid_window_index(num_nodes: int, window: int) -> tuple[torch.Tensor, torch.
     """For nodes on a square grid, row-major: ``index[i, w]``, the id of the cell at slot w of the
     ``window`` x ``window`` window centred on node i (row-major; 0 where off the grid), and
     ``valid[i, w]``, whether that cell is on the grid."""
-    side, row, col = _grid_side(num_nodes, "parent windows")
+    side, row, col = grid_cells(num_nodes, "parent windows")
     half = window // 2
     offsets = torch.arange(-half, half + 1)
     row = row[:, None, None] + offsets[None, :, None]  # (N, k, 1)
