@@ -66,7 +66,7 @@ def score_actions(
     codes_all = repeat(codes, "b n -> (b a) n", a=num_actions)
     targets_all = repeat(target_codes, "b n -> (b a) n", a=num_actions)
     actions = repeat(torch.arange(num_actions, device=codes.device), "a -> (b a)", b=batch)
-    output = transition(codes_all, actions, sample=False)
+    output = transition(codes_all, actions, sample=False, repeats=num_actions)
     scores = output_scores(output, codes_all, targets_all, score, eps, codebooks, transition.offsets)
     return rearrange(scores, "(b a) -> b a", a=num_actions)
 

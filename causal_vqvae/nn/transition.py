@@ -270,14 +270,20 @@ class CausalTransition(nn.Module):
         sample: bool | None = None,
         generator: torch.Generator | None = None,
         noise: GraphNoise | None = None,
+        repeats: int = 1,
     ) -> TransitionOutput:
         """codes (B, N) long, action (B,) long. ``sample`` (default: ``self.training``) draws the
         graph masks with ``generator`` (on the codes' device; default: this module's own, seeded
         identically on every rank, so under DDP pass a per-rank generator), or takes them from
         ``noise`` (:meth:`draw_noise`) when given; otherwise the masks are the deterministic
-        thresholds and ``noise`` is not used."""
+        thresholds and ``noise`` is not used. ``repeats`` > 1 (deterministic masks only): the
+        caller promises that ``codes`` come in runs of ``repeats`` equal rows (one example under
+        several actions, as :func:`~.retrieval.score_actions` makes them), and what does not depend
+        on the action (the window's reading) is computed once per run."""
         batch = codes.shape[0]
         sample = self.training if sample is None else sample
+        if repeats > 1 and sample:
+            raise ValueError("repeats > 1 needs deterministic graph masks (sample=False): sampled masks differ by row")
         if sample and noise is None:
             noise = self.draw_noise(batch, codes.device, generator)
 
@@ -292,7 +298,7 @@ class CausalTransition(nn.Module):
         )
         mask = rearrange(adjacency, "b j i -> b 1 i j")
         if self.window is not None:
-            h = self.window(h, parents, action_vec, self.constant, adjacency)
+            h = self.window(h, parents, action_vec, self.constant, adjacency, repeats)
         for block in self.blocks:
             h = block(h, parents, action_token, self.constant, mask, self.offset_index)
         logits = self._head(self.norm(h))

@@ -79,11 +79,20 @@ class ParentWindowBlock(nn.Module):
         action_vec: torch.Tensor,  # (B, D)
         constant: torch.Tensor,  # (D,) replaces a masked parent
         adjacency: torch.Tensor,  # (B, N_parent, N_child) in [0, 1]
+        repeats: int = 1,
     ) -> torch.Tensor:
+        """``repeats`` > 1: rows come in runs of ``repeats`` with the same ``parents`` and
+        ``adjacency`` (one example under every action, as retrieval by transition asks): what the
+        window reads is computed once per run, and only the action's part per row."""
+        if repeats > 1:
+            parents, adjacency = parents[::repeats], adjacency[::repeats]
         memory = self.reduce(self.norm(parents))[:, self.index]  # (B, N, W, D / 4)
         mask = adjacency[:, self.index, self.child].to(memory.dtype)  # (B, N, W): [b, i, w] = edge index[i, w] -> i
         mask = torch.where(self.centre, torch.ones_like(mask), mask).unsqueeze(-1)
         seen = mask * memory + (1.0 - mask) * self.reduce(self.norm(constant))
         window = torch.where(self.valid.unsqueeze(-1), seen, self.pad.to(seen.dtype))
-        hidden = self.inp(rearrange(window, "b n w d -> b n (w d)")) + self.action(action_vec).unsqueeze(1)
+        read = self.inp(rearrange(window, "b n w d -> b n (w d)"))
+        if repeats > 1:
+            read = read.repeat_interleave(repeats, 0)
+        hidden = read + self.action(action_vec).unsqueeze(1)
         return h + self.out(F.gelu(hidden))

@@ -192,3 +192,22 @@ def test_the_mask_gets_gradient_through_the_window_itself():
     in_window = set(grid_window_index(64, 3)[0][node].tolist()) - {node}
     assert all(grad[j].abs() > 0 for j in in_window)
     assert all(grad[j] == 0 for j in set(range(64)) - in_window)  # outside the window: no dependence
+
+
+def test_retrieval_by_transition_reads_each_window_once_and_scores_as_one_action_at_a_time():
+    from causal_vqvae.nn.retrieval import output_scores, score_actions
+
+    m = model()
+    torch.manual_seed(0)
+    with torch.no_grad():
+        m.graph.adjacency_logits.copy_(torch.randn_like(m.graph.adjacency_logits) * 4)
+    n, tr = m.config.num_nodes, m.transition_net
+    codes, target = torch.randint(0, 4, (5, n)), torch.randint(0, 4, (5, n))
+    with torch.no_grad():
+        shared = score_actions(tr, codes, target, 1e-3, "marginal_nll")
+        one_by_one = torch.stack([output_scores(tr(codes, torch.full((5,), a), sample=False), codes, target,
+                                                "marginal_nll", 1e-3) for a in range(4)], 1)
+        assert torch.allclose(shared, one_by_one, rtol=1e-5, atol=1e-5)
+        assert not torch.allclose(shared[:, 0], shared[:, 1])  # the actions do score differently
+    with pytest.raises(ValueError, match="deterministic graph masks"):
+        tr(codes.repeat_interleave(2, 0), torch.arange(2).repeat(5), sample=True, repeats=2)
