@@ -11,8 +11,9 @@ twin renders are compared with the edited image by pixel MSE, and the nearest on
   :func:`~causal_vqvae.eval.factor_classifier.factor_matches` rules; ``exact_strict`` allows none);
 - **unchanged**: the nearest candidate is ``s`` itself (up to the same symmetry) while ``t`` is not,
   and the edit is not exact: the edit did nothing (a chain of actions that ends where it started is
-  judged exact or not, never unchanged; a square at class k + 20, asked to turn from k to k + 1, is
-  4.6 degrees from both and matches both under the symmetry rule: such an edit is exact);
+  judged exact or not, never unchanged; an edit of a square from class k to k + 1 that lands at
+  k + 20 is 4.6 degrees (modulo 90) from both and matches both under the symmetry rule: it is
+  exact);
 - **two-sided**: exact, and the edit is also nearer ``t`` than every render one factor away from
   ``t``, so a side effect cannot hide behind a larger intended change (a changed colour beside a
   moved object is nearer "moved object, changed colour" than "moved object").

@@ -278,12 +278,14 @@ class CausalTransition(nn.Module):
         ``noise`` (:meth:`draw_noise`) when given; otherwise the masks are the deterministic
         thresholds and ``noise`` is not used. ``repeats`` > 1 (deterministic masks only): the
         caller promises that ``codes`` come in runs of ``repeats`` equal rows (one example under
-        several actions, as :func:`~.retrieval.score_actions` makes them), and what does not depend
-        on the action (the window's reading) is computed once per run."""
+        several actions, as :func:`~.retrieval.score_actions` makes them; not checked), and what
+        does not depend on the action (the window's reading) is computed once per run."""
         batch = codes.shape[0]
         sample = self.training if sample is None else sample
         if repeats > 1 and sample:
             raise ValueError("repeats > 1 needs deterministic graph masks (sample=False): sampled masks differ by row")
+        if repeats > 1 and batch % repeats:
+            raise ValueError(f"repeats {repeats} must divide the batch of {batch} rows (runs of equal codes)")
         if sample and noise is None:
             noise = self.draw_noise(batch, codes.device, generator)
 

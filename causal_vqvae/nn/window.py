@@ -15,8 +15,8 @@ __all__ = ["ParentWindowBlock", "grid_cells", "grid_offset_index", "grid_window_
 
 
 def grid_cells(num_nodes: int, what: str) -> tuple[int, torch.Tensor, torch.Tensor]:
-    """The side of a square grid of ``num_nodes`` and each node's (row, col); a ValueError that
-    names ``what`` needs the grid when ``num_nodes`` is not a square number."""
+    """The side of a square grid of ``num_nodes`` and each node's (row, col). Raises a ValueError,
+    saying that ``what`` needs a square grid, when ``num_nodes`` is not a square number."""
     side = math.isqrt(num_nodes)
     if side * side != num_nodes:
         raise ValueError(f"{what} need a square grid of nodes (a square number of nodes), got {num_nodes} nodes")
@@ -83,7 +83,8 @@ class ParentWindowBlock(nn.Module):
     ) -> torch.Tensor:
         """``repeats`` > 1: rows come in runs of ``repeats`` with the same ``parents`` and
         ``adjacency`` (one example under every action, as retrieval by transition asks): what the
-        window reads is computed once per run, and only the action's part per row."""
+        window reads is computed once per run, and only the action's part per row (the runs are
+        not checked: :meth:`CausalTransition.forward` checks the batch divides)."""
         if repeats > 1:
             parents, adjacency = parents[::repeats], adjacency[::repeats]
         memory = self.reduce(self.norm(parents))[:, self.index]  # (B, N, W, D / 4)

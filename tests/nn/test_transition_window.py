@@ -211,3 +211,5 @@ def test_retrieval_by_transition_reads_each_window_once_and_scores_as_one_action
         assert not torch.allclose(shared[:, 0], shared[:, 1])  # the actions do score differently
     with pytest.raises(ValueError, match="deterministic graph masks"):
         tr(codes.repeat_interleave(2, 0), torch.arange(2).repeat(5), sample=True, repeats=2)
+    with pytest.raises(ValueError, match="must divide the batch"):
+        tr(codes, torch.arange(5) % 4, sample=False, repeats=2)
