@@ -163,7 +163,7 @@ def bench(argv: Sequence[str] | None = None, prog: str = PROG) -> dict:
     from ..eval.exactness import evaluate_edits, evaluate_exactness
     from ..eval.factor_classifier import ClassifierSettings, load_or_train_classifier
     from ..eval.pictures import actions_image, confusion_image, graph_image, write_png
-    from ..eval.report import format_table, write_json
+    from ..eval.report import code_revision, format_table, write_json
     from ..eval.retrieval import METHODS, evaluate
     from ..locate import resolve_model
 
@@ -248,6 +248,7 @@ def bench(argv: Sequence[str] | None = None, prog: str = PROG) -> dict:
         "run_config": budget.config,
         "retrieval_score": model.config.retrieval_score,  # how retrieval by transition scored
         "command": "causal-vqvae bench " + shlex.join(argv),
+        "code": code_revision(),  # the commit of the package's checkout, None for an installed wheel
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
     data = {"meta": meta, **results}

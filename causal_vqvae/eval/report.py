@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,7 +17,7 @@ from .. import files
 from .exactness import SEQUENCE_STEPS
 from .retrieval import METHODS
 
-__all__ = ["script_record", "write_json", "format_table"]
+__all__ = ["code_revision", "script_record", "write_json", "format_table"]
 
 
 def script_record(script: str, argv: Sequence[str] | None, args: argparse.Namespace, device: torch.device,
@@ -29,6 +30,27 @@ def script_record(script: str, argv: Sequence[str] | None, args: argparse.Namesp
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "torch": torch.__version__, **fields,
     }
+
+
+def code_revision(package: Path | None = None) -> dict[str, Any] | None:
+    """Which code made a record: ``{"commit": the git commit of the checkout whose top folder holds
+    the package (``package``: its folder, default this one), "modified": whether its tracked files
+    differ from that commit}``, or None when the package is not at the top of a git checkout (an
+    installed wheel, even inside some other repository) or git cannot be run."""
+    folder = Path(__file__).resolve().parents[1] if package is None else Path(package)
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(folder), *args], capture_output=True, text=True, timeout=30,
+                              check=True).stdout.strip()
+
+    try:
+        if Path(git("rev-parse", "--show-toplevel")).resolve() != folder.resolve().parent:
+            return None
+        commit = git("rev-parse", "HEAD")
+        modified = bool(git("status", "--porcelain", "--untracked-files=no"))
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return {"commit": commit, "modified": modified}
 
 
 def write_json(path: Path, data: dict) -> None:

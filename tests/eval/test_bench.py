@@ -202,6 +202,8 @@ def test_end_to_end_tiny_model(tiny_model, tmp_path, capsys, monkeypatch):
     assert "--pairs 64" in meta["command"]
     assert meta["test_frequency"] == "balanced" and meta["train_frequency"] == "balanced"
     assert meta["run_config"] is None and meta["retrieval_score"] == "marginal_nll"
+    code = meta["code"]  # None where the package is not a git checkout's (an installed wheel)
+    assert code is None or (len(code["commit"]) == 40 and isinstance(code["modified"], bool))
 
     counts = data["label_counts"]
     assert sum(counts) == 64
@@ -295,3 +297,32 @@ def test_end_to_end_tiny_model(tiny_model, tmp_path, capsys, monkeypatch):
     for key in ("k1", "k2", "k3", "k4"):
         assert again["exactness"][key] == data["exactness"][key]
         assert again["edits"][key] == data["edits"][key]
+
+
+def test_a_record_names_the_commit_of_the_checkout_that_holds_the_package(tmp_path):
+    import shutil
+    import subprocess
+
+    from causal_vqvae.eval.report import code_revision
+
+    if shutil.which("git") is None:
+        pytest.skip("needs git")
+    repo = tmp_path / "repo"
+    package = repo / "causal_vqvae"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("x = 1\n")
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t", *args],
+                              capture_output=True, text=True, check=True).stdout.strip()
+
+    assert code_revision(package) is None  # not a checkout yet
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-qm", "one")
+    assert code_revision(package) == {"commit": git("rev-parse", "HEAD"), "modified": False}
+    (package / "__init__.py").write_text("x = 2\n")
+    assert code_revision(package)["modified"] is True
+    nested = repo / "site" / "causal_vqvae"  # a copy somewhere inside another repository: not its checkout
+    nested.mkdir(parents=True)
+    assert code_revision(nested) is None
