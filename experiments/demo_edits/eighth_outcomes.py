@@ -13,7 +13,6 @@ the chosen one is (what ``edit`` returns), and the mean choice probability of ea
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -23,7 +22,7 @@ import torch
 from causal_vqvae.api import load
 from causal_vqvae.eval.data import batches, twin_datamodule
 from causal_vqvae.eval.judge import judge_edits
-from causal_vqvae.files import atomic_write
+from causal_vqvae.eval.report import write_json
 
 
 @torch.no_grad()
@@ -77,8 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         record = {"model": args.model, "pairs": args.pairs, "seed": args.seed, "device": "cpu",
                   "command": "python experiments/demo_edits/eighth_outcomes.py " + " ".join(sys.argv[1:]),
                   "results": result}
-        text = json.dumps(record, indent=1) + "\n"
-        atomic_write(args.out, lambda temp: Path(temp).write_text(text))
+        write_json(args.out, record)
     return 0
 
 

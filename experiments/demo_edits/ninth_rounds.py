@@ -12,7 +12,6 @@ bench's edit figures) with the edit decoded in 1, 2 and 4 rounds.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -21,7 +20,7 @@ import torch
 from causal_vqvae.api import load
 from causal_vqvae.eval.data import twin_datamodule
 from causal_vqvae.eval.exactness import evaluate_edits
-from causal_vqvae.files import atomic_write
+from causal_vqvae.eval.report import write_json
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,8 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         record = {"model": args.model, "pairs": args.pairs, "seed": args.seed, "device": "cpu",
                   "command": "python experiments/demo_edits/ninth_rounds.py " + " ".join(sys.argv[1:]),
                   "results": results}
-        text = json.dumps(record, indent=1) + "\n"
-        atomic_write(args.out, lambda temp: Path(temp).write_text(text))
+        write_json(args.out, record)
     return 0
 
 

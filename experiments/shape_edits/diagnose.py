@@ -32,7 +32,6 @@ of the table, two to a row, each as source, edit, target.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import statistics
 import sys
@@ -48,7 +47,7 @@ from causal_vqvae.eval.data import batches, twin_datamodule
 from causal_vqvae.eval.factor_classifier import SYMMETRIES, factor_matches
 from causal_vqvae.eval.judge import judge_edits, nearest_renders, one_factor_away, rate
 from causal_vqvae.eval.pictures import write_png
-from causal_vqvae.files import atomic_write
+from causal_vqvae.eval.report import write_json
 from datamodules.dsprites.space import SHAPE_NAMES
 
 
@@ -195,8 +194,7 @@ def main(argv: list[str] | None = None) -> int:
               "device": "cpu", "command": "python experiments/shape_edits/diagnose.py " + " ".join(sys.argv[1:]),
               "results": results}
     if args.out is not None:
-        text = json.dumps(record, indent=1) + "\n"
-        atomic_write(args.out, lambda temp: Path(temp).write_text(text))
+        write_json(args.out, record)
         print(f"wrote {args.out}")
     if args.picture is not None:
         pixels = (picture.clamp(0, 1).expand(3, -1, -1) * 255).round().byte().permute(1, 2, 0).numpy()
