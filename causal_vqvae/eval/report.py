@@ -23,12 +23,13 @@ __all__ = ["code_revision", "script_record", "write_json", "format_table"]
 def script_record(script: str, argv: Sequence[str] | None, args: argparse.Namespace, device: torch.device,
                   **fields: Any) -> dict[str, Any]:
     """The head of a benchmark script's JSON: its command line (``argv``, or this process's),
-    settings (every flag but ``out``), device and torch version, then ``fields``."""
+    settings (every flag but ``out``), device, torch version and the code's commit
+    (:func:`code_revision`), then ``fields``."""
     return {
         "command": f"python {script} " + shlex.join(sys.argv[1:] if argv is None else argv),
         "settings": {k: v for k, v in vars(args).items() if k != "out"},
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "torch": torch.__version__, **fields,
+        "torch": torch.__version__, "code": code_revision(), **fields,
     }
 
 

@@ -13,7 +13,6 @@ the chosen one is (what ``edit`` returns), and the mean choice probability of ea
 from __future__ import annotations
 
 import argparse
-import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -22,7 +21,7 @@ import torch
 from causal_vqvae.api import load
 from causal_vqvae.eval.data import batches, twin_datamodule
 from causal_vqvae.eval.judge import judge_edits
-from causal_vqvae.eval.report import write_json
+from causal_vqvae.eval.report import script_record, write_json
 
 
 @torch.no_grad()
@@ -73,10 +72,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:12s} n {r['n']:3d}  each {each}  either {100 * r['either_exact']:.1f}%  "
               f"chosen {100 * r['chosen_exact']:.1f}%  mean choice {mean}")
     if args.out is not None:
-        record = {"model": args.model, "pairs": args.pairs, "seed": args.seed, "device": "cpu",
-                  "command": "python experiments/demo_edits/eighth_outcomes.py " + " ".join(sys.argv[1:]),
-                  "results": result}
-        write_json(args.out, record)
+        write_json(args.out, script_record("experiments/demo_edits/eighth_outcomes.py", argv, args,
+                                           torch.device("cpu"), results=result))
     return 0
 
 

@@ -12,7 +12,6 @@ bench's edit figures) with the edit decoded in 1, 2 and 4 rounds.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import torch
@@ -20,7 +19,7 @@ import torch
 from causal_vqvae.api import load
 from causal_vqvae.eval.data import twin_datamodule
 from causal_vqvae.eval.exactness import evaluate_edits
-from causal_vqvae.eval.report import write_json
+from causal_vqvae.eval.report import script_record, write_json
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,10 +47,8 @@ def main(argv: list[str] | None = None) -> int:
               f"unchanged {100 * k1['unchanged']['rate']:.1f}%, "
               f"{shown}, 4 chained {100 * edits['k4']['one_edit']['exact']['rate']:.1f}%")
     if args.out is not None:
-        record = {"model": args.model, "pairs": args.pairs, "seed": args.seed, "device": "cpu",
-                  "command": "python experiments/demo_edits/ninth_rounds.py " + " ".join(sys.argv[1:]),
-                  "results": results}
-        write_json(args.out, record)
+        write_json(args.out, script_record("experiments/demo_edits/ninth_rounds.py", argv, args,
+                                           torch.device("cpu"), results=results))
     return 0
 
 

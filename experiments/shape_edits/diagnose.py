@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import math
 import statistics
-import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -47,7 +46,7 @@ from causal_vqvae.eval.data import batches, twin_datamodule
 from causal_vqvae.eval.factor_classifier import SYMMETRIES, factor_matches
 from causal_vqvae.eval.judge import judge_edits, nearest_renders, one_factor_away, rate
 from causal_vqvae.eval.pictures import write_png
-from causal_vqvae.eval.report import write_json
+from causal_vqvae.eval.report import script_record, write_json
 from datamodules.dsprites.space import SHAPE_NAMES
 
 
@@ -167,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None)
-    parser.add_argument("--picture", type=Path, default=None)
+    parser.add_argument("--picture", default=None)
     args = parser.parse_args(argv)
     torch.manual_seed(args.seed)
     model = load(args.model, device="cpu").eval()
@@ -190,9 +189,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{100 * total['pixel_copies_share']:.1f}%")
     print("(pose ok / +-1: the new shape's nearest pose within half a class / 1.5 classes of the target's; shape: "
           "that pose nearer the edit than every other candidate of the judge; judge / pixel: state-level shares)")
-    record = {"model": args.model, "data": "dsprites procedural twin", "pairs": args.pairs, "seed": args.seed,
-              "device": "cpu", "command": "python experiments/shape_edits/diagnose.py " + " ".join(sys.argv[1:]),
-              "results": results}
+    record = script_record("experiments/shape_edits/diagnose.py", argv, args, torch.device("cpu"),
+                           data="dsprites procedural twin", results=results)
     if args.out is not None:
         write_json(args.out, record)
         print(f"wrote {args.out}")

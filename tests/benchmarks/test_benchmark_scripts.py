@@ -191,6 +191,9 @@ def test_retrieval_head_variants_tiny_cpu(tmp_path, capsys):
     # the frozen codebook variants train no table; the learned ones do
     assert results["conv_learned"]["parameters"] - results["conv"]["parameters"] == 16 * 16
     assert record["command"].startswith("python experiments/retrieval_head_variants/retrieval_head_variants.py --model")
+    from causal_vqvae.eval.report import code_revision
+
+    assert record["code"] == code_revision()  # which code wrote the record
     assert "| conv |" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="--steps must be positive"):
         variants.main(["--model", str(tmp_path / "model"), "--data", "dsprites", "--steps", "0"])

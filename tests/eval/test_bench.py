@@ -30,6 +30,7 @@ from causal_vqvae.eval.pictures import (
     actions_columns,
     actions_image,
 )
+from causal_vqvae.eval.report import code_revision
 from datamodules.dsprites import DSPRITES
 from datamodules.factors import ActionSpace
 
@@ -202,8 +203,7 @@ def test_end_to_end_tiny_model(tiny_model, tmp_path, capsys, monkeypatch):
     assert "--pairs 64" in meta["command"]
     assert meta["test_frequency"] == "balanced" and meta["train_frequency"] == "balanced"
     assert meta["run_config"] is None and meta["retrieval_score"] == "marginal_nll"
-    code = meta["code"]  # None where the package is not a git checkout's (an installed wheel)
-    assert code is None or (len(code["commit"]) == 40 and isinstance(code["modified"], bool))
+    assert meta["code"] == code_revision()  # the checkout's commit (None for an installed wheel)
 
     counts = data["label_counts"]
     assert sum(counts) == 64
@@ -302,8 +302,6 @@ def test_end_to_end_tiny_model(tiny_model, tmp_path, capsys, monkeypatch):
 def test_a_record_names_the_commit_of_the_checkout_that_holds_the_package(tmp_path):
     import shutil
     import subprocess
-
-    from causal_vqvae.eval.report import code_revision
 
     if shutil.which("git") is None:
         pytest.skip("needs git")
