@@ -203,8 +203,12 @@ def test_retrieval_by_transition_reads_each_window_once_and_scores_as_one_action
         m.graph.adjacency_logits.copy_(torch.randn_like(m.graph.adjacency_logits) * 4)
     n, tr = m.config.num_nodes, m.transition_net
     codes, target = torch.randint(0, 4, (5, n)), torch.randint(0, 4, (5, n))
+    read = []  # the rows the window's input layer reads per call
+    hook = tr.window.inp.register_forward_hook(lambda module, args, out: read.append(args[0].shape[0]))
     with torch.no_grad():
         shared = score_actions(tr, codes, target, 1e-3, "marginal_nll")
+        assert read == [5]  # once per pair, not once per pair and action (20)
+        hook.remove()
         one_by_one = torch.stack([output_scores(tr(codes, torch.full((5,), a), sample=False), codes, target,
                                                 "marginal_nll", 1e-3) for a in range(4)], 1)
         assert torch.allclose(shared, one_by_one, rtol=1e-5, atol=1e-5)
