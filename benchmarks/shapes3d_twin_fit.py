@@ -17,7 +17,8 @@ and ``object_shading_camera``, a quadratic in the surface normal in the world an
 ``object_sky_world``, the sky's colour the object shows, a quadratic in the world normal) to
 the object's inner pixels (all of a pixel's rays hit the object, and its four neighbours' too) of
 the frames at their states, by least squares (clipped channels, 0 or 250 and more, left out); the
-geometry is the starting version's. ``--fit-frames`` and ``--test-frames`` hold frames out:
+geometry is the starting version's. ``--fit-frames`` and ``--test-frames`` hold frames out, for the
+shading as for the search (whose test PSNR is printed after each pass):
 
     python benchmarks/shapes3d_twin_fit.py --version 3 --shading [--fit-frames 0-23 --test-frames 24-52]
 
@@ -81,9 +82,10 @@ class Objective:
         self.targets, self.states, self.blur = targets, states, gif_blur_matrix()
         self.combo = (states[:, 3] * 4 + states[:, 4]) * 15 + states[:, 5]
         self.colours = shapes3d_surface_colours(states).transpose(1, 2)  # (N, 3, 4)
+        self.pairs = {(int(scale), int(shape)) for scale, shape in states[:, 3:5]}  # cast only these
 
     def __call__(self, scene: Shapes3DScene) -> float:
-        weights = _build_weight_table(scene).flatten(2)[self.combo]  # (N, 4, 4096)
+        weights = _build_weight_table(scene, self.pairs).flatten(2)[self.combo]  # (N, 4, 4096)
         images = (torch.bmm(self.colours, weights).clamp(0, 1) * 255).view(-1, 3, 64, 64)
         return float(psnr(self.blur @ images @ self.blur.T, self.targets).mean())
 
@@ -191,7 +193,8 @@ def main() -> None:
     parser.add_argument("--start", nargs="+", default=[], metavar="NAME=VALUE",
                         help="start from the version with these numbers changed, e.g. 'shadow_gain=0.27'")
     parser.add_argument("--shading", action="store_true", help="fit the object shading by least squares, then stop")
-    parser.add_argument("--fit-frames", default=None, help="frames the shading is fitted on, e.g. 0-23 (default all)")
+    parser.add_argument("--fit-frames", default=None,
+                        help="frames the shading or the search is fitted on, e.g. 0-23 (default all)")
     parser.add_argument("--test-frames", default=None, help="frames it is tested on (default none)")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -199,7 +202,11 @@ def main() -> None:
     with np.load(args.frames) as data:
         targets = real_frames_64(data["images"]).float()
     per_frame = json.loads(args.states.read_text())["per_frame"][args.version]
-    objective = Objective(targets, SHAPES3D.unravel(torch.tensor([r["state_index"] for r in per_frame])))
+    all_states = SHAPES3D.unravel(torch.tensor([r["state_index"] for r in per_frame]))
+    fit_frames = frame_list(args.fit_frames, len(targets))
+    test_frames = frame_list(args.test_frames, len(targets)) if args.test_frames else []
+    objective = Objective(targets[fit_frames], all_states[fit_frames])
+    held_out = Objective(targets[test_frames], all_states[test_frames]) if test_frames else None
     scene = TWIN_VERSIONS[args.version]
     fields = {field.name for field in dataclasses.fields(Shapes3DScene)}
     changes = {}
@@ -219,9 +226,7 @@ def main() -> None:
     if args.shading:
         if args.only:
             parser.error("--only chooses numbers for the coordinate search; --shading fits the shading alone")
-        states = objective.states
-        fitted = fit_object_shading(scene, targets, states, frame_list(args.fit_frames, len(targets)),
-                                    frame_list(args.test_frames, len(targets)) if args.test_frames else [])
+        fitted = fit_object_shading(scene, targets, all_states, fit_frames, test_frames)
         print(repr(fitted))
         return
     if scene.wall_light_xyz is None:  # give the wall light a place to start from
@@ -230,8 +235,11 @@ def main() -> None:
     unused = sorted(set(args.only or ()) - set(searched))
     if unused:
         print(f"not searched, as this scene does not use them: {', '.join(unused)}", flush=True)
+    def held_out_text(scene: Shapes3DScene) -> str:
+        return f"; held-out frames {held_out(scene):.3f} dB" if held_out is not None else ""
+
     best = objective(scene)
-    print(f"start: {best:.3f} dB (render through the GIF model)", flush=True)
+    print(f"start: {best:.3f} dB (render through the GIF model){held_out_text(scene)}", flush=True)
     shrink = 1.0
     for p in range(args.passes):
         start = best
@@ -240,14 +248,17 @@ def main() -> None:
                 for sign in (1, -1):
                     went = False
                     while True:
-                        candidate = moved(scene, name, part, sign * step * shrink)
+                        try:
+                            candidate = moved(scene, name, part, sign * step * shrink)
+                        except ValueError:  # stepped out of the scene's range (a negative size)
+                            break
                         value = objective(candidate)
                         if value <= best + 1e-4:
                             break
                         best, scene, went = value, candidate, True
                     if went:
                         break
-        print(f"pass {p}: {best:.3f} dB\n{scene!r}", flush=True)
+        print(f"pass {p}: {best:.3f} dB{held_out_text(scene)}\n{scene!r}", flush=True)
         if best - start < 0.05:
             shrink /= 2
 

@@ -1,7 +1,7 @@
 """Held-out benchmark of a trained model on a procedural twin (dSprites or 3D Shapes).
 
     causal-vqvae bench --model MODEL --data dsprites [--pairs 2000] [--batch-size 256] [--seed 0]
-                       [--twin-version 1|2|3]
+                       [--twin-version 1|2|3|4]
                        [--device auto|cpu|cuda|cuda:N|mps] [--out DIR_OR_JSON] [--json] [--no-cache]
                                  [--baseline-steps N] [--baseline-batch B] [--skip-baseline]
                                  [--classifier-steps N] [--classifier-batch B] [--skip-classifier]

@@ -2,7 +2,8 @@
 
 * :mod:`.space`: the factor space :data:`SHAPES3D` and the constants of the factors and surfaces;
 * :mod:`.scene`: :class:`Shapes3DScene`, the numbers of the twin's scene, per renderer version
-  (:data:`TWIN_VERSIONS`: ``"1"`` = :data:`SCENE`, the default; ``"2"`` = :data:`SCENE_V2`; ``"3"`` = :data:`SCENE_V3`);
+  (:data:`TWIN_VERSIONS`: ``"1"`` = :data:`SCENE`, the default; ``"2"`` = :data:`SCENE_V2`; ``"3"`` =
+  :data:`SCENE_V3`; ``"4"`` = :data:`SCENE_V4`);
 * :mod:`.raycast`: the scene ray-cast into the surface-weight table (:func:`shapes3d_surface_weights`);
 * :mod:`.twin`: :func:`render_shapes3d` and :func:`shapes3d_twin`, the twin that colours that table;
 * :mod:`.fidelity`: the real GIF frames at 64x64, the GIF round trip and PSNR (how close a twin is);
@@ -18,6 +19,7 @@ from .scene import (
     SCENE,
     SCENE_V2,
     SCENE_V3,
+    SCENE_V4,
     TWIN_VERSIONS,
     Shapes3DScene,
     twin_scene,
@@ -32,6 +34,7 @@ __all__ = [
     "SCENE",
     "SCENE_V2",
     "SCENE_V3",
+    "SCENE_V4",
     "SHAPES3D",
     "SHAPE_NAMES",
     "SKY_RGB",

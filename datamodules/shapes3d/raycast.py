@@ -349,11 +349,12 @@ def _box_corners(x: tuple[float, float], y: tuple[float, float], z: tuple[float,
     return torch.tensor([[a, b, c] for a in x for b in y for c in z], dtype=torch.float64)
 
 
-def _build_weight_table(scene: Shapes3DScene) -> torch.Tensor:
+def _build_weight_table(scene: Shapes3DScene, pairs: set[tuple[int, int]] | None = None) -> torch.Tensor:
     """Ray-cast every (scale, shape, orientation) into surface weights ``(480, 4, 64, 64)`` float32.
 
     The room is cast once per orientation; each (scale, shape) then recomputes only the window of
-    the image that its object and its shadow can reach.
+    the image that its object and its shadow can reach. ``pairs``: cast only these (scale index,
+    shape) and leave the other rows zero (a scene fit that needs a few of them).
     """
     origins, dirs = _camera_rays(scene)  # (15, 3), (15, n, n, 3)
     n, ss = dirs.shape[1], scene.supersample
@@ -365,10 +366,12 @@ def _build_weight_table(scene: Shapes3DScene) -> torch.Tensor:
     bx, by = scene.object_xy
     base = torch.tensor([bx, by, 0.0], dtype=torch.float64)
     lights = _object_lights(scene)  # (15, 3)
-    table = torch.empty(_NUM_SCALES, _NUM_SHAPES, _NUM_ORIENTATIONS, 4, IMAGE_SIZE, IMAGE_SIZE)
+    table = torch.zeros(_NUM_SCALES, _NUM_SHAPES, _NUM_ORIENTATIONS, 4, IMAGE_SIZE, IMAGE_SIZE)
     for shape in range(_NUM_SHAPES):
         centre_z, radius = _bounding_sphere(scene, shape)
         for si, scale in enumerate(SHAPES3D.factors[_SCALE].values):
+            if pairs is not None and (si, shape) not in pairs:
+                continue
             # The window that the object and its shadow (both scale with the object) can reach.
             reach_xy = radius * scale
             points = [_box_corners((bx - reach_xy, bx + reach_xy), (by - reach_xy, by + reach_xy),

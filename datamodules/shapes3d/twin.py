@@ -91,8 +91,8 @@ def render_shapes3d(classes: torch.Tensor, scene: Shapes3DScene | None = None, *
 def shapes3d_twin(version: str | int = DEFAULT_TWIN_VERSION) -> TwinSource:
     """The 3D Shapes procedural twin of renderer ``version`` (renders on the device of the class tensor).
 
-    Version ``"1"`` (the default) is the twin the released models were trained on; ``"2"`` and ``"3"``
-    are fitted closer to DeepMind's real frames (``docs/twin_fidelity.md``) and say so in their
+    Version ``"1"`` (the default) is the twin the released models were trained on; ``"2"`` to ``"4"``
+    are fitted ever closer to DeepMind's real frames (``docs/twin_fidelity.md``) and say so in their
     description."""
     version = str(version)
     twin_scene(version)  # an unknown version fails here, not at the first batch

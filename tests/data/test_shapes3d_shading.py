@@ -24,6 +24,9 @@ STATES = torch.tensor([0, 7, 123457, 250000, 479999])
 # sums of its whole table, plain and weighted, and of five renders).
 V2_SUMS = [5384.278419837356, 5566.670487195253, 7939.059850802645, 7337.349880620837, 6710.349026247859]
 V2_TABLE_SUMS = (1876968.2168986741, 916075675.5576525)
+# Version 3 rendered by the code before version 4 existed, likewise.
+V3_SUMS = [5414.113525384368, 5579.799112425011, 7960.258694768228, 7378.660796287797, 6648.386788306816]
+V3_TABLE_SUMS = (1883457.9483375316, 919234264.6757175)
 AZIMUTHS = torch.deg2rad(torch.tensor(SHAPES3D.factors[5].values, dtype=torch.float64))
 
 
@@ -174,3 +177,40 @@ def test_the_sky_tint_adds_the_skys_colour_on_the_object_only_and_the_lamp_casts
     on_floor = (lit > 0.5) & (a[:, 2] == 0)
     darkest = torch.where(on_floor, ratio, torch.ones_like(ratio)).flatten(1).min(1).values
     assert torch.allclose(darkest, torch.full_like(darkest, untinted.shadow_gain), atol=0.02), darkest
+
+
+def test_version_3_renders_as_before_version_4_existed():
+    v3 = render_shapes3d(SHAPES3D.unravel(STATES), version="3")
+    np.testing.assert_allclose(v3.double().sum(dim=(1, 2, 3)).numpy(), V3_SUMS, rtol=1e-7)
+    table = raycast.shapes3d_surface_weights("cpu", TWIN_VERSIONS["3"]).double()
+    weights = (torch.arange(table.numel(), dtype=torch.float64) % 977).reshape(table.shape)
+    assert (float(table.sum()), float((table * weights).sum())) == pytest.approx(V3_TABLE_SUMS, rel=1e-12)
+
+
+def test_a_table_of_some_scales_and_shapes_casts_those_rows_alike_and_leaves_the_rest_zero():
+    scene = TWIN_VERSIONS["3"]
+    full = raycast.shapes3d_surface_weights("cpu", scene).view(8, 4, 15, 4, 64, 64)
+    some = _build_weight_table(scene, {(1, 0), (7, 3)}).view(8, 4, 15, 4, 64, 64)
+    for scale, shape in ((1, 0), (7, 3)):
+        assert torch.equal(some[scale, shape], full[scale, shape])
+    some[1, 0] = 0
+    some[7, 3] = 0
+    assert not bool(some.any())
+
+
+def test_a_scene_refuses_negative_sizes_naming_them():
+    with pytest.raises(ValueError, match=r"cannot be negative: shadow_spread=-0\.005"):
+        dataclasses.replace(TWIN_VERSIONS["3"], shadow_spread=-0.005)
+    with pytest.raises(ValueError, match=r"cube_side=-0\.1, shadow_gain=-1"):
+        Shapes3DScene(cube_side=-0.1, shadow_gain=-1)
+
+
+@pytest.mark.skipif(not REAL_FRAMES.exists(), reason=f"real 3D Shapes frames not found at {REAL_FRAMES}")
+def test_version_4_is_closer_to_the_real_frames_than_version_3_on_every_frame():
+    frames = [0, 7, 14, 20, 30, 45]  # their nearest states are the same under versions 2, 3 and 4
+    states = SHAPES3D.unravel(torch.tensor([30300, 30307, 30314, 30479, 33599, 20639]))
+    with np.load(REAL_FRAMES) as data:
+        real = real_frames_64(data["images"][frames])
+    v3 = psnr(render_shapes3d(states, version="3") * 255, real)
+    v4 = psnr(render_shapes3d(states, version="4") * 255, real)
+    assert bool((v4 > v3 + 1.5).all()) and float(v4.mean()) > 30.0, (v3, v4)

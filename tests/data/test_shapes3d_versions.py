@@ -61,8 +61,8 @@ def test_version_2_is_deterministic_and_differs_from_version_1():
 
 
 def test_unknown_versions_and_scene_with_version_are_refused():
-    with pytest.raises(ValueError, match=r"unknown 3D Shapes twin version '4'.*\['1', '2', '3'\]"):
-        shapes3d_twin("4")
+    with pytest.raises(ValueError, match=r"unknown 3D Shapes twin version '5'.*\['1', '2', '3', '4'\]"):
+        shapes3d_twin("5")
     with pytest.raises(ValueError, match="not both"):
         render_shapes3d(torch.zeros(1, 6, dtype=torch.long), SCENE, version="2")
 

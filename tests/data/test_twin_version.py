@@ -30,8 +30,8 @@ def _batch(version: str | None) -> tuple[dict, object]:
 
 
 @pytest.mark.parametrize(("dataset", "value", "message"), [
-    ("shapes3d", "4", "twin_version must be one of '1', '2', '3' for shapes3d, got '4'"),
-    ("shapes3d", "v2", "twin_version must be one of '1', '2', '3' for shapes3d, got 'v2'"),
+    ("shapes3d", "5", "twin_version must be one of '1', '2', '3', '4' for shapes3d, got '5'"),
+    ("shapes3d", "v2", "twin_version must be one of '1', '2', '3', '4' for shapes3d, got 'v2'"),
     ("dsprites", "2", r"twin_version must be '1' for dsprites \(only 3D Shapes has more than one twin version\), "
                       "got '2'"),
     ("celeba", "2", r"twin_version must be '1' for celeba \(only 3D Shapes has more than one twin version\), got '2'"),
@@ -57,9 +57,9 @@ def test_a_settings_file_sets_twin_version_checked_by_type_and_value():
 
     config = build_settings(DataConfig, {"twin_version": "2"}, "--config c.json, data", dataset="shapes3d")
     assert config.twin_version == "2"
-    with pytest.raises(SettingsError, match=r"^--config c\.json, data: twin_version must be one of '1', '2', '3' "
-                                            r"for shapes3d, got '4'$"):
-        build_settings(DataConfig, {"twin_version": "4"}, "--config c.json, data", dataset="shapes3d")
+    with pytest.raises(SettingsError, match=r"^--config c\.json, data: twin_version must be one of '1', '2', '3', "
+                                            r"'4' for shapes3d, got '5'$"):
+        build_settings(DataConfig, {"twin_version": "5"}, "--config c.json, data", dataset="shapes3d")
     with pytest.raises(SettingsError, match=r"key 'twin_version': expected a string, got 2 \(an integer\)"):
         build_settings(DataConfig, {"twin_version": 2}, "--config c.json, data", dataset="shapes3d")
 
