@@ -90,6 +90,41 @@ class Objective:
         return float(psnr(self.blur @ images @ self.blur.T, self.targets).mean())
 
 
+REGIONS = ("object outline", "wall top", "floor line", "object", "floor", "wall", "sky")
+
+
+def error_shares(scene: Shapes3DScene, objective: Objective) -> dict[str, dict[str, float]]:
+    """Where the squared error through the GIF model sits: per region of the frames (by the surface
+    maps of each frame's state), its share of the pixels and of the error. A pixel on the object's
+    outline, the wall top or the floor line (in that order) touches two regions (its 3x3 neighbours'
+    majority surfaces differ); the rest are the inner pixels of their surface."""
+    weights = _build_weight_table(scene, objective.pairs)[objective.combo].double()  # (N, 4, 64, 64)
+    images = (torch.einsum("nshw,ncs->nchw", weights, objective.colours.double()).clamp(0, 1) * 255)
+    blur = objective.blur.double()
+    error = ((blur @ images @ blur.T - objective.targets.double()) ** 2).sum(1)  # (N, 64, 64)
+    floor_w, wall_w, object_w, sky_w = weights.unbind(1)
+    on_object = object_w > 0.5
+    on_sky = (sky_w > 0.5) & ~on_object
+    on_floor = (floor_w > wall_w) & ~on_object & ~on_sky
+
+    def outline(mask: torch.Tensor) -> torch.Tensor:
+        m = mask.double()[:, None]
+        grown = torch.nn.functional.max_pool2d(m, 3, 1, 1)[:, 0] > 0
+        shrunk = torch.nn.functional.max_pool2d(1 - m, 3, 1, 1)[:, 0] == 0
+        return grown & ~shrunk
+
+    taken = torch.zeros_like(on_object)
+    masks = {}
+    for name, mask in (("object outline", on_object), ("wall top", on_sky), ("floor line", on_floor)):
+        masks[name] = outline(mask) & ~taken
+        taken |= masks[name]
+    masks["object"], masks["floor"], masks["sky"] = on_object & ~taken, on_floor & ~taken, on_sky & ~taken
+    masks["wall"] = ~(taken | on_object | on_floor | on_sky)
+    total = float(error.sum())
+    return {name: {"pixels": round(float(masks[name].double().mean()), 3),
+                   "squared_error": round(float(error[masks[name]].sum()) / total, 3)} for name in REGIONS}
+
+
 def object_pixels(scene: Shapes3DScene, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Inner object pixels of one state ``(6,)``: their shading features ``(P, 15)`` (world, then the camera
     frame's shading.CAMERA_FEATURES; averaged over the pixel's rays) and their indices ``(P,)`` in 64 * 64."""
@@ -193,6 +228,8 @@ def main() -> None:
     parser.add_argument("--start", nargs="+", default=[], metavar="NAME=VALUE",
                         help="start from the version with these numbers changed, e.g. 'shadow_gain=0.27'")
     parser.add_argument("--shading", action="store_true", help="fit the object shading by least squares, then stop")
+    parser.add_argument("--where", action="store_true",
+                        help="print where the scene's squared error sits (shares per region of the frames), then stop")
     parser.add_argument("--fit-frames", default=None,
                         help="frames the shading or the search is fitted on, e.g. 0-23 (default all)")
     parser.add_argument("--test-frames", default=None, help="frames it is tested on (default none)")
@@ -223,6 +260,12 @@ def main() -> None:
         scene = dataclasses.replace(scene, **changes)  # at once: some numbers only make sense together
     except ValueError as error:
         parser.error(f"--start: {error}")
+    if args.where:
+        score = objective(scene)
+        print(f"{'region':16s} {'pixels':>7s} {'squared error':>14s}  ({score:.3f} dB through the GIF model)")
+        for name, share in error_shares(scene, objective).items():
+            print(f"{name:16s} {share['pixels']:7.3f} {share['squared_error']:14.3f}")
+        return
     if args.shading:
         if args.only:
             parser.error("--only chooses numbers for the coordinate search; --shading fits the shading alone")

@@ -214,3 +214,25 @@ def test_version_4_is_closer_to_the_real_frames_than_version_3_on_every_frame():
     v3 = psnr(render_shapes3d(states, version="3") * 255, real)
     v4 = psnr(render_shapes3d(states, version="4") * 255, real)
     assert bool((v4 > v3 + 1.5).all()) and float(v4.mean()) > 30.0, (v3, v4)
+
+
+def test_the_fits_error_shares_put_an_error_where_it_was_made():
+    fit = load_fit_script()
+    scene = TWIN_VERSIONS["3"]
+    states = SHAPES3D.unravel(torch.tensor([30300, 30307, 33599]))
+    clean = fit.Objective(torch.zeros(3, 3, 64, 64), states)
+    weights = _build_weight_table(scene, clean.pairs)[clean.combo].double()
+    images = torch.einsum("nshw,ncs->nchw", weights, clean.colours.double()).clamp(0, 1) * 255
+    blur = clean.blur.double()
+    targets = blur @ images @ blur.T
+    # An error on a block of sky pixels far from any edge, and a smaller one in the floor's middle.
+    targets[:, :, 1:4, 5:12] += 10.0
+    targets[0, :, 60:63, 30:34] += 5.0
+    shares = fit.error_shares(scene, fit.Objective(targets.float(), states))
+    assert list(shares) == list(fit.REGIONS)
+    assert sum(s["pixels"] for s in shares.values()) == pytest.approx(1.0, abs=0.01)
+    sky_error = 3 * 3 * 3 * 7 * 100.0
+    floor_error = 3 * 3 * 4 * 25.0
+    assert shares["sky"]["squared_error"] == pytest.approx(sky_error / (sky_error + floor_error), abs=0.01)
+    assert shares["floor"]["squared_error"] == pytest.approx(floor_error / (sky_error + floor_error), abs=0.01)
+    assert shares["object outline"]["squared_error"] < 0.01 and shares["wall top"]["squared_error"] < 0.01
