@@ -22,6 +22,9 @@ shading as for the search (whose test PSNR is printed after each pass):
 
     python benchmarks/shapes3d_twin_fit.py --version 3 --shading [--fit-frames 0-23 --test-frames 24-52]
 
+``--where`` prints where a scene's squared error sits (the shares of the object's outline, the wall
+top, the floor line and each surface's inner pixels), then stops.
+
 ``--start NAME=VALUE ...`` starts from the version with those numbers changed (Python literals, e.g.
 ``"shadow_light_xyz=(-0.49, 0.01, 1.52)"`` or ``object_sky_world=None``).
 """
