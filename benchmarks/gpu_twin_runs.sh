@@ -76,7 +76,7 @@ declare -A RUN_ARGS=(
     # the same with relative positions in the equations (ModelConfig.transition_position; the cpu-small
     # preset's, experiments/demo_edits, fourth round)
     [dsprites_kept0_relative]="--data dsprites --preset small --max-steps 4000 4000 --code-pool 40000 --config benchmarks/configs/dsprites_kept0_relative.json"
-    # the 3D Shapes run trained on twin version 3, the one closest to the real frames (docs/twin_fidelity.md;
+    # the 3D Shapes run trained on twin version 3, then the one closest to the real frames (docs/twin_fidelity.md;
     # a cpu-small model trained on it keeps 89% of a real frame's codes, experiments/twin_v3), with the
     # photometric augmentation; bench it with BENCH_FLAGS="--real-images ../shared/data/shapes3d_real_frames.npz"
     [shapes3d_v3_kept0_aug]="--data shapes3d --twin-version 3 --preset small --max-steps 4000 6000 --code-pool 40000 --augment resample,blur,jpeg,colour --config benchmarks/configs/kept0_unbudgeted.json"

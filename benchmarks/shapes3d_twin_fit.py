@@ -1,18 +1,19 @@
 """Fit a 3D Shapes twin scene to DeepMind's real frames: object shading by least squares, the rest
 by coordinate search.
 
-How twin versions 2 and 3 were fitted (``docs/twin_fidelity.md``). The frames' states are
+How twin versions 2 to 4 were fitted (``docs/twin_fidelity.md``). The frames' states are
 held fixed (their exact nearest states, from ``shapes3d_twin_psnr.json``); each scene number in turn
 is moved by its step, up or down, for as long as the mean PSNR of the 53 frames rises. The render is
 passed through a linear model of the GIF's trip (PIL bicubic upscale 64 -> 223, exact area
 downsample) before it is compared, so that the fit does not chase the GIF's blur. Each evaluation
-ray-casts the whole table (a few seconds), so a pass takes a while (about 15 minutes on one core).
+ray-casts the table's rows of the frames' shapes and scales (about a second), so a pass over every
+number takes a few minutes on one core.
 
     OMP_NUM_THREADS=1 python benchmarks/shapes3d_twin_fit.py [--version 2] [--passes 3]
 
 Prints the best scene after each pass, as a ``Shapes3DScene(...)`` to paste into ``scene.py``.
 
-``--shading`` instead fits the object shading of version 3 (``Shapes3DScene.object_shading_world``
+``--shading`` instead fits the object shading of versions 3 and 4 (``Shapes3DScene.object_shading_world``
 and ``object_shading_camera``, a quadratic in the surface normal in the world and camera frames, and
 ``object_sky_world``, the sky's colour the object shows, a quadratic in the world normal) to
 the object's inner pixels (all of a pixel's rays hit the object, and its four neighbours' too) of
@@ -96,19 +97,28 @@ class Objective:
 REGIONS = ("object outline", "wall top", "floor line", "object", "floor", "wall", "sky")
 
 
+def coverage_scene(scene: Shapes3DScene) -> Shapes3DScene:
+    """``scene`` with every light, shade and shadow flat, so that its surface weights are each
+    surface's share of a pixel (its coverage)."""
+    return dataclasses.replace(scene, object_shading_world=(1.0,) + (0.0,) * 8, object_shading_camera=None,
+                               object_sky_world=None, back_wall_gain=1.0, left_wall_gain=1.0, right_wall_gain=1.0,
+                               wall_light_xyz=None, floor_peak=1.0, floor_falloff=0.0, shadow_gain=1.0)
+
+
 def error_shares(scene: Shapes3DScene, objective: Objective) -> dict[str, dict[str, float]]:
-    """Where the squared error through the GIF model sits: per region of the frames (by the surface
-    maps of each frame's state), its share of the pixels and of the error. A pixel on the object's
-    outline, the wall top or the floor line (in that order) touches two regions (its 3x3 neighbours'
-    majority surfaces differ); the rest are the inner pixels of their surface."""
+    """Where the squared error through the GIF model sits: per region of the frames (by the surfaces'
+    coverage of each pixel in each frame's state), its share of the pixels and of the error. A pixel
+    on the object's outline, the wall top or the floor line (in that order) has a neighbour (of its
+    3x3) on the other side of that line; the rest are the inner pixels of their surface."""
     weights = _build_weight_table(scene, objective.pairs)[objective.combo].double()  # (N, 4, 64, 64)
     images = (torch.einsum("nshw,ncs->nchw", weights, objective.colours.double()).clamp(0, 1) * 255)
     blur = objective.blur.double()
     error = ((blur @ images @ blur.T - objective.targets.double()) ** 2).sum(1)  # (N, 64, 64)
-    floor_w, wall_w, object_w, sky_w = weights.unbind(1)
-    on_object = object_w > 0.5
-    on_sky = (sky_w > 0.5) & ~on_object
-    on_floor = (floor_w > wall_w) & ~on_object & ~on_sky
+    cover = _build_weight_table(coverage_scene(scene), objective.pairs)[objective.combo].double()
+    floor_c, wall_c, object_c, sky_c = cover.unbind(1)
+    on_object = object_c > 0.5
+    on_sky = (sky_c > 0.5) & ~on_object
+    on_floor = (floor_c > wall_c) & ~on_object & ~on_sky
 
     def outline(mask: torch.Tensor) -> torch.Tensor:
         m = mask.double()[:, None]
@@ -123,7 +133,7 @@ def error_shares(scene: Shapes3DScene, objective: Objective) -> dict[str, dict[s
         taken |= masks[name]
     masks["object"], masks["floor"], masks["sky"] = on_object & ~taken, on_floor & ~taken, on_sky & ~taken
     masks["wall"] = ~(taken | on_object | on_floor | on_sky)
-    total = float(error.sum())
+    total = float(error.sum()) or 1.0  # a perfect scene has no error to share
     return {name: {"pixels": round(float(masks[name].double().mean()), 3),
                    "squared_error": round(float(error[masks[name]].sum()) / total, 3)} for name in REGIONS}
 
@@ -281,6 +291,7 @@ def main() -> None:
     unused = sorted(set(args.only or ()) - set(searched))
     if unused:
         print(f"not searched, as this scene does not use them: {', '.join(unused)}", flush=True)
+
     def held_out_text(scene: Shapes3DScene) -> str:
         return f"; held-out frames {held_out(scene):.3f} dB" if held_out is not None else ""
 

@@ -13,7 +13,7 @@ one palette of <= 256 colours for all frames, cut, area-downsample) and compared
 Also reported: the PSNR between the real frames and the round-tripped nearest renders (both sides
 degraded alike).
 
-    OMP_NUM_THREADS=1 python benchmarks/shapes3d_twin_psnr.py [--versions 1 2 3] [--out-dir DIR]
+    OMP_NUM_THREADS=1 python benchmarks/shapes3d_twin_psnr.py [--versions 1 2 3 4] [--out-dir DIR]
 
 Writes ``shapes3d_twin_psnr.json`` and ``shapes3d_twin_versions_vs_real.png`` (real | each version |
 real minus the last version) under ``--out-dir`` (default ``benchmarks/results/shapes3d_twin_fidelity``).

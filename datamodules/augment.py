@@ -9,7 +9,7 @@ brightness shift 1-2 points but 3-6 dB of reconstruction, and the GIF's palette 
 So the augmentations are, by name (:data:`AUGMENTATIONS`):
 
 - ``renderer``: the image rendered by another renderer version of the twin (3D Shapes: the next
-  version, 1 -> 2 -> 3 -> 4 -> 1, so version 2 for a model on version 1);
+  version, and version 3 for a model on the last, version 4: 1 -> 2, 2 -> 3, 3 -> 4, 4 -> 3);
 - ``resample``: down to 40x40 and back up, mixed with the image by a random strength;
 - ``blur``: a Gaussian blur (sigma 1 pixel), mixed with the image by a random strength (the study
   measured sigma 0.7);

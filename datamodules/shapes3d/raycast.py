@@ -1,11 +1,11 @@
 """3D Shapes: the twin's scene ray-cast into a table of per-pixel surface weights.
 
 The geometry depends only on (scale, shape, orientation), 8 * 4 * 15 = 480 combinations. They are
-ray-cast once (2x2 supersampling in version 1, 3x3 in versions 2 and 3; soft floor shadow) into a
+ray-cast once (2x2 supersampling in version 1, 3x3 in versions 2 to 4; soft floor shadow) into a
 table of per-pixel *surface weights* ``(480, 4, 64, 64)`` for the surfaces floor, wall, object and
 sky. Lighting, wall darkening, object shading (:mod:`.shading`), the sky's tint on the object
-(version 3) and the shadow are folded into the weights. The table (31 MB) is built lazily on the CPU
-(one to six seconds: version 3 casts a shadow map per shape and scale) and copied once to each
+(versions 3 and 4) and the shadow are folded into the weights. The table (31 MB) is built lazily on
+the CPU (one to six seconds: versions 3 and 4 cast a shadow map per shape and scale) and copied once to each
 device that asks for it (:func:`shapes3d_surface_weights`); :mod:`.twin` colours it.
 """
 
@@ -423,7 +423,7 @@ def shapes3d_surface_weights(device: torch.device | str = "cpu",
     Row ``(scale * 4 + shape) * 15 + orientation`` holds, for the surfaces ``SURFACE_NAMES`` (floor,
     wall, object, sky), the weight of each surface's colour in each pixel: an image is
     ``clamp(einsum("shw,sc->chw", weights[row], colours), 0, 1)`` with the colours of
-    :func:`shapes3d_surface_colours`. Weights may pass 1 (an over-exposed floor) and, in version 3, the
+    :func:`shapes3d_surface_colours`. Weights may pass 1 (an over-exposed floor) and, in versions 3 and 4, the
     sky's weight on the object may dip a little below 0 (its tint is a fitted quadratic, not clamped).
     """
     scene = SCENE if scene is None else scene

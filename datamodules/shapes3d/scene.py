@@ -17,9 +17,11 @@ __all__ = ["DATASETS_MD_SCENE", "DEFAULT_TWIN_VERSION", "SCENE", "SCENE_V2", "SC
            "Shapes3DScene", "twin_scene"]
 
 
-# Scene numbers that are lengths, sizes or gains: a fit may not step them below 0.
+# Scene numbers that are lengths, sizes or gains: a fit may not step them below 0 (those that make no
+# scene at 0, the room, the camera's distance and view, not to 0).
 _NONNEGATIVE = ("room_half", "wall_height", "camera_radius", "field_of_view_deg", "cube_side", "cylinder_radius",
                 "cylinder_height", "sphere_radius", "capsule_radius", "capsule_height", "shadow_spread", "shadow_gain")
+_POSITIVE = ("room_half", "camera_radius", "field_of_view_deg")
 
 
 @dataclass(frozen=True)
@@ -113,11 +115,13 @@ class Shapes3DScene:
             raise ValueError(f"object_shading_world takes 9 coefficients, got {len(world)}")
         if self.object_sky_world is not None and len(self.object_sky_world) != 9:
             raise ValueError(f"object_sky_world takes 9 coefficients, got {len(self.object_sky_world)}")
-        lengths = {name: getattr(self, name) for name in _NONNEGATIVE}
-        negative = [f"{name}={value}" for name, value in lengths.items() if value < 0]
+        negative = [f"{name}={getattr(self, name)}" for name in _NONNEGATIVE if getattr(self, name) < 0]
         if negative:
             raise ValueError("these scene numbers are lengths, sizes or gains and cannot be negative: "
                              + ", ".join(negative))
+        zero = [name for name in _POSITIVE if getattr(self, name) == 0]
+        if zero:
+            raise ValueError(f"these scene numbers must be above 0: {', '.join(zero)}")
         light = self.shadow_light_xyz
         if light is not None and (len(light) != 3 or light[2] <= 0):
             raise ValueError(f"shadow_light_xyz is a point (x, y, z) above the floor (z > 0), got {light!r}")
@@ -186,13 +190,14 @@ SCENE_V3 = dataclasses.replace(
 # wall top against the sky, the floor line) depend on the camera alone; measured per column to a
 # fraction of a row in the 15 frames of the orientation sweep (benchmarks/shapes3d_twin_lines.py),
 # they fit one camera orbiting the room's centre to 0.12 row (root mean square), where version 3's
-# camera misses them by 0.50 row: a closer camera (radius 0.72 instead of 1.30), lower (0.21 instead
-# of 0.39), looking level (at height 0.21) with a wider view (49 degrees instead of 39). Version 3's
-# camera had been fitted to coarser line measurements from a start near version 1's, and stopped
-# there. Then, on whole frames through the fit's GIF model (shapes3d_twin_fit.py):
+# camera misses them by 0.50 row: a closer camera (radius 0.73 instead of 1.30), lower (0.21 instead
+# of 0.39), looking level (at height 0.21) with a wider view (49 degrees instead of 39). Version 2's
+# line fit, whose camera version 3 kept, had stopped in a local minimum. Then, on whole frames through
+# the fit's GIF model (shapes3d_twin_fit.py):
 # * object sizes and place to the new camera's distance (sizes about 0.73 times version 3's);
-# * every number searched again (three passes): the floor light moved, the lamp's shadow became
-#   nearly hard (shadow_spread 0.035 -> 0.005) and a little lower, the right wall a little darker;
+# * every number searched again (three passes): the floor light moved, the lamp a little lower and its
+#   disc to the search's lower limit (shadow_spread 0.035 -> 0.005: sharper shadows), the right wall a
+#   little darker;
 # * the object shading fitted again by least squares on the new geometry.
 SCENE_V4 = dataclasses.replace(
     SCENE_V3,

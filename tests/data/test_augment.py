@@ -90,9 +90,11 @@ def test_the_renderer_augmentation_renders_the_chosen_items_by_the_other_version
     kept = (out["image"] == plain["image"]).flatten(1).all(1)
     assert torch.equal(swapped | kept, torch.ones(64, dtype=torch.bool)) and 16 < int(swapped.sum()) < 48
     assert torch.equal((out["image_next"] == v2_next).flatten(1).all(1), swapped)  # the pair swapped together
-    # the next version each: a version-2 twin swaps to version 3, a version-3 twin to 4, a version-4 twin to 1
+    # the next version each (a version-2 twin swaps to version 3, a version-3 twin to 4), and the last
+    # version the one before it (a version-4 twin to 3)
     for version, swapped_to in (("2", render_shapes3d(raw["factors"], version="3")),
-                                ("3", render_shapes3d(raw["factors"], version="4")), ("4", plain["image"])):
+                                ("3", render_shapes3d(raw["factors"], version="4")),
+                                ("4", render_shapes3d(raw["factors"], version="3"))):
         other = build_datamodule("shapes3d", batch_size=64, num_workers=0, augment=["renderer"],
                                  augment_probability=1.0, twin_version=version)
         other.setup()

@@ -24,9 +24,12 @@ STATES = torch.tensor([0, 7, 123457, 250000, 479999])
 # sums of its whole table, plain and weighted, and of five renders).
 V2_SUMS = [5384.278419837356, 5566.670487195253, 7939.059850802645, 7337.349880620837, 6710.349026247859]
 V2_TABLE_SUMS = (1876968.2168986741, 916075675.5576525)
-# Version 3 rendered by the code before version 4 existed, likewise.
+# Version 3 rendered by the code before version 4 existed, likewise; and version 4 as released here.
 V3_SUMS = [5414.113525384368, 5579.799112425011, 7960.258694768228, 7378.660796287797, 6648.386788306816]
 V3_TABLE_SUMS = (1883457.9483375316, 919234264.6757175)
+V4_SUMS = [5422.818615860539, 5584.858347581001, 7946.955162342514, 7381.855307760365, 6665.654465165571]
+V4_TABLE_SUMS = (1877891.816839221, 916543242.797545)
+pytestmark = pytest.mark.usefixtures("one_thread")  # table builds are slow with two threads on a shared CPU
 AZIMUTHS = torch.deg2rad(torch.tensor(SHAPES3D.factors[5].values, dtype=torch.float64))
 
 
@@ -179,12 +182,14 @@ def test_the_sky_tint_adds_the_skys_colour_on_the_object_only_and_the_lamp_casts
     assert torch.allclose(darkest, torch.full_like(darkest, untinted.shadow_gain), atol=0.02), darkest
 
 
-def test_version_3_renders_as_before_version_4_existed():
-    v3 = render_shapes3d(SHAPES3D.unravel(STATES), version="3")
-    np.testing.assert_allclose(v3.double().sum(dim=(1, 2, 3)).numpy(), V3_SUMS, rtol=1e-7)
-    table = raycast.shapes3d_surface_weights("cpu", TWIN_VERSIONS["3"]).double()
+@pytest.mark.parametrize(("version", "sums", "table_sums"),
+                         [("3", V3_SUMS, V3_TABLE_SUMS), ("4", V4_SUMS, V4_TABLE_SUMS)])
+def test_versions_3_and_4_render_as_when_they_were_fitted(version, sums, table_sums):
+    images = render_shapes3d(SHAPES3D.unravel(STATES), version=version)
+    np.testing.assert_allclose(images.double().sum(dim=(1, 2, 3)).numpy(), sums, rtol=1e-7)
+    table = raycast.shapes3d_surface_weights("cpu", TWIN_VERSIONS[version]).double()
     weights = (torch.arange(table.numel(), dtype=torch.float64) % 977).reshape(table.shape)
-    assert (float(table.sum()), float((table * weights).sum())) == pytest.approx(V3_TABLE_SUMS, rel=1e-12)
+    assert (float(table.sum()), float((table * weights).sum())) == pytest.approx(table_sums, rel=1e-12)
 
 
 def test_a_table_of_some_scales_and_shapes_casts_those_rows_alike_and_leaves_the_rest_zero():
@@ -203,6 +208,9 @@ def test_a_scene_refuses_negative_sizes_naming_them():
         dataclasses.replace(TWIN_VERSIONS["3"], shadow_spread=-0.005)
     with pytest.raises(ValueError, match=r"cube_side=-0\.1, shadow_gain=-1"):
         Shapes3DScene(cube_side=-0.1, shadow_gain=-1)
+    with pytest.raises(ValueError, match=r"must be above 0: camera_radius, field_of_view_deg"):
+        Shapes3DScene(camera_radius=0.0, field_of_view_deg=0.0)
+    assert Shapes3DScene(shadow_spread=0.0).shadow_spread == 0.0  # a point light is a scene
 
 
 @pytest.mark.skipif(not REAL_FRAMES.exists(), reason=f"real 3D Shapes frames not found at {REAL_FRAMES}")
@@ -236,3 +244,9 @@ def test_the_fits_error_shares_put_an_error_where_it_was_made():
     assert shares["sky"]["squared_error"] == pytest.approx(sky_error / (sky_error + floor_error), abs=0.01)
     assert shares["floor"]["squared_error"] == pytest.approx(floor_error / (sky_error + floor_error), abs=0.01)
     assert shares["object outline"]["squared_error"] < 0.01 and shares["wall top"]["squared_error"] < 0.01
+    # The regions come from coverage, not brightness: the flat scene's weights are shares of each pixel.
+    cover = _build_weight_table(fit.coverage_scene(scene), clean.pairs)[clean.combo]
+    torch.testing.assert_close(cover.sum(1), torch.ones(3, 64, 64), atol=1e-5, rtol=0)
+    dark = dataclasses.replace(scene, object_shading_world=(0.05,) + (0.0,) * 8, object_shading_camera=None)
+    dark_shares = fit.error_shares(dark, fit.Objective(targets.float(), states))
+    assert dark_shares["object"]["pixels"] == shares["object"]["pixels"]
