@@ -1,7 +1,7 @@
 """3D Shapes: how the twin shades its object, from the surface normal.
 
 Versions 1 and 2 light the object from one direction (ambient + diffuse * max(0, n . light)); versions 3 and 4
-(``Shapes3DScene.object_shading_world`` / ``object_shading_camera``) shades it by a quadratic in the
+(``Shapes3DScene.object_shading_world`` / ``object_shading_camera``) shade it by a quadratic in the
 normal, in the world's frame and in the camera's, which is linear in its coefficients and so fitted
 by least squares (``benchmarks/shapes3d_twin_fit.py --shading``); the same features of the world
 normal give the sky's tint on the object (``object_sky_world``).
