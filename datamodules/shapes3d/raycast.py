@@ -356,6 +356,9 @@ def _build_weight_table(scene: Shapes3DScene, pairs: set[tuple[int, int]] | None
     the image that its object and its shadow can reach. ``pairs``: cast only these (scale index,
     shape) and leave the other rows zero (a scene fit that needs a few of them).
     """
+    if pairs is not None and not all(0 <= si < _NUM_SCALES and 0 <= shape < _NUM_SHAPES for si, shape in pairs):
+        raise ValueError(f"pairs are (scale index 0..{_NUM_SCALES - 1}, shape 0..{_NUM_SHAPES - 1}), "
+                         f"got {sorted(pairs)}")
     origins, dirs = _camera_rays(scene)  # (15, 3), (15, n, n, 3)
     n, ss = dirs.shape[1], scene.supersample
     room, floor_xy, floor_mask = _room(scene, origins, dirs)

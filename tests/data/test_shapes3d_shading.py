@@ -201,6 +201,8 @@ def test_a_table_of_some_scales_and_shapes_casts_those_rows_alike_and_leaves_the
     some[1, 0] = 0
     some[7, 3] = 0
     assert not bool(some.any())
+    with pytest.raises(ValueError, match=r"scale index 0\.\.7, shape 0\.\.3\), got \[\(8, 0\)\]"):
+        _build_weight_table(scene, {(8, 0)})
 
 
 def test_a_scene_refuses_negative_sizes_naming_them():
