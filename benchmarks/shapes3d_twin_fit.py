@@ -88,10 +88,15 @@ class Objective:
         self.colours = shapes3d_surface_colours(states).transpose(1, 2)  # (N, 3, 4)
         self.pairs = {(int(scale), int(shape)) for scale, shape in states[:, 3:5]}  # cast only these
 
-    def __call__(self, scene: Shapes3DScene) -> float:
+    def renders(self, scene: Shapes3DScene) -> torch.Tensor:
+        """The frames' states rendered under ``scene`` and passed through the GIF model, ``(N, 3, 64, 64)``
+        in [0, 255]."""
         weights = _build_weight_table(scene, self.pairs).flatten(2)[self.combo]  # (N, 4, 4096)
         images = (torch.bmm(self.colours, weights).clamp(0, 1) * 255).view(-1, 3, 64, 64)
-        return float(psnr(self.blur @ images @ self.blur.T, self.targets).mean())
+        return self.blur @ images @ self.blur.T
+
+    def __call__(self, scene: Shapes3DScene) -> float:
+        return float(psnr(self.renders(scene), self.targets).mean())
 
 
 REGIONS = ("object outline", "wall top", "floor line", "object", "floor", "wall", "sky")
@@ -110,10 +115,7 @@ def error_shares(scene: Shapes3DScene, objective: Objective) -> dict[str, dict[s
     coverage of each pixel in each frame's state), its share of the pixels and of the error. A pixel
     on the object's outline, the wall top or the floor line (in that order) has a neighbour (of its
     3x3) on the other side of that line; the rest are the inner pixels of their surface."""
-    weights = _build_weight_table(scene, objective.pairs)[objective.combo].double()  # (N, 4, 64, 64)
-    images = (torch.einsum("nshw,ncs->nchw", weights, objective.colours.double()).clamp(0, 1) * 255)
-    blur = objective.blur.double()
-    error = ((blur @ images @ blur.T - objective.targets.double()) ** 2).sum(1)  # (N, 64, 64)
+    error = ((objective.renders(scene).double() - objective.targets.double()) ** 2).sum(1)  # (N, 64, 64)
     cover = _build_weight_table(coverage_scene(scene), objective.pairs)[objective.combo].double()
     floor_c, wall_c, object_c, sky_c = cover.unbind(1)
     on_object = object_c > 0.5
