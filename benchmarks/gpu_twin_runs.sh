@@ -89,6 +89,9 @@ declare -A RUN_ARGS=(
     # the same on twin version 4, the closest to the real frames (30.9 dB, docs/twin_fidelity.md); bench it with
     # BENCH_FLAGS="--real-images ../shared/data/shapes3d_real_frames.npz"
     [shapes3d_v4_window_aug]="--data shapes3d --twin-version 4 --preset small --max-steps 4000 6000 --code-pool 40000 --augment resample,blur,jpeg,colour --config benchmarks/configs/window_unbudgeted.json"
+    # ... trained on version 1's renders as well (the renderer augmentation with data.renderer_version 1): the
+    # version-4 model edits version 1's renders 77.5% exact (experiments/twin_v4/); bench it on both twins
+    [shapes3d_v4_r1_window_aug]="--data shapes3d --twin-version 4 --preset small --max-steps 4000 6000 --code-pool 40000 --augment renderer,resample,blur,jpeg,colour --config benchmarks/configs/window_unbudgeted_renderer1.json"
 )
 declare -A RUN_DATA=([shapes3d_small]=shapes3d [dsprites_small]=dsprites
                      [dsprites_small_rare_scale50]=dsprites [shapes3d_default]=shapes3d
@@ -104,7 +107,8 @@ declare -A RUN_DATA=([shapes3d_small]=shapes3d [dsprites_small]=dsprites
                      [dsprites_edit100]=dsprites [dsprites_edit1000]=dsprites
                      [shapes3d_kept0_aug]=shapes3d [shapes3d_kept0]=shapes3d [dsprites_kept0]=dsprites
                      [dsprites_kept0_relative]=dsprites [shapes3d_v3_kept0_aug]=shapes3d
-                     [dsprites_window]=dsprites [shapes3d_v3_window_aug]=shapes3d [shapes3d_v4_window_aug]=shapes3d)
+                     [dsprites_window]=dsprites [shapes3d_v3_window_aug]=shapes3d [shapes3d_v4_window_aug]=shapes3d
+                     [shapes3d_v4_r1_window_aug]=shapes3d)
 names=${RUN_ONLY:-"shapes3d_small dsprites_small dsprites_small_rare_scale50 shapes3d_default"}
 
 run() {

@@ -43,7 +43,8 @@ TRAINER_KWARGS = {"use_distributed_sampler": False}
 
 @dataclass
 class DataConfig:
-    """Everything a DataModule needs; every field has a command-line flag in ``train.py``."""
+    """Everything a DataModule needs; ``train.py`` sets it from its flags and a ``--config`` file's
+    ``data`` section."""
 
     dataset: str = "shapes3d"
     data_root: str | None = None  # real files; None: $CAUSAL_VQVAE_DATA_ROOT, else the twin
@@ -61,14 +62,17 @@ class DataConfig:
     attributes: Sequence[str] | None = None  # CelebA: attributes with actions (default the first 10)
     twin_size: int = 20_000  # CelebA twin: faces written on first use
     # The procedural twin's renderer version (twin_versions(dataset)): 3D Shapes "1" (the default, what the
-    # released models were trained on) or "2" (closer to the real frames, docs/twin_fidelity.md); the other
-    # datasets have "1" only. A version other than "1" asks for the twin: it cannot go with a real file.
+    # released models were trained on) to "4" (the closest to the real frames, docs/twin_fidelity.md); the
+    # other datasets have "1" only. A version other than "1" asks for the twin: it cannot go with a real file.
     twin_version: str = DEFAULT_TWIN_VERSION
     # Training augmentation for what the twin does not match in real images (datamodules.augment):
     # names from AUGMENTATIONS (renderer, resample, blur, jpeg, colour, border), each applied to a
     # training item with augment_probability; none by default. Held-out batches are never augmented.
     augment: Sequence[str] = ()
     augment_probability: float = 0.3
+    # The version the "renderer" augmentation renders with; None: the nearest other version (the next
+    # one, the last version the one before). E.g. "1" on a version-4 twin: one model for both twins.
+    renderer_version: str | None = None
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -91,6 +95,17 @@ class DataConfig:
                              f"twin, and data_root {self.data_root} is real data, which has none: leave twin_version "
                              f"at {DEFAULT_TWIN_VERSION!r} to read the real data, or leave data_root out to use the twin")
         self.augment = check_augment(self.augment, self.augment_probability, len(choices), self.data_root is None)
+        if self.renderer_version is not None:
+            self.renderer_version = str(self.renderer_version)
+            if "renderer" not in self.augment:
+                raise ValueError(f"renderer_version {self.renderer_version!r} is the version the 'renderer' "
+                                 f"augmentation renders with, and augment {list(self.augment)} does not name it: "
+                                 f"add 'renderer' to augment, or leave renderer_version out")
+            others = [v for v in choices if v != self.twin_version]
+            if self.renderer_version not in others:
+                raise ValueError(f"renderer_version must be another version of the {self.dataset} twin than "
+                                 f"twin_version {self.twin_version!r}: one of {', '.join(map(repr, others))}, "
+                                 f"got {self.renderer_version!r}")
 
 
 def twin_versions(dataset: str) -> tuple[str, ...]:
@@ -276,8 +291,9 @@ class _BaseDataModule(pl.LightningDataModule):
         return batch
 
     def alternate_render(self):
-        """A render function of another renderer version of the twin (the next one), for the ``renderer``
-        augmentation; None where there is none (real data, a twin of one version)."""
+        """A render function of another renderer version of the twin (``config.renderer_version``, by
+        default the nearest other), for the ``renderer`` augmentation; None where there is none (real
+        data, a twin of one version)."""
         return None
 
     def sample_batch(self, split: str = "val", size: int | None = None, device: str | torch.device = "cpu") -> dict:

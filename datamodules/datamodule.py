@@ -156,15 +156,15 @@ class FactorDataModule(_BaseDataModule):
         return self.entry.twin(self.config.twin_version)
 
     def alternate_render(self):
-        """The render function of the twin's next renderer version after ``config.twin_version``, or
-        the one before the last version (for the ``renderer`` augmentation: the nearest other
-        renderer), or None (real data, or a twin of one version)."""
+        """The render function of ``config.renderer_version``, by default the twin's next renderer
+        version after ``config.twin_version``, or the one before the last version (for the ``renderer``
+        augmentation: the nearest other renderer), or None (real data, or a twin of one version)."""
         versions = twin_versions(self.config.dataset)
         if not isinstance(self.source, TwinSource) or len(versions) < 2:
             return None
         if self._alternate is None:
             at = versions.index(self.config.twin_version)
-            other = versions[at + 1] if at + 1 < len(versions) else versions[at - 1]
+            other = self.config.renderer_version or (versions[at + 1] if at + 1 < len(versions) else versions[at - 1])
             self._alternate = self.entry.twin(other).render
         return self._alternate
 

@@ -78,7 +78,8 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
                         "$CAUSAL_VQVAE_DATA_ROOT is set. Also data.twin_version in a --config file")
     p.add_argument("--augment", default=None, metavar="NAMES",
                    help="augment the training images, for a model that holds up on real images; comma-separated: "
-                        "renderer (3D Shapes: the next twin renderer version, 1 -> 2 -> 3 -> 1; it always uses the twin), resample, "
+                        "renderer (3D Shapes: the nearest other twin renderer version, 1 -> 2, 2 -> 3, 3 -> 4, "
+                        "4 -> 3, or data.renderer_version in a --config file; it always uses the twin), resample, "
                         "blur, jpeg, colour, border (datamodules/augment.py; experiments/real_image_gap says which "
                         "matter). Each applies to a training item with probability 0.3, or data.augment_probability "
                         "in a --config file (where data.augment also sets the names)")

@@ -99,6 +99,12 @@ def test_the_renderer_augmentation_renders_the_chosen_items_by_the_other_version
                                  augment_probability=1.0, twin_version=version)
         other.setup()
         assert torch.equal(other.prepare_batch(raw, augment=True)["image"], swapped_to)
+    # renderer_version names the version instead: a version-4 twin that also trains on version 1
+    both = build_datamodule("shapes3d", batch_size=64, num_workers=0, augment=["renderer"], augment_probability=1.0,
+                            twin_version="4", renderer_version=1)
+    both.setup()
+    assert both.config.renderer_version == "1"
+    assert torch.equal(both.prepare_batch(raw, augment=True)["image"], render_shapes3d(raw["factors"], version="1"))
 
 
 def test_only_training_batches_are_augmented():
@@ -123,6 +129,13 @@ def test_only_training_batches_are_augmented():
     ({"augment": ["blur"], "augment_probability": 0.0}, r"augment_probability must be in \(0, 1\], got 0.0"),
     ({"augment": ["renderer"], "dataset": "dsprites"}, r"this dataset's twin has one renderer version"),
     ({"augment": ["renderer"], "data_root": "/data"}, r"the data is a real file, which has one rendering"),
+    ({"augment": ["blur"], "twin_version": "4", "renderer_version": "1"},
+     (r"renderer_version '1' is the version the 'renderer' augmentation renders with, and augment \['blur'\] "
+      r"does not name it: add 'renderer' to augment")),
+    ({"augment": ["renderer"], "twin_version": "4", "renderer_version": "4"},
+     (r"renderer_version must be another version of the shapes3d twin than twin_version '4': one of '1', '2', "
+      r"'3', got '4'")),
+    ({"augment": ["renderer"], "renderer_version": "9"}, r"one of '2', '3', '4', got '9'"),
 ])
 def test_data_config_refuses_bad_augmentation_settings(kwargs, message):
     with pytest.raises(ValueError, match=message):
