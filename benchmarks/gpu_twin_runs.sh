@@ -90,7 +90,9 @@ declare -A RUN_ARGS=(
     # BENCH_FLAGS="--real-images ../shared/data/shapes3d_real_frames.npz"
     [shapes3d_v4_window_aug]="--data shapes3d --twin-version 4 --preset small --max-steps 4000 6000 --code-pool 40000 --augment resample,blur,jpeg,colour --config benchmarks/configs/window_unbudgeted.json"
     # ... trained on version 1's renders as well (the renderer augmentation with data.renderer_version 1): the
-    # version-4 model edits version 1's renders 77.5% exact (experiments/twin_v4/); bench it on both twins
+    # version-4 model edits version 1's renders 77.5% exact (experiments/twin_v4/). The script benches it on its
+    # own twin (version 4); bench it on version 1 too: causal-vqvae bench --model runs/gpu/shapes3d_v4_r1_window_aug/causal
+    # --data shapes3d --twin-version 1 --pairs 1000 --skip-baseline --skip-classifier
     [shapes3d_v4_r1_window_aug]="--data shapes3d --twin-version 4 --preset small --max-steps 4000 6000 --code-pool 40000 --augment renderer,resample,blur,jpeg,colour --config benchmarks/configs/window_unbudgeted_renderer1.json"
 )
 declare -A RUN_DATA=([shapes3d_small]=shapes3d [dsprites_small]=dsprites

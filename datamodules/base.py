@@ -96,16 +96,28 @@ class DataConfig:
                              f"at {DEFAULT_TWIN_VERSION!r} to read the real data, or leave data_root out to use the twin")
         self.augment = check_augment(self.augment, self.augment_probability, len(choices), self.data_root is None)
         if self.renderer_version is not None:
-            self.renderer_version = str(self.renderer_version)
-            if "renderer" not in self.augment:
-                raise ValueError(f"renderer_version {self.renderer_version!r} is the version the 'renderer' "
-                                 f"augmentation renders with, and augment {list(self.augment)} does not name it: "
-                                 f"add 'renderer' to augment, or leave renderer_version out")
-            others = [v for v in choices if v != self.twin_version]
-            if self.renderer_version not in others:
-                raise ValueError(f"renderer_version must be another version of the {self.dataset} twin than "
-                                 f"twin_version {self.twin_version!r}: one of {', '.join(map(repr, others))}, "
-                                 f"got {self.renderer_version!r}")
+            self._check_renderer_version(choices)
+
+    def _check_renderer_version(self, choices: tuple[str, ...]) -> None:
+        version = self.renderer_version
+        if isinstance(version, int) and not isinstance(version, bool):
+            version = self.renderer_version = str(version)  # renderer_version=1 from Python means "1"
+        if not isinstance(version, str):
+            raise ValueError(f"renderer_version must be a twin version such as '1', got {version!r} "
+                             f"({type(version).__name__})")
+        others = [v for v in choices if v != self.twin_version]
+        if not others or self.data_root is not None:
+            why = ("the data is a real file, which has one rendering" if self.data_root is not None else
+                   "this dataset's twin has one renderer version (only 3D Shapes has more)")
+            raise ValueError(f"renderer_version {version!r} names a renderer of the twin, but {why}; leave it out")
+        if version not in others:
+            raise ValueError(f"renderer_version must be another version of the {self.dataset} twin than "
+                             f"twin_version {self.twin_version!r}: one of {', '.join(map(repr, others))}, "
+                             f"got {version!r}")
+        if "renderer" not in self.augment:
+            raise ValueError(f"renderer_version {version!r} is the version the 'renderer' augmentation renders "
+                             f"with, and augment {list(self.augment)} does not name it: add 'renderer' to augment "
+                             f"(--augment renderer,...), or leave renderer_version out")
 
 
 def twin_versions(dataset: str) -> tuple[str, ...]:

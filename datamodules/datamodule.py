@@ -144,7 +144,7 @@ class FactorDataModule(_BaseDataModule):
         if config.dataset not in _FACTOR_DATASETS:
             raise ValueError(f"FactorDataModule serves {sorted(_FACTOR_DATASETS)}, not {config.dataset!r}")
         self.entry = _FACTOR_DATASETS[config.dataset]()
-        self._alternate = None  # the next renderer version's render function, made on first use
+        self._alternate = None  # the renderer augmentation's render function (alternate_render), made on first use
         self.save_hyperparameters({"data": {k: v for k, v in vars(config).items() if k != "extra"}})
 
     @property

@@ -59,13 +59,14 @@ def writable_directory(out: str | Path) -> Path:
 # the equation term weighed the nodes that keep their code like the others; before twin_version, the
 # twins had one renderer, version "1"; before augment, no training batch was augmented; before
 # causal_head_lr, the retrieval head trained at the causal stage's rate; before transition_position,
-# every node had a position embedding of its own; before transition_window, no equation read a window).
+# every node had a position embedding of its own; before transition_window, no equation read a window;
+# before renderer_version, the renderer augmentation drew with the nearest other version).
 ADDED_SETTINGS = {"train": {"graph_lr_scale": 1.0, "code_pool": 0, "keep": "last", "causal_head_lr": 0.0},
                   "model": {"retrieval_score": "nll", "intervention": "resample", "keep_threshold": None,
                             "local_encoder": False, "edit_loss_weight": 0.0, "local_parent_logit": None,
                             "kept_equation_weight": 1.0, "transition_position": "absolute",
                             "transition_window": 0},
-                  "data": {"twin_version": "1", "augment": [], "augment_probability": 0.3}}
+                  "data": {"twin_version": "1", "augment": [], "augment_probability": 0.3, "renderer_version": None}}
 
 
 def check_same_run(path: Path, resolved: dict[str, Any]) -> None:

@@ -394,6 +394,10 @@ CASES = [
          train_with_config('{"model": {"local_encoder": "yes"}}'),
          SystemExit, r"model: key 'local_encoder': expected true or false, got 'yes'", r"true or false",
          untouched=run_dir_absent),
+    Case("train_config_renderer_version_for_dsprites", "--config with data.renderer_version \"2\" on dSprites",
+         train_with_config('{"data": {"renderer_version": "2"}}'),
+         SystemExit, r"data: renderer_version '2' names a renderer of the twin, but this dataset's twin has one "
+                     r"renderer version", r"leave it out", untouched=run_dir_absent),
     Case("train_config_null_for_a_number", "--config with train.vqvae_lr null",
          train_with_config('{"train": {"vqvae_lr": null}}'),
          SystemExit, r"train: key 'vqvae_lr': expected a number, got None \(null\)", r"a number",

@@ -136,6 +136,12 @@ def test_only_training_batches_are_augmented():
      (r"renderer_version must be another version of the shapes3d twin than twin_version '4': one of '1', '2', "
       r"'3', got '4'")),
     ({"augment": ["renderer"], "renderer_version": "9"}, r"one of '2', '3', '4', got '9'"),
+    ({"augment": ["renderer"], "renderer_version": True}, r"renderer_version must be a twin version such as '1', "
+                                                          r"got True \(bool\)"),
+    ({"dataset": "dsprites", "renderer_version": "2"}, r"renderer_version '2' names a renderer of the twin, but this "
+                                                       r"dataset's twin has one renderer version"),
+    ({"data_root": "/data", "renderer_version": "2"}, r"renderer_version '2' names a renderer of the twin, but the "
+                                                      r"data is a real file"),
 ])
 def test_data_config_refuses_bad_augmentation_settings(kwargs, message):
     with pytest.raises(ValueError, match=message):

@@ -239,7 +239,7 @@ def test_resuming_a_run_from_before_graph_lr_scale_says_which_setting_reproduces
     now["model"].update(retrieval_score="nll", intervention="resample", keep_threshold=None, local_encoder=False,
                         edit_loss_weight=0.0, local_parent_logit=None, kept_equation_weight=1.0,
                         transition_position="absolute", transition_window=0)
-    now["data"].update(twin_version="1", augment=[], augment_probability=0.3)
+    now["data"].update(twin_version="1", augment=[], augment_probability=0.3, renderer_version=None)
     with pytest.raises(SystemExit, match=r'graph_lr_scale was 1.0, now 20.0.*add \{"train": \{"graph_lr_scale": 1.0'):
         check_same_run(tmp_path / "config.json", now)
     now["train"]["graph_lr_scale"] = 1.0  # as the run ran: the same run
