@@ -32,7 +32,8 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-__all__ = ["AUGMENTATIONS", "augment_images", "blur", "check_augment", "gif_border", "item_uniforms", "resample"]
+__all__ = ["AUGMENTATIONS", "augment_images", "blur", "check_augment", "gif_border", "item_uniforms",
+           "no_other_renderer", "resample"]
 
 AUGMENTATIONS = ("renderer", "resample", "blur", "jpeg", "colour", "border")
 _DRAWS = 8  # uniforms per item and augmentation: whether, then its parameters
@@ -82,11 +83,18 @@ def check_augment(names: Sequence[str], probability: float, versions: int, twin:
         raise ValueError(f"augment: {list(names)} names an augmentation twice")
     if not 0.0 < probability <= 1.0:
         raise ValueError(f"augment_probability must be in (0, 1], got {probability}")
-    if "renderer" in names and (versions < 2 or not twin):
-        why = ("the data is a real file, which has one rendering" if versions >= 2 else
-               "this dataset's twin has one renderer version (only 3D Shapes has more)")
+    why = no_other_renderer(versions, twin)
+    if "renderer" in names and why:
         raise ValueError(f"augment: 'renderer' swaps the twin's renderer version, but {why}; leave it out")
     return names
+
+
+def no_other_renderer(versions: int, twin: bool) -> str | None:
+    """Why the data has no other renderer for the ``renderer`` augmentation to draw with (a twin of
+    ``versions`` renderer versions; ``twin`` False: a real file), or None where it has one."""
+    if versions < 2:
+        return "this dataset's twin has one renderer version (only 3D Shapes has more)"
+    return None if twin else "the data is a real file, which has one rendering"
 
 
 def _per_item(t: torch.Tensor) -> torch.Tensor:

@@ -31,7 +31,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from .augment import augment_images, check_augment
+from .augment import augment_images, check_augment, no_other_renderer
 from .factors import ActionSpace, FactorSpace
 from .pairs import DEFAULT_FRACTIONS, SPLITS, batch_passthrough
 from .sources import DEFAULT_TWIN_VERSION, ArraySource, TwinSource, to_float_images
@@ -105,11 +105,10 @@ class DataConfig:
         if not isinstance(version, str):
             raise ValueError(f"renderer_version must be a twin version such as '1', got {version!r} "
                              f"({type(version).__name__})")
-        others = [v for v in choices if v != self.twin_version]
-        if not others or self.data_root is not None:
-            why = ("the data is a real file, which has one rendering" if self.data_root is not None else
-                   "this dataset's twin has one renderer version (only 3D Shapes has more)")
+        why = no_other_renderer(len(choices), self.data_root is None)
+        if why:
             raise ValueError(f"renderer_version {version!r} names a renderer of the twin, but {why}; leave it out")
+        others = [v for v in choices if v != self.twin_version]
         if version not in others:
             raise ValueError(f"renderer_version must be another version of the {self.dataset} twin than "
                              f"twin_version {self.twin_version!r}: one of {', '.join(map(repr, others))}, "
