@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from causal_vqvae import edit, load
+from causal_vqvae.pretrained import model_twin_version
 from datamodules.datamodule import build_datamodule
 
 CHECKPOINTS = Path(__file__).resolve().parents[2] / "checkpoints"
@@ -40,7 +41,9 @@ def test_released_model_loads_edits_and_retrieves(name, monkeypatch, tmp_path):
     dataset = RELEASED[name]
     assert model.config.dataset == dataset
 
-    dm = build_datamodule(dataset, test_length=256, num_workers=0)
+    # on the twin the model was trained on: its metadata's version (3D Shapes), as bench does by default
+    version = model_twin_version(model) or "1"
+    dm = build_datamodule(dataset, test_length=256, num_workers=0, twin_version=version)
     batch = dm.sample_batch("test", size=256)
     with torch.no_grad():
         codes, target = model.encode_codes(batch["image"]), model.encode_codes(batch["image_next"])
