@@ -36,7 +36,8 @@ training stops with the step where it happened, keeping the last good checkpoint
 ``--preset cpu-small`` is a model and schedule small enough to learn something meaningful on two
 CPU cores in a few minutes, ``--preset small`` a model of the released models' size for one GPU
 (see PRESETS); ``--config FILE`` (JSON or YAML) overrides any field:
-``{"model": {...}, "train": {...}, "data": {...}}``.
+``{"model": {...}, "train": {...}, "data": {...}}``; given several times, later files override
+earlier ones key by key.
 """
 
 from __future__ import annotations
@@ -120,7 +121,9 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/latest",
                    help="run directory: checkpoints, config, logs, pictures (default %(default)s)")
     p.add_argument("--preset", choices=sorted(PRESETS), default="default", help="configuration preset")
-    p.add_argument("--config", default=None, help="JSON or YAML file of overrides: {model: {}, train: {}, data: {}}")
+    p.add_argument("--config", action="append", default=None, metavar="FILE",
+                   help="JSON or YAML file of overrides: {model: {}, train: {}, data: {}}; repeatable, a later file "
+                        "overriding an earlier one's keys")
     p.add_argument("--layout", choices=["grid", "tokens"], default=None, help="latent layout (model.latent_layout)")
     p.add_argument("--frequency", default=None,
                    help="pair frequency: balanced, proportional, rare:<factor>:<ratio> (the imbalanced setting)")

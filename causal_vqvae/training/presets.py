@@ -4,6 +4,7 @@ them: ``{"model": {...}, "train": {...}, "data": {...}}`` in JSON or YAML."""
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -66,13 +67,24 @@ RUN_DATA_FIELDS = ("dataset", "data_root", "seed", "mode")
 SECTIONS = ("model", "train", "data")
 
 
-def read_overrides(path: str | None) -> dict[str, dict[str, Any]]:
-    """The sections of a ``--config`` file (JSON, or YAML by its suffix), each checked against the
+def read_overrides(paths: str | Sequence[str] | None) -> dict[str, dict[str, Any]]:
+    """The sections of ``--config`` files (JSON, or YAML by its suffix), each checked against the
     configuration it overrides (:func:`~causal_vqvae.validation.check_settings`: known keys, with
-    close ones suggested, and declared types). A problem raises SettingsError (a ValueError) naming
-    the file, the section and the key. Ranges are checked when the run builds its configurations."""
-    if path is None:
+    close ones suggested, and declared types). Several files are merged key by key in order, so a
+    later file overrides an earlier one's keys and keeps the rest (``--config window.json --config
+    renderer1.json``). A problem raises SettingsError (a ValueError) naming the file, the section and
+    the key. Ranges are checked when the run builds its configurations."""
+    if paths is None:
         return {}
+    merged: dict[str, dict[str, Any]] = {}
+    for path in [paths] if isinstance(paths, str) else paths:
+        for name, section in _read_file(path).items():
+            merged.setdefault(name, {}).update(section)
+    return merged
+
+
+def _read_file(path: str) -> dict[str, dict[str, Any]]:
+    """One ``--config`` file's checked sections (:func:`read_overrides`)."""
     from datamodules.datamodule import DataConfig
 
     from ..config import ModelConfig

@@ -113,7 +113,7 @@ def _run(args: argparse.Namespace, argv: list[str] | None, cleanup: contextlib.E
         train_fields["code_pool"] = args.code_pool
     if args.keep is not None:
         train_fields["keep"] = args.keep
-    source = f"--config {args.config}" if args.config else f"--preset {args.preset}"
+    source = " ".join(f"--config {path}" for path in args.config) if args.config else f"--preset {args.preset}"
     train_config = build_settings(TrainConfig, train_fields, f"{source}, train")
     stages = args.stage or [s for s in STAGES if train_config.steps(s) > 0]
     if args.max_steps:

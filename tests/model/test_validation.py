@@ -75,3 +75,19 @@ def test_a_yaml_config_reads_exponents_as_numbers(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("train:\n  causal_lr: 3e-3\n  vqvae_lr: 2.0E-3\n  causal_steps: 100\n")
     assert read_overrides(str(path)) == {"train": {"causal_lr": 0.003, "vqvae_lr": 0.002, "causal_steps": 100}}
+
+
+def test_several_config_files_merge_key_by_key_in_order(tmp_path):
+    from causal_vqvae.training.presets import read_overrides
+
+    first, second = tmp_path / "a.json", tmp_path / "b.yaml"
+    first.write_text('{"model": {"edit_loss_weight": 1000, "keep_threshold": 0.5}, "train": {"causal_lr": 0.001}}')
+    second.write_text("model:\n  keep_threshold: 0.25\ndata:\n  renderer_version: '1'\n")
+    assert read_overrides([str(first), str(second)]) == {
+        "model": {"edit_loss_weight": 1000, "keep_threshold": 0.25},
+        "train": {"causal_lr": 0.001},
+        "data": {"renderer_version": "1"},
+    }
+    assert read_overrides([str(second), str(first)])["model"]["keep_threshold"] == 0.5
+    with pytest.raises(SettingsError, match=r"--config .*missing\.json: no such file"):
+        read_overrides([str(first), str(tmp_path / "missing.json")])
