@@ -24,6 +24,7 @@ SCRIPTS = {
     **{name: f"experiments/{name}/{name}.py" for name in (
         "graph_lr", "retrieval_head_variants", "transition_scores", "eval_graph_rules", "step_times")},
     "release_checkpoint": "scripts/release_checkpoint.py",
+    "edits_by_source_value": "scripts/edits_by_source_value.py",
     "start_time": "benchmarks/start_time.py",
 }
 
@@ -249,6 +250,31 @@ def test_eval_graph_rules_tiny_cpu(tmp_path, capsys):
     for r in record["results"].values():
         assert 0 <= r["code_accuracy"] <= 1 and 0 <= r["retrieval_transition_accuracy"] <= 1
     assert "| top-3 | 3.0 |" in capsys.readouterr().out
+
+
+def test_edits_by_source_value_rows_cover_every_valid_edit_of_the_factor(tmp_path, capsys):
+    import torch
+    from tiny import tiny_dsprites_model
+
+    model = tiny_dsprites_model().eval()
+    with torch.no_grad():  # a graph that intervenes on no node: nothing is covered, no code is right
+        model.graph.target_logits.fill_(-30.0)
+    model.save_pretrained(tmp_path / "model")
+    study = _load("edits_by_source_value")
+    out = tmp_path / "out" / "scale.json"
+    assert study.main(["--model", str(tmp_path / "model"), "--data", "dsprites", "--factor", "scale",
+                       "--per-value", "3", "--out", str(out)]) == 0
+    record = json.loads(out.read_text())
+    # dSprites' 6 scales: scale- from 1..5 and scale+ from 0..4, never off the ends
+    assert [(r["value"], r["action"]) for r in record["rows"]] == [
+        (0, "scale+"), *[(v, a) for v in range(1, 5) for a in ("scale-", "scale+")], (5, "scale-")]
+    for r in record["rows"]:
+        assert r["count"] == 3 and r["intervened"] == 0 and r["covered"] == 0 and r["code_accuracy"] == 0
+        assert 0 <= r["exact"] + r["unchanged"] <= 1 and r["changed"] >= 0
+    assert "--factor scale" in record["command"] and record["seed"] == 1234
+    assert "    5 scale-" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="--factor 'size' is not a factor of dsprites: choose one of"):
+        study.main(["--model", str(tmp_path / "model"), "--data", "dsprites", "--factor", "size"])
 
 
 def _bench_record(device_name: str, head: float, exactness: bool) -> dict:
