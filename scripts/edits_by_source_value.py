@@ -17,7 +17,6 @@ changed nodes given the target's code. Deterministic: evaluation draws no sample
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
