@@ -11,7 +11,8 @@ render (:func:`causal_vqvae.eval.judge.judge_edits`): ``exact`` and ``unchanged`
 verdicts, in code space: ``changed``, the nodes whose code differs between the encoded source and
 the encoded render of the target; ``intervened``, the nodes the transition intervenes on;
 ``covered``, the fraction of changed nodes that are intervened; ``code_accuracy``, the fraction of
-changed nodes given the target's code. Deterministic: evaluation draws no samples.
+changed nodes given the target's code (both None where no node changed). Deterministic: evaluation
+draws no samples.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from causal_vqvae import load  # noqa: E402
+from causal_vqvae.cli.common import positive_int  # noqa: E402
 from causal_vqvae.eval.data import bench_twin_version, twin_datamodule  # noqa: E402
 from causal_vqvae.eval.judge import judge_edits  # noqa: E402
 from causal_vqvae.files import write_json  # noqa: E402
@@ -39,7 +41,7 @@ def by_source_value(model, dm, factor: str, per_value: int, seed: int) -> list[d
     f = space.factor_index(factor)
     generator = torch.Generator().manual_seed(seed)
     rows = []
-    for value in range(space.factors[f].size):
+    for value in range(space.factors[f].cycle):  # a cyclic factor's aliases (dSprites' 39 = 0) once
         for action in (a for a in actions if a.factor == f):
             states = space.sample(per_value, generator)
             states[:, f] = value
@@ -53,17 +55,22 @@ def by_source_value(model, dm, factor: str, per_value: int, seed: int) -> list[d
             verdicts = judge_edits(model.decode_codes(step.predicted_codes).float(), states, target, space, render)
             changed = source_codes != target_codes
             intervened = step.intervened > 0.5
+            some = int(changed.sum())
             rows.append({
                 "value": value, "action": action.name, "count": per_value,
                 "exact": round(float(verdicts["exact"].float().mean()), 4),
                 "unchanged": round(float(verdicts["unchanged"].float().mean()), 4),
                 "changed": round(float(changed.float().sum(1).mean()), 2),
                 "intervened": round(float(intervened.float().sum(1).mean()), 2),
-                "covered": round(float((changed & intervened).sum() / changed.sum().clamp_min(1)), 4),
-                "code_accuracy": round(float(((step.predicted_codes == target_codes) & changed).sum()
-                                             / changed.sum().clamp_min(1)), 4),
+                "covered": round(int((changed & intervened).sum()) / some, 4) if some else None,
+                "code_accuracy": round(int(((step.predicted_codes == target_codes) & changed).sum()) / some, 4)
+                if some else None,
             })
     return rows
+
+
+def _pct(rate: float | None) -> str:
+    return "-" if rate is None else f"{rate:.1%}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,18 +80,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--factor", required=True, help="the factor whose actions are studied, e.g. scale")
     p.add_argument("--twin-version", default=None,
                    help="3D Shapes renderer version (default: the model's own, from its metadata)")
-    p.add_argument("--per-value", type=int, default=100, help="source states per (value, action) (default 100)")
+    p.add_argument("--per-value", type=positive_int, default=100,
+                   help="source states per (value, action) (default 100)")
     p.add_argument("--seed", type=int, default=1234, help="seed of the source states (default 1234)")
     p.add_argument("--out", default=None, help="write the rows and the command as JSON here")
     args = p.parse_args(argv)
+    if args.twin_version is not None and args.data != "shapes3d":
+        raise SystemExit(f"--twin-version is a 3D Shapes renderer version; {args.data} has one twin: drop it")
     model = load(args.model, device="cpu", expect_dataset=args.data)
-    version, version_from = bench_twin_version(args.twin_version, model)
-    dm = twin_datamodule(args.data, 8, 8, args.seed, version if args.data == "shapes3d" else "1")
-    try:
-        dm.space.factor_index(args.factor)
-    except (KeyError, ValueError):
-        raise SystemExit(f"--factor {args.factor!r} is not a factor of {args.data}: "
-                         f"choose one of {', '.join(dm.space.names)}") from None
+    version, version_from = bench_twin_version(args.twin_version, model) if args.data == "shapes3d" else ("1", "")
+    dm = twin_datamodule(args.data, 8, 8, args.seed, version)
+    moving = [factor.name for factor in dm.space.factors if not factor.constant]
+    if args.factor not in moving:
+        raise SystemExit(f"--factor {args.factor!r} is not a factor of {args.data} that an action moves: "
+                         f"choose one of {', '.join(moving)}")
     rows = by_source_value(model, dm, args.factor, args.per_value, args.seed)
     print(f"{args.model} on the {args.data} twin" + (f" (renderer version {version}, from {version_from})"
                                                       if args.data == "shapes3d" else "")
@@ -93,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{'covered':>7} {'code acc':>8}")
     for r in rows:
         print(f"{r['value']:>5} {r['action']:<14} {r['exact']:>6.1%} {r['unchanged']:>9.1%} {r['changed']:>7.1f} "
-              f"{r['intervened']:>10.1f} {r['covered']:>7.1%} {r['code_accuracy']:>8.1%}")
+              f"{r['intervened']:>10.1f} {_pct(r['covered']):>7} {_pct(r['code_accuracy']):>8}")
     if args.out:
         write_json(args.out, {
             "command": "python scripts/edits_by_source_value.py " + " ".join(sys.argv[1:] if argv is None else argv),

@@ -4,6 +4,7 @@ them: ``{"model": {...}, "train": {...}, "data": {...}}`` in JSON or YAML."""
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -67,23 +68,27 @@ RUN_DATA_FIELDS = ("dataset", "data_root", "seed", "mode")
 SECTIONS = ("model", "train", "data")
 
 
-def read_overrides(paths: str | Sequence[str] | None) -> dict[str, dict[str, Any]]:
+def read_overrides(paths: str | os.PathLike | Sequence[str | os.PathLike] | None,
+                   origins: dict[str, list[str]] | None = None) -> dict[str, dict[str, Any]]:
     """The sections of ``--config`` files (JSON, or YAML by its suffix), each checked against the
     configuration it overrides (:func:`~causal_vqvae.validation.check_settings`: known keys, with
     close ones suggested, and declared types). Several files are merged key by key in order, so a
     later file overrides an earlier one's keys and keeps the rest (``--config window.json --config
     renderer1.json``). A problem raises SettingsError (a ValueError) naming the file, the section and
-    the key. Ranges are checked when the run builds its configurations."""
+    the key. Ranges are checked when the run builds its configurations, which name the files that set
+    a section: ``origins``, when given, is filled with them (section -> the files, in order)."""
     if paths is None:
         return {}
     merged: dict[str, dict[str, Any]] = {}
-    for path in [paths] if isinstance(paths, str) else paths:
+    for path in [paths] if isinstance(paths, (str, os.PathLike)) else paths:
         for name, section in _read_file(path).items():
             merged.setdefault(name, {}).update(section)
+            if origins is not None and section and str(path) not in origins.setdefault(name, []):
+                origins[name].append(str(path))
     return merged
 
 
-def _read_file(path: str) -> dict[str, dict[str, Any]]:
+def _read_file(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
     """One ``--config`` file's checked sections (:func:`read_overrides`)."""
     from datamodules.datamodule import DataConfig
 

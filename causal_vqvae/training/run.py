@@ -1,7 +1,7 @@
 """A training run: the stages in order, each handing its weights to the next (see
 :mod:`causal_vqvae.cli.train` for the flags and the run folder's contents).
 
-Configuration comes in layers: a preset, then the ``--config`` file, then the flags. Each stage
+Configuration comes in layers: a preset, then the ``--config`` files in order, then the flags. Each stage
 builds its DataModule (or a code pool of it), wraps the model in :class:`CausalVQVAEModule` and fits
 it with Lightning, checkpointing every ``val_every`` steps so that ``--resume last`` continues
 exactly; its weights are then saved with ``save_pretrained`` under ``OUT/<stage>``.
@@ -102,10 +102,11 @@ def _run(args: argparse.Namespace, argv: list[str] | None, cleanup: contextlib.E
     if args.resume and getattr(args, "overwrite", False):  # refused before anything is made or read
         raise SystemExit("--resume continues a run and --overwrite replaces it: give one of them")
     preset = PRESETS[args.preset]
-    overrides = read_overrides(args.config)
+    origins: dict[str, list[str]] = {}  # the --config files that set each section, for error messages
+    overrides = read_overrides(args.config, origins)
     device_kwargs = resolve_devices(args.gpus, args.precision, args.accelerator)
 
-    # ---- configurations: preset < --config file < flags
+    # ---- configurations: preset < --config files, in order < flags
     train_fields = {**preset["train"], **overrides.get("train", {})}
     if args.val_every is not None:
         train_fields["val_every"] = args.val_every
@@ -113,8 +114,12 @@ def _run(args: argparse.Namespace, argv: list[str] | None, cleanup: contextlib.E
         train_fields["code_pool"] = args.code_pool
     if args.keep is not None:
         train_fields["keep"] = args.keep
-    source = " ".join(f"--config {path}" for path in args.config) if args.config else f"--preset {args.preset}"
-    train_config = build_settings(TrainConfig, train_fields, f"{source}, train")
+
+    def source(section: str) -> str:
+        """Where a section's settings came from, for an error message: its --config files, or the preset."""
+        return " ".join(f"--config {path}" for path in origins.get(section, ())) or f"--preset {args.preset}"
+
+    train_config = build_settings(TrainConfig, train_fields, f"{source('train')}, train")
     stages = args.stage or [s for s in STAGES if train_config.steps(s) > 0]
     if args.max_steps:
         if len(args.max_steps) not in (1, len(stages)):
@@ -135,7 +140,7 @@ def _run(args: argparse.Namespace, argv: list[str] | None, cleanup: contextlib.E
         else CausalVQVAE.RETRIEVAL_HEAD_FIELDS if stages == ["head"] else ())
     if args.init and (args.layout or not set(model_overrides) <= changeable):
         raise SystemExit("--init takes the model's architecture from its config.json; drop --layout and the "
-                         f"config file's 'model' fields {sorted(set(model_overrides) - changeable)} (it may change "
+                         f"--config files' 'model' fields {sorted(set(model_overrides) - changeable)} (it may change "
                          "the training and scoring settings, CausalVQVAE.SETTINGS_FIELDS; with --stage head alone "
                          f"also {', '.join(CausalVQVAE.RETRIEVAL_HEAD_FIELDS)}; with --new-transition also the "
                          "graph and transition, CausalVQVAE.TRANSITION_FIELDS), or train from scratch without --init")
@@ -163,12 +168,12 @@ def _run(args: argparse.Namespace, argv: list[str] | None, cleanup: contextlib.E
                       ("twin_version", "twin_version"), ("augment", "augment")]:
         if getattr(args, flag, None) is not None:
             data_fields[key] = getattr(args, flag)
-    data_config = build_settings(DataConfig, data_fields, f"{source}, data", dataset=args.data,
+    data_config = build_settings(DataConfig, data_fields, f"{source('data')}, data", dataset=args.data,
                                  data_root=args.data_root, seed=args.seed)
 
     if train_config.code_pool:
         devices = device_kwargs["devices"] * args.num_nodes
-        given = "--code-pool" if args.code_pool is not None else f"{source}: train.code_pool"
+        given = "--code-pool" if args.code_pool is not None else f"{source('train')}: train.code_pool"
         if train_config.code_pool < data_config.batch_size * devices:
             raise SystemExit(f"{given} {train_config.code_pool} is smaller than one batch "
                              f"({data_config.batch_size} pairs x {devices} device(s)): pass a larger pool, e.g. 40000")
@@ -206,7 +211,7 @@ def _run(args: argparse.Namespace, argv: list[str] | None, cleanup: contextlib.E
                 if grid_only not in model_overrides:
                     model_fields.pop(grid_only, None)
         model = CausalVQVAE(build_settings(
-            ModelConfig, model_fields, f"{source}, model", in_channels=probe.channels, dataset=args.data,
+            ModelConfig, model_fields, f"{source('model')}, model", in_channels=probe.channels, dataset=args.data,
             num_actions=len(actions), action_names=tuple(actions.names), seed=args.seed))
     log.info("data: %s | %d actions | model: %s, %s parameters", probe.description, len(actions),
              model.config.latent_layout, f"{model.parameter_counts()['total']:,}")

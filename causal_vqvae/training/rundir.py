@@ -101,7 +101,7 @@ def check_same_run(path: Path, resolved: dict[str, Any]) -> None:
                 if changed:
                     restore[section] = changed
         hint = "" if not older else (f" (it predates {', '.join(k for s in older.values() for k in s)}: "
-                                     f"add {json.dumps(restore)} to the --config file)")
+                                     f"add {json.dumps(restore)} to a --config file)")
         raise SystemExit(f"--resume: {path} was written by a run with other settings ({details}); "
                          f"resume with the original flags{hint}, or pass a new --out to start a new run")
 

@@ -252,13 +252,15 @@ def test_eval_graph_rules_tiny_cpu(tmp_path, capsys):
     assert "| top-3 | 3.0 |" in capsys.readouterr().out
 
 
-def test_edits_by_source_value_rows_cover_every_valid_edit_of_the_factor(tmp_path, capsys):
+@pytest.mark.parametrize("logit", [-30.0, 30.0])
+def test_edits_by_source_value_rows_cover_every_valid_edit_of_the_factor(logit, tmp_path, capsys):
     import torch
     from tiny import tiny_dsprites_model
 
     model = tiny_dsprites_model().eval()
-    with torch.no_grad():  # a graph that intervenes on no node: nothing is covered, no code is right
-        model.graph.target_logits.fill_(-30.0)
+    with torch.no_grad():  # a graph that intervenes on no node (-30) or on every node (+30)
+        model.graph.target_logits.fill_(logit)
+    nodes = model.graph.target_logits.shape[1]
     model.save_pretrained(tmp_path / "model")
     study = _load("edits_by_source_value")
     out = tmp_path / "out" / "scale.json"
@@ -269,12 +271,25 @@ def test_edits_by_source_value_rows_cover_every_valid_edit_of_the_factor(tmp_pat
     assert [(r["value"], r["action"]) for r in record["rows"]] == [
         (0, "scale+"), *[(v, a) for v in range(1, 5) for a in ("scale-", "scale+")], (5, "scale-")]
     for r in record["rows"]:
-        assert r["count"] == 3 and r["intervened"] == 0 and r["covered"] == 0 and r["code_accuracy"] == 0
-        assert 0 <= r["exact"] + r["unchanged"] <= 1 and r["changed"] >= 0
-    assert "--factor scale" in record["command"] and record["seed"] == 1234
+        assert r["count"] == 3 and 0 <= r["exact"] + r["unchanged"] <= 1 and r["changed"] >= 0
+        assert r["intervened"] == (0 if logit < 0 else nodes)
+        if r["changed"] == 0:  # nothing to cover: no figure rather than a miss
+            assert r["covered"] is None and r["code_accuracy"] is None
+        else:
+            assert r["covered"] == (0 if logit < 0 else 1)
+            if logit < 0:  # every node keeps the source's code, so no changed node gets the target's
+                assert r["code_accuracy"] == 0
+    assert "--factor scale" in record["command"] and record["seed"] == 1234 and record["twin_version"] == "1"
     assert "    5 scale-" in capsys.readouterr().out
-    with pytest.raises(SystemExit, match="--factor 'size' is not a factor of dsprites: choose one of"):
-        study.main(["--model", str(tmp_path / "model"), "--data", "dsprites", "--factor", "size"])
+    # orientation's aliased last class (39 = 0) is not a row of its own
+    study.main(["--model", str(tmp_path / "model"), "--data", "dsprites", "--factor", "orientation",
+                "--per-value", "1", "--out", str(out)])
+    assert sorted({r["value"] for r in json.loads(out.read_text())["rows"]}) == list(range(39))
+    for bad, message in ((["--factor", "size"], "--factor 'size' is not a factor of dsprites that an action moves"),
+                         (["--factor", "color"], "--factor 'color' is not a factor of dsprites that an action"),
+                         (["--factor", "scale", "--twin-version", "4"], "--twin-version is a 3D Shapes renderer")):
+        with pytest.raises(SystemExit, match=message):
+            study.main(["--model", str(tmp_path / "model"), "--data", "dsprites", *bad])
 
 
 def _bench_record(device_name: str, head: float, exactness: bool) -> dict:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import pytest
@@ -89,5 +90,27 @@ def test_several_config_files_merge_key_by_key_in_order(tmp_path):
         "data": {"renderer_version": "1"},
     }
     assert read_overrides([str(second), str(first)])["model"]["keep_threshold"] == 0.5
-    with pytest.raises(SettingsError, match=r"--config .*missing\.json: no such file"):
-        read_overrides([str(first), str(tmp_path / "missing.json")])
+    empty, nulls = tmp_path / "empty.yaml", tmp_path / "nulls.yaml"
+    empty.write_text("")
+    nulls.write_text("model:\ntrain:\n")
+    origins: dict[str, list[str]] = {}  # the files that set each section, for the run's range errors
+    assert read_overrides([first, empty, nulls, second], origins) == read_overrides([str(first), str(second)])
+    assert origins == {"model": [str(first), str(second)], "train": [str(first)], "data": [str(second)]}
+    missing = tmp_path / "missing.json"
+    with pytest.raises(SettingsError, match=rf"^--config {re.escape(str(missing))}: no such file"):
+        read_overrides([str(first), str(missing)])
+
+
+def test_config_is_repeatable_and_a_range_error_names_the_file_that_set_the_section(tmp_path, capsys):
+    from causal_vqvae.cli.train import build_parser
+    from causal_vqvae.cli.train import main as train_main
+
+    assert build_parser().parse_args(["--data", "dsprites", "--config", "a", "--config", "b"]).config == ["a", "b"]
+    model, train = tmp_path / "model.json", tmp_path / "train.json"
+    model.write_text('{"model": {"keep_threshold": 0.5}}')
+    train.write_text('{"train": {"causal_lr": -1.0}}')
+    with pytest.raises(SystemExit):
+        train_main(["--data", "dsprites", "--preset", "cpu-small", "--config", str(model), "--config", str(train),
+                    "--out", str(tmp_path / "run"), "--max-steps", "1"])
+    printed = capsys.readouterr().err
+    assert f"--config {train}, train: causal_lr" in printed and str(model) not in printed
