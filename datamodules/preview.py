@@ -3,8 +3,9 @@
     python -m datamodules.preview --data shapes3d --out preview.png [--data-root DIR] [--seed 0]
     python -m datamodules.preview --data shapes3d --twin-version 2 --sample out/sample.png
 
-``--twin-version`` picks the renderer of the 3D Shapes twin (``"1"``, the default, ``"2"`` or ``"3"``,
-``docs/twin_fidelity.md``); a sample's PNG records its factors and, for a twin, that version.
+``--twin-version`` picks the renderer of the 3D Shapes twin (``"1"``, the default, to ``"4"``, the
+released model's and the closest to the real frames, ``docs/twin_fidelity.md``); a sample's PNG
+records its factors and, for a twin, that version.
 
 dSprites / 3D Shapes: one row per factor, each row moves that factor across its values (up to
 ``--steps`` evenly spaced classes) from one validation state. CelebA: one row per chosen attribute,
@@ -130,8 +131,9 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> Path:
     parser.add_argument("--data", choices=sorted(DATASETS), default="shapes3d", help="dataset to preview")
     parser.add_argument("--data-root", default=None, help="folder or file of the real dataset; omit for the twin")
     parser.add_argument("--twin-version", choices=sorted(TWIN_VERSIONS), default="1",
-                        help="renderer version of the 3D Shapes procedural twin: 1 (default; the released models' "
-                             "twin), 2 or 3 (closer to the real frames, docs/twin_fidelity.md); not with --data-root")
+                        help="renderer version of the 3D Shapes procedural twin: 1 (default), 2, 3 or 4 (each closer "
+                             "to the real frames; 4 is the released model's twin, docs/twin_fidelity.md); not with "
+                             "--data-root")
     parser.add_argument("--out", type=Path, default=None,
                         help="PNG path, or a folder to write preview_<data>.png in (default: out/)")
     parser.add_argument("--steps", type=int, default=10, help="images per row")

@@ -28,9 +28,9 @@ from ..locate import RELEASED_NAMES
 # The 3D Shapes twin's renderer versions (datamodules.shapes3d.TWIN_VERSIONS, without importing torch;
 # a test keeps the two alike) and what each is, for --twin-version's help.
 TWIN_VERSIONS = ("1", "2", "3", "4")
-TWIN_VERSIONS_HELP = ("1 (the released models' twin), 2 (closer to DeepMind's real frames), 3 (2 with the "
-                      "objects shaded as in those frames) or 4 (the closest: the camera measured from the "
-                      "room's lines; docs/twin_fidelity.md)")
+TWIN_VERSIONS_HELP = ("1 (the first twin), 2 (closer to DeepMind's real frames), 3 (2 with the objects shaded "
+                      "as in those frames) or 4 (the closest: the camera measured from the room's lines; the "
+                      "released 3D Shapes model's twin; docs/twin_fidelity.md)")
 
 __all__ = [
     "DEBUG_VARIABLE",
