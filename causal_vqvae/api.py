@@ -66,8 +66,8 @@ __all__ = [
 
 RETRIEVAL_METHODS = ("transition", "head")
 # The default, as in CausalVQVAE.retrieve: on 5,000 held-out twin pairs the released models retrieve
-# 99.98% (3D Shapes) and 99.86% (dSprites) of actions with the head, 99.66% and 97.54% by transition
-# (benchmarks/results/edits/bench_*_edit1000_retrieval_cpu.json).
+# 99.96% (3D Shapes) and 99.94% (dSprites) of actions with the head, 99.94% and 99.66% by transition
+# (benchmarks/results/release_v4/, benchmarks/results/window/).
 DEFAULT_RETRIEVAL_METHOD = "head"
 ModelLike = CausalVQVAE | str | os.PathLike
 

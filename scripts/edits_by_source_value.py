@@ -2,7 +2,7 @@
 which edits of a factor fail, and whether the intervention reaches the nodes the edit changes.
 
     python scripts/edits_by_source_value.py --model checkpoints/shapes3d_twin --data shapes3d --factor scale \
-        --out experiments/twin_v4/scale_edits/released.json
+        --out out/shapes3d_twin_scale.json
 
 For every value v of ``--factor`` and each action on it that is valid from v, ``--per-value`` source
 states are drawn from the procedural twin (every other factor uniform, a generator seeded with
