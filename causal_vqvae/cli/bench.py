@@ -232,7 +232,8 @@ def bench(argv: Sequence[str] | None = None, prog: str = PROG) -> dict:
                                   **evaluate_real_images(model, real, device, args.batch)}
 
     meta = {
-        "data": f"{args.data} procedural twin" + ("" if twin_version == "1" else f" (renderer version {twin_version})"),
+        # 3D Shapes always names its renderer version (a model card copies this line)
+        "data": f"{args.data} procedural twin" + (f" (renderer version {twin_version})" if args.data == "shapes3d" else ""),
         "twin_version": twin_version,
         "twin_version_from": twin_version_from,  # --twin-version, model metadata or default
         "model": str(directory.resolve()),

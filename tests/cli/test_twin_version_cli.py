@@ -76,7 +76,7 @@ def test_bench_of_a_version_2_model_uses_version_2_and_says_so(model_dirs, tmp_p
         "shapes3d procedural twin (renderer version 2, from model metadata), 8 test pairs")
     data = bench(["--model", str(model_dirs["2"]), *flags, "--twin-version", "1", "--out", str(tmp_path / "v1.json")])
     assert data["meta"]["twin_version"] == "1" and data["meta"]["twin_version_from"] == "--twin-version"
-    assert data["meta"]["data"] == "shapes3d procedural twin"
+    assert data["meta"]["data"] == "shapes3d procedural twin (renderer version 1)"
 
 
 def test_the_cached_networks_keep_their_version_1_keys_and_get_new_ones_for_version_2(tmp_path):
