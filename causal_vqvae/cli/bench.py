@@ -233,7 +233,8 @@ def bench(argv: Sequence[str] | None = None, prog: str = PROG) -> dict:
 
     meta = {
         # 3D Shapes always names its renderer version (a model card copies this line)
-        "data": f"{args.data} procedural twin" + (f" (renderer version {twin_version})" if args.data == "shapes3d" else ""),
+        "data": f"{args.data} procedural twin"
+                + (f" (renderer version {twin_version})" if args.data == "shapes3d" else ""),
         "twin_version": twin_version,
         "twin_version_from": twin_version_from,  # --twin-version, model metadata or default
         "model": str(directory.resolve()),
