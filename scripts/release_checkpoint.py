@@ -146,8 +146,8 @@ def model_card(name: str, run: dict[str, Any], stages: dict[str, dict[str, Any]]
         f"# {name}",
         "",
         f"A `CausalVQVAE` ({model['latent_layout']} layout, {final['parameters']:,} parameters, "
-        f"{size_bytes / 1e6:.1f} MB) for the **{final['data']}** ({len(model['action_names'])} actions: "
-        f"{', '.join(model['action_names'])}).",
+        f"{size_bytes / 1e6:.1f} MB) for the **{final['data']}**. Its {len(model['action_names'])} actions: "
+        f"{', '.join(model['action_names'])}.",
         "",
         "```python",
         "from causal_vqvae import load, edit, retrieve_action",
