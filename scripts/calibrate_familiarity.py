@@ -6,7 +6,8 @@ training data), and report the errors of other kinds of image beside them.
         --report benchmarks/results/familiarity/shapes3d_twin.json
 
 Training records this for every stage it saves; this script adds it to models saved before that (the
-released ones). ``--report`` measures, with the same model: held-out twin images, the real frames of
+released ones). ``--report`` measures, with the same model: held-out twin images (of the model's 3D
+Shapes twin version, and of version 1 for a model trained on another), the real frames of
 ``../shared/data`` (when present), CelebA-twin faces in colour and in gray, and uniform noise.
 """
 
@@ -26,14 +27,16 @@ sys.path.insert(0, str(ROOT))
 from causal_vqvae import load  # noqa: E402
 from causal_vqvae.familiarity import FACTOR, METADATA_KEY, calibrate, reconstruction_errors  # noqa: E402
 from causal_vqvae.files import write_json  # noqa: E402
-from causal_vqvae.pretrained import METADATA_NAME  # noqa: E402
+from causal_vqvae.pretrained import METADATA_NAME, model_twin_version  # noqa: E402
 from datamodules.datamodule import build_datamodule  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
 
 
-def held_out(data: str, n: int, split: str = "val") -> tuple[torch.Tensor, str]:
-    dm = build_datamodule(data, mode="images", num_workers=0, val_length=n, test_length=n)
+def held_out(data: str, n: int, split: str = "val", twin_version: str = "1") -> tuple[torch.Tensor, str]:
+    """``n`` held-out images of ``data`` (3D Shapes: its twin of renderer ``twin_version``) and their description."""
+    versioned = {"twin_version": twin_version} if data == "shapes3d" else {}
+    dm = build_datamodule(data, mode="images", num_workers=0, val_length=n, test_length=n, **versioned)
     dm.prepare_data()
     return dm.sample_batch(split, size=n)["image"], dm.description
 
@@ -66,7 +69,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     folder = resolve_model(args.model)
     model = load(folder, device="cpu")
-    images, description = held_out(args.data, args.images)
+    version = model_twin_version(model) or "1"  # 3D Shapes: the twin the model was trained on
+    images, description = held_out(args.data, args.images, twin_version=version)
     record = calibrate(model, images, f"{description}, validation images")
     print(f"{folder}: held-out reconstruction error p50 {record['p50']:.2e}, p99 {record['p99']:.2e}, "
           f"max {record['max']:.2e}; unfamiliar above {record['threshold']:.2e}")
@@ -78,14 +82,16 @@ def main(argv: list[str] | None = None) -> dict:
               "model": str(folder), "device": "cpu", "record": record, "kinds": []}
     if args.report:
         gen = torch.Generator().manual_seed(0)
-        test, _ = held_out(args.data, 256, split="test")
+        test, _ = held_out(args.data, 256, split="test", twin_version=version)
+        first = held_out(args.data, 256, split="test")[0] if args.data == "shapes3d" and version != "1" else None
         faces, _ = held_out("celeba", 64) if args.data != "celeba" else held_out("shapes3d", 64)
         gray = faces.mean(1, keepdim=True)
         if model.config.in_channels == 1:
             faces = gray
         else:
             gray = gray.expand(-1, 3, -1, -1)
-        kinds = [("held-out twin images (test split)", test), ("real frames (shared GIF)", real_frames(args.data)),
+        kinds = [("held-out twin images (test split)", test),
+                 ("held-out twin images, version 1 renders", first), ("real frames (shared GIF)", real_frames(args.data)),
                  ("CelebA-twin faces" if args.data != "celeba" else "3D Shapes twin renders", faces),
                  ("the same, gray", gray),
                  ("uniform noise", torch.rand(64, model.config.in_channels, 64, 64, generator=gen))]
