@@ -12,8 +12,8 @@ this project's CPU (one thread a run, two runs side by side), a causal step of t
 size took 0.70-0.76 s on a 40,000-pair pool, against 1.10 s on rendered and encoded pairs, after
 3.5-6 minutes to encode the pool (``benchmarks/results/causal_cpu/README.md``). Pairs outside
 the pool are never trained on, so keep it large next to the training split (3D Shapes: 336,000
-states; a whole run of the `small` preset on a 40,000-pair pool, the first 3D Shapes release,
-retrieved 98.1% of the test pairs by transition).
+states; a whole run of the `small` preset on a 40,000-pair pool, ``shapes3d_small_pool``, where an
+earlier 3D Shapes release started, retrieved 98.1% of the test pairs by transition).
 
 Items are pure functions of their index (``datamodules``), so the pool is the same on every DDP
 rank and when a run resumes; each rank encodes all of it and the sampler shards the batches.
