@@ -35,8 +35,7 @@ SHARED = ROOT.parent / "shared" / "data"
 
 def held_out(data: str, n: int, split: str = "val", twin_version: str = "1") -> tuple[torch.Tensor, str]:
     """``n`` held-out images of ``data`` (3D Shapes: its twin of renderer ``twin_version``) and their description."""
-    versioned = {"twin_version": twin_version} if data == "shapes3d" else {}
-    dm = build_datamodule(data, mode="images", num_workers=0, val_length=n, test_length=n, **versioned)
+    dm = build_datamodule(data, mode="images", num_workers=0, val_length=n, test_length=n, twin_version=twin_version)
     dm.prepare_data()
     return dm.sample_batch(split, size=n)["image"], dm.description
 
@@ -91,7 +90,8 @@ def main(argv: list[str] | None = None) -> dict:
         else:
             gray = gray.expand(-1, 3, -1, -1)
         kinds = [("held-out twin images (test split)", test),
-                 ("held-out twin images, version 1 renders", first), ("real frames (shared GIF)", real_frames(args.data)),
+                 ("held-out twin images, version 1 renders", first),
+                 ("real frames (shared GIF)", real_frames(args.data)),
                  ("CelebA-twin faces" if args.data != "celeba" else "3D Shapes twin renders", faces),
                  ("the same, gray", gray),
                  ("uniform noise", torch.rand(64, model.config.in_channels, 64, 64, generator=gen))]

@@ -253,7 +253,7 @@ def test_eval_graph_rules_tiny_cpu(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("logit", [-30.0, 30.0])
-def test_edits_by_source_value_rows_cover_every_valid_edit_of_the_factor(logit, tmp_path, capsys):
+def test_edits_by_source_value_rows_cover_every_valid_edit_of_the_factor(logit, tmp_path, capsys, monkeypatch):
     import torch
     from tiny import tiny_dsprites_model
 
@@ -263,6 +263,14 @@ def test_edits_by_source_value_rows_cover_every_valid_edit_of_the_factor(logit, 
     nodes = model.graph.target_logits.shape[1]
     model.save_pretrained(tmp_path / "model")
     study = _load("edits_by_source_value")
+    judged = []  # what the script hands the judge: (edited images, sources, targets)
+
+    def spy(images, source, target, *rest):
+        judged.append((images.clone(), source.clone(), target.clone()))
+        return judge(images, source, target, *rest)
+
+    judge = study.judge_edits
+    monkeypatch.setattr(study, "judge_edits", spy)
     out = tmp_path / "out" / "scale.json"
     assert study.main(["--model", str(tmp_path / "model"), "--data", "dsprites", "--factor", "scale",
                        "--per-value", "3", "--out", str(out)]) == 0
@@ -280,6 +288,15 @@ def test_edits_by_source_value_rows_cover_every_valid_edit_of_the_factor(logit, 
             if logit < 0:  # every node keeps the source's code, so no changed node gets the target's
                 assert r["code_accuracy"] == 0
     assert "--factor scale" in record["command"] and record["seed"] == 1234 and record["twin_version"] == "1"
+    # every row judged model.edit's own output for its sources, aimed one step of its action away
+    dm = study.twin_datamodule("dsprites", 8, 8, 1234)
+    assert len(judged) == len(record["rows"])
+    for (images, source, target), row in zip(judged, record["rows"]):
+        ids = torch.full((len(source),), dm.actions.parse(row["action"]))
+        assert (source[:, dm.space.factor_index("scale")] == row["value"]).all()
+        assert torch.equal(target, dm.actions.apply(source, ids)[0])
+        with torch.no_grad():
+            assert torch.allclose(images, model.edit(dm.source.render(source), ids), atol=1e-6)
     assert "    5 scale-" in capsys.readouterr().out
     # orientation's aliased last class (39 = 0) is not a row of its own
     study.main(["--model", str(tmp_path / "model"), "--data", "dsprites", "--factor", "orientation",
