@@ -29,6 +29,7 @@ from causal_vqvae.familiarity import FACTOR, METADATA_KEY, calibrate, reconstruc
 from causal_vqvae.files import write_json  # noqa: E402
 from causal_vqvae.pretrained import METADATA_NAME, model_twin_version  # noqa: E402
 from datamodules.datamodule import build_datamodule  # noqa: E402
+from datamodules.shapes3d.fidelity import real_frames_64  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
 
@@ -41,17 +42,14 @@ def held_out(data: str, n: int, split: str = "val", twin_version: str = "1") -> 
 
 
 def real_frames(data: str) -> torch.Tensor | None:
-    """The shared real frames at the model's 64x64 (3D Shapes: the GIF's frames area-reduced)."""
-    from PIL import Image
-
+    """The shared real frames at the model's 64x64 (3D Shapes: the GIF's frames cut off and
+    area-reduced, as ``bench --real-images`` reads them)."""
     path = SHARED / f"{data}_real_frames.npz"
     if not path.is_file():
         return None
     with np.load(path, allow_pickle=False) as archive:
         if data == "shapes3d":
-            frames = np.stack([np.asarray(Image.fromarray(f).resize((64, 64), Image.BOX))
-                               for f in archive["images"]])
-            return torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255
+            return real_frames_64(archive["images"]).float() / 255
         return torch.from_numpy(archive["imgs"]).float()[:, None]
 
 
@@ -91,7 +89,8 @@ def main(argv: list[str] | None = None) -> dict:
             gray = gray.expand(-1, 3, -1, -1)
         kinds = [("held-out twin images (test split)", test),
                  ("held-out twin images, version 1 renders", first),
-                 ("real frames (shared GIF)", real_frames(args.data)),
+                 ("real frames (shared GIF, frame cut)" if args.data == "shapes3d" else "real frames (shared)",
+                  real_frames(args.data)),
                  ("CelebA-twin faces" if args.data != "celeba" else "3D Shapes twin renders", faces),
                  ("the same, gray", gray),
                  ("uniform noise", torch.rand(64, model.config.in_channels, 64, 64, generator=gen))]

@@ -25,6 +25,7 @@ SCRIPTS = {
         "graph_lr", "retrieval_head_variants", "transition_scores", "eval_graph_rules", "step_times")},
     "release_checkpoint": "scripts/release_checkpoint.py",
     "edits_by_source_value": "scripts/edits_by_source_value.py",
+    "chain_steps": "scripts/chain_steps.py",
     "start_time": "benchmarks/start_time.py",
 }
 
@@ -549,3 +550,131 @@ def test_start_time_times_each_command_in_fresh_processes(tmp_path, monkeypatch,
     table = capsys.readouterr().out
     assert re.search(r"causal-vqvae --help\s+\d+\.\d\d\s+\d+\.\d\d\s+\d+\s+< 1 s\s+(yes|no)", table)
     assert re.search(r"fails\s+.*< 0 s and < 100000 MB\s+no", table)
+
+
+
+def test_chain_steps_side_factor_names_the_neighbour_an_image_is_rendered_from():
+    import torch
+
+    study = _load("chain_steps")
+    dm = study.twin_datamodule("dsprites", 8, 8, 0)
+    space, render = dm.space, dm.source.render
+    targets = space.sample(6, torch.Generator().manual_seed(3))
+    targets[:, space.factor_index("scale")] = 2  # room to move either way
+    targets[:, space.factor_index("shape")] = 2  # a heart: no rotational symmetry
+    for name in ("scale", "posX", "orientation"):
+        f = space.factor_index(name)
+        moved = targets.clone()
+        moved[:, f] = (moved[:, f] + 1) % space.factors[f].cycle
+        assert study.side_factor(render(moved), targets, space, render).tolist() == [f] * 6
+
+
+def test_chain_steps_side_factor_leaves_out_a_symmetric_copy_of_the_target():
+    import torch
+
+    study = _load("chain_steps")
+    space = study.twin_datamodule("dsprites", 8, 8, 0).space
+    shape, orientation, pos_x = (space.factor_index(n) for n in ("shape", "orientation", "posX"))
+    cycle = space.factors[orientation].cycle
+
+    def render(states):  # a square's pose seen modulo a quarter turn; a step of posX costs 1
+        states = space.canonical(states).float()
+        turn = states[:, orientation] * (2 * math.pi / cycle) * 4
+        others = torch.cat([states[:, :orientation], states[:, orientation + 1:]], 1) * 5.0
+        others[:, pos_x - 1] /= 5.0
+        return torch.cat([others, 3 * torch.cos(turn)[:, None], 3 * torch.sin(turn)[:, None]], 1)[:, None, None]
+
+    square = space.sample(4, torch.Generator().manual_seed(1))
+    square[:, shape] = 0
+    # the target's own render: the copies turned by about 90 degrees (nearer it than a posX step)
+    # match it and are left out, so the nearest state one factor away is one posX step
+    assert study.side_factor(render(square), square, space, render).tolist() == [pos_x] * 4
+
+
+def test_chain_steps_judges_the_bench_chains_step_by_step(tmp_path, capsys, monkeypatch):
+    import torch
+    from tiny import tiny_dsprites_model
+
+    from causal_vqvae.eval.exactness import action_sequences
+
+    model = tiny_dsprites_model().eval()
+    with torch.no_grad():  # a graph that intervenes on every node: every edit changes codes
+        model.graph.target_logits.fill_(30.0)
+    model.save_pretrained(tmp_path / "model")
+    study = _load("chain_steps")
+    calls = []  # what the script hands the judge: (images, sources, targets, single_step, verdicts)
+    pattern = torch.Generator().manual_seed(11)
+
+    def spy(images, source, target, space, render, single_step=True):
+        verdicts = judge(images, source, target, space, render, single_step)
+        # verdicts of known pattern, so that every conditional rate has members on both sides
+        exact = torch.rand(len(source), generator=pattern) < 0.6
+        verdicts = {**verdicts, "exact": exact, "two_sided": exact & (torch.rand(len(source), generator=pattern) < 0.6)}
+        calls.append((images.clone(), source.clone(), target.clone(), single_step, verdicts))
+        return verdicts
+
+    judge = study.judge_edits
+    monkeypatch.setattr(study, "judge_edits", spy)
+    out = tmp_path / "out" / "chains.json"
+    assert study.main(["--model", str(tmp_path / "model"), "--data", "dsprites", "--pairs", "12",
+                       "--batch-size", "6", "--seed", "5", "--out", str(out)]) == 0
+    record = json.loads(out.read_text())
+    assert record["pairs"] == 12 and record["seed"] == 5 and "--pairs 12" in record["command"]
+    assert len(calls) == 2 * 5  # per batch: the first edit, the second from three codes, the chain
+    dm = study.twin_datamodule("dsprites", 12, 6, 5)  # bench's chains: its test items, its draws
+    space, actions, render = dm.space, dm.actions, dm.source.render
+    start = dm._datasets["test"].__getitems__(list(range(12)))["factors"]
+    ids, end = action_sequences(actions, start, 2, torch.Generator().manual_seed(5))
+    middle = actions.apply(start, ids[:, 0])[0]
+    got: dict[str, list] = {}
+    for b in range(2):
+        rows = slice(6 * b, 6 * b + 6)
+        first, chained, re_encoded, clean, chain = calls[5 * b:5 * b + 5]
+        assert [c[3] for c in (first, chained, re_encoded, clean, chain)] == [True, True, True, True, False]
+        assert torch.equal(first[1], start[rows]) and torch.equal(first[2], middle[rows])
+        for c in (chained, re_encoded, clean):  # the second edit, from the true middle state to the end
+            assert torch.equal(c[1], middle[rows]) and torch.equal(c[2], end[rows])
+        assert torch.equal(chain[1], start[rows]) and torch.equal(chain[2], end[rows])
+        with torch.no_grad():
+            codes = model.edit_codes(model.encode_codes(render(start[rows])), ids[rows, 0])
+            edited = model.decode_codes(codes)
+            clean_codes = model.encode_codes(render(middle[rows]))
+            expected = {
+                "first": edited,
+                "chained": model.decode_codes(model.edit_codes(codes, ids[rows, 1])),
+                "re_encoded": model.decode_codes(model.edit_codes(model.encode_codes(edited), ids[rows, 1])),
+                "clean": model.decode_codes(model.edit_codes(clean_codes, ids[rows, 1])),
+            }
+        for c, name in zip((first, chained, re_encoded, clean, chain),
+                           ("first", "chained", "re_encoded", "clean", "chained")):
+            assert torch.allclose(c[0], expected[name], atol=1e-6), name
+        for key, value in (("first_ok", first[4]["exact"]), ("first_2s", first[4]["two_sided"]),
+                           ("chained", chained[4]["exact"]), ("chained_2s", chained[4]["two_sided"]),
+                           ("re_encoded", re_encoded[4]["exact"]), ("clean", clean[4]["exact"]),
+                           ("chain", chain[4]["exact"]), ("codes_off", (codes != clean_codes).sum(1).float()),
+                           ("side", study.side_factor(edited, middle[rows], space, render))):
+            got.setdefault(key, []).append(value)
+    v = {key: torch.cat(value) for key, value in got.items()}
+
+    def mean(values, members):
+        return round(float(values[members].float().mean()), 4)
+
+    ok, steps, hidden = v["first_ok"], v["first_2s"] & v["chained_2s"], v["first_ok"] & ~v["first_2s"]
+    assert 0 < int(ok.sum()) < 12 and 0 < int(steps.sum()) < 12 and int(hidden.sum()) > 0
+    assert record["first"] == {"exact": mean(ok, slice(None)), "two_sided": mean(v["first_2s"], slice(None))}
+    for name in ("chained", "re_encoded", "clean"):
+        assert record["second"][name] == {"exact": mean(v[name], slice(None)),
+                                          "exact_after_exact_first": mean(v[name], ok)}
+    assert record["chain"] == {
+        "exact": mean(v["chain"], slice(None)), "exact_after_two_sided_steps": mean(v["chain"], steps),
+        "exact_otherwise": mean(v["chain"], ~steps), "two_sided_steps": mean(steps, slice(None)),
+        "exact_after_hidden_side_effect": mean(v["chain"], hidden)}
+    assert record["codes_off"] == round(float(v["codes_off"][ok].mean()), 2)
+    acted = actions.factor_of(ids[:, 0])
+    for f in actions.factors:
+        counts = torch.bincount(v["side"][hidden & (acted == f)], minlength=len(space.factors))
+        assert record["side_effects"][space.names[f]]["nearer_a_neighbour_moving"] == {
+            space.names[g]: int(c) for g, c in enumerate(counts.tolist()) if c}
+    counted = sum(sum(s["nearer_a_neighbour_moving"].values()) for s in record["side_effects"].values())
+    assert counted == int(hidden.sum())
+    assert "chain judged as one" in capsys.readouterr().out
