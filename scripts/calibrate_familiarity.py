@@ -49,7 +49,7 @@ def real_frames(data: str) -> torch.Tensor | None:
         return None
     with np.load(path, allow_pickle=False) as archive:
         if data == "shapes3d":
-            return real_frames_64(archive["images"]).float() / 255
+            return (real_frames_64(archive["images"]) / 255).float()
         return torch.from_numpy(archive["imgs"]).float()[:, None]
 
 
@@ -71,12 +71,17 @@ def main(argv: list[str] | None = None) -> dict:
     record = calibrate(model, images, f"{description}, validation images")
     print(f"{folder}: held-out reconstruction error p50 {record['p50']:.2e}, p99 {record['p99']:.2e}, "
           f"max {record['max']:.2e}; unfamiliar above {record['threshold']:.2e}")
+    metadata = json.loads((folder / METADATA_NAME).read_text())
     if args.write:
-        metadata = json.loads((folder / METADATA_NAME).read_text())
         write_json(folder / METADATA_NAME, {**metadata, METADATA_KEY: record}, sort_keys=True)
         print(f"wrote {METADATA_KEY} into {folder / METADATA_NAME}")
+    # The report flags images as edit does: by the threshold the model carries, where it has one.
+    carried = record if args.write else metadata.get(METADATA_KEY)
+    threshold = (carried or record)["threshold"]
     result = {"command": "python scripts/calibrate_familiarity.py " + " ".join(argv or sys.argv[1:]),
-              "model": str(folder), "device": "cpu", "record": record, "kinds": []}
+              "model": str(folder), "device": "cpu", "record": record, "threshold": threshold,
+              "threshold_from": "the model's metadata.json" if carried else "this calibration (not written)",
+              "kinds": []}
     if args.report:
         gen = torch.Generator().manual_seed(0)
         test, _ = held_out(args.data, 256, split="test", twin_version=version)
@@ -100,11 +105,12 @@ def main(argv: list[str] | None = None) -> dict:
                 continue
             errors = reconstruction_errors(model, batch)
             row = {"images": name, "n": len(errors), "median": float(errors.median()), "min": float(errors.min()),
-                   "unfamiliar": float((errors > record["threshold"]).float().mean())}
+                   "unfamiliar": float((errors > threshold).float().mean())}
             result["kinds"].append(row)
             print(f"{name:<40} {row['n']:>4} {row['median']:>13.2e} {row['min']:>10.2e} {row['unfamiliar']:>10.1%}")
         write_json(Path(args.report), result)
-        print(f"wrote {args.report} (unfamiliar: above {FACTOR:g}x the held-out 99th percentile)")
+        print(f"wrote {args.report} (unfamiliar: above {threshold:.2e}, {FACTOR:g}x the held-out 99th percentile "
+              f"of {result['threshold_from']})")
     return result
 
 

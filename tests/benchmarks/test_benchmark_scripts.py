@@ -26,6 +26,7 @@ SCRIPTS = {
     "release_checkpoint": "scripts/release_checkpoint.py",
     "edits_by_source_value": "scripts/edits_by_source_value.py",
     "chain_steps": "scripts/chain_steps.py",
+    "calibrate_familiarity": "scripts/calibrate_familiarity.py",
     "start_time": "benchmarks/start_time.py",
 }
 
@@ -678,3 +679,45 @@ def test_chain_steps_judges_the_bench_chains_step_by_step(tmp_path, capsys, monk
     counted = sum(sum(s["nearer_a_neighbour_moving"].values()) for s in record["side_effects"].values())
     assert counted == int(hidden.sum())
     assert "chain judged as one" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("carried", [None, 0.0, 1e9])
+def test_calibrate_familiarity_report_flags_by_the_threshold_the_model_carries(carried, tmp_path):
+    from tiny import tiny_dsprites_model
+
+    script = _load("calibrate_familiarity")
+    folder = tmp_path / "model"
+    tiny_dsprites_model().save_pretrained(folder)
+    metadata_path = folder / "metadata.json"
+    if carried is not None:  # a record as training writes it; 0 flags every image, 1e9 none
+        metadata = json.loads(metadata_path.read_text())
+        metadata["reconstruction_error"] = {"threshold": carried, "p99": carried / 10}
+        metadata_path.write_text(json.dumps(metadata))
+    before = metadata_path.read_bytes()
+    result = script.main(["--model", str(folder), "--data", "dsprites", "--images", "32",
+                          "--report", str(tmp_path / "report.json")])
+    assert metadata_path.read_bytes() == before  # without --write the model is not touched
+    assert json.loads((tmp_path / "report.json").read_text()) == json.loads(json.dumps(result))
+    kinds = {row["images"]: row for row in result["kinds"]}
+    assert "held-out twin images (test split)" in kinds and "uniform noise" in kinds
+    if carried is None:  # nothing carried: this calibration's own threshold, above its p99
+        assert result["threshold_from"] == "this calibration (not written)"
+        assert result["threshold"] == result["record"]["threshold"] > result["record"]["p99"]
+    else:
+        assert result["threshold_from"] == "the model's metadata.json" and result["threshold"] == carried
+        assert {row["unfamiliar"] for row in kinds.values()} == {1.0 if carried == 0 else 0.0}
+
+
+def test_calibrate_familiarity_reads_the_real_gif_frames_as_bench_does():
+    import torch
+
+    script = _load("calibrate_familiarity")
+    path = script.SHARED / "shapes3d_real_frames.npz"
+    if not path.is_file():
+        pytest.skip(f"{path} (the project's shared real frames) is not here")
+    from causal_vqvae.eval.real_images import load_real_images
+
+    frames = script.real_frames("shapes3d")
+    assert frames.shape == (53, 3, 64, 64) and frames.dtype == torch.float32
+    # the frame cut off and area-downsampled: the very images bench --real-images measures
+    assert torch.equal(frames, load_real_images(path, candidates=torch.arange(1)).images)
