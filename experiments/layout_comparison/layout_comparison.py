@@ -40,7 +40,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--layouts", nargs="+", default=["grid", "tokens"])
     parser.add_argument("--gpus", default="0")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--config", default=None, help="overrides passed to every run (train.py --config)")
+    parser.add_argument("--config", action="append", default=[],
+                        help="overrides passed to every run (train.py --config; repeat for several, later ones win)")
     parser.add_argument("--runs", type=Path, default=Path("runs/layout_comparison"))
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -51,8 +52,8 @@ def main(argv: list[str] | None = None) -> dict:
             out = args.runs / f"{data}-{layout}"
             cmd = ["--data", data, "--layout", layout, "--preset", args.preset, "--gpus", args.gpus,
                    "--seed", str(args.seed), "--out", str(out), "--no-progress"]
-            if args.config:
-                cmd += ["--config", args.config]
+            for path in args.config:
+                cmd += ["--config", path]
             train_main(cmd)
             summary = json.loads((out / "summary.json").read_text())
             config = json.loads((out / "config.json").read_text())
