@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from causal_vqvae import load  # noqa: E402
-from causal_vqvae.familiarity import FACTOR, METADATA_KEY, calibrate, reconstruction_errors  # noqa: E402
+from causal_vqvae.familiarity import FACTOR, METADATA_KEY, calibrate, reconstruction_errors, threshold  # noqa: E402
 from causal_vqvae.files import write_json  # noqa: E402
 from causal_vqvae.pretrained import METADATA_NAME, model_twin_version  # noqa: E402
 from datamodules.datamodule import build_datamodule  # noqa: E402
@@ -71,16 +71,16 @@ def main(argv: list[str] | None = None) -> dict:
     record = calibrate(model, images, f"{description}, validation images")
     print(f"{folder}: held-out reconstruction error p50 {record['p50']:.2e}, p99 {record['p99']:.2e}, "
           f"max {record['max']:.2e}; unfamiliar above {record['threshold']:.2e}")
-    metadata = json.loads((folder / METADATA_NAME).read_text())
     if args.write:
+        metadata = json.loads((folder / METADATA_NAME).read_text())
         write_json(folder / METADATA_NAME, {**metadata, METADATA_KEY: record}, sort_keys=True)
         print(f"wrote {METADATA_KEY} into {folder / METADATA_NAME}")
     # The report flags images as edit does: by the threshold the model carries, where it has one.
-    carried = record if args.write else metadata.get(METADATA_KEY)
-    threshold = (carried or record)["threshold"]
+    carried = record["threshold"] if args.write else threshold(model)
+    limit = record["threshold"] if carried is None else carried
     result = {"command": "python scripts/calibrate_familiarity.py " + " ".join(argv or sys.argv[1:]),
-              "model": str(folder), "device": "cpu", "record": record, "threshold": threshold,
-              "threshold_from": "the model's metadata.json" if carried else "this calibration (not written)",
+              "model": str(folder), "device": "cpu", "record": record, "threshold": limit,
+              "threshold_from": "this calibration (not written)" if carried is None else "the model's metadata.json",
               "kinds": []}
     if args.report:
         gen = torch.Generator().manual_seed(0)
@@ -105,11 +105,11 @@ def main(argv: list[str] | None = None) -> dict:
                 continue
             errors = reconstruction_errors(model, batch)
             row = {"images": name, "n": len(errors), "median": float(errors.median()), "min": float(errors.min()),
-                   "unfamiliar": float((errors > threshold).float().mean())}
+                   "unfamiliar": float((errors > limit).float().mean())}
             result["kinds"].append(row)
             print(f"{name:<40} {row['n']:>4} {row['median']:>13.2e} {row['min']:>10.2e} {row['unfamiliar']:>10.1%}")
         write_json(Path(args.report), result)
-        print(f"wrote {args.report} (unfamiliar: above {threshold:.2e}, {FACTOR:g}x the held-out 99th percentile "
+        print(f"wrote {args.report} (unfamiliar: above {limit:.2e}, {FACTOR:g}x the held-out 99th percentile "
               f"of {result['threshold_from']})")
     return result
 

@@ -681,7 +681,7 @@ def test_chain_steps_judges_the_bench_chains_step_by_step(tmp_path, capsys, monk
     assert "chain judged as one" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("carried", [None, 0.0, 1e9])
+@pytest.mark.parametrize("carried", [None, 1e-12, 1e9])
 def test_calibrate_familiarity_report_flags_by_the_threshold_the_model_carries(carried, tmp_path):
     from tiny import tiny_dsprites_model
 
@@ -689,7 +689,7 @@ def test_calibrate_familiarity_report_flags_by_the_threshold_the_model_carries(c
     folder = tmp_path / "model"
     tiny_dsprites_model().save_pretrained(folder)
     metadata_path = folder / "metadata.json"
-    if carried is not None:  # a record as training writes it; 0 flags every image, 1e9 none
+    if carried is not None:  # a record as training writes it; 1e-12 flags every image, 1e9 none
         metadata = json.loads(metadata_path.read_text())
         metadata["reconstruction_error"] = {"threshold": carried, "p99": carried / 10}
         metadata_path.write_text(json.dumps(metadata))
@@ -705,7 +705,7 @@ def test_calibrate_familiarity_report_flags_by_the_threshold_the_model_carries(c
         assert result["threshold"] == result["record"]["threshold"] > result["record"]["p99"]
     else:
         assert result["threshold_from"] == "the model's metadata.json" and result["threshold"] == carried
-        assert {row["unfamiliar"] for row in kinds.values()} == {1.0 if carried == 0 else 0.0}
+        assert {row["unfamiliar"] for row in kinds.values()} == {1.0 if carried < 1 else 0.0}
 
 
 def test_calibrate_familiarity_reads_the_real_gif_frames_as_bench_does():
