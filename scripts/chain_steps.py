@@ -38,14 +38,15 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # twin_study, beside this script
 
-from causal_vqvae import load  # noqa: E402
+from twin_study import add_model_arguments, load_model, pct, write_record  # noqa: E402
+
 from causal_vqvae.cli.common import positive_int  # noqa: E402
-from causal_vqvae.eval.data import bench_twin_version, twin_datamodule  # noqa: E402
+from causal_vqvae.eval.data import twin_datamodule  # noqa: E402
 from causal_vqvae.eval.exactness import action_sequences  # noqa: E402
 from causal_vqvae.eval.factor_classifier import factor_matches  # noqa: E402
 from causal_vqvae.eval.judge import judge_edits, nearest_renders, one_factor_away  # noqa: E402
-from causal_vqvae.files import write_json  # noqa: E402
 
 
 def _mean(verdicts: torch.Tensor, members: torch.Tensor | None = None) -> float | None:
@@ -124,49 +125,33 @@ def chain_steps(model, dm, pairs: int, batch: int, seed: int) -> dict:
     }
 
 
-def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{value:.1%}"
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--model", required=True, help="a model folder, a training run's folder or a released name")
-    p.add_argument("--data", required=True, choices=["dsprites", "shapes3d"])
-    p.add_argument("--twin-version", default=None,
-                   help="3D Shapes renderer version (default: the model's own, from its metadata)")
+    add_model_arguments(p)
     p.add_argument("--pairs", type=positive_int, default=1000, help="chains of two edits (default 1000)")
     p.add_argument("--batch-size", type=positive_int, default=200, help="chains per batch (default 200)")
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the test pairs and the actions, as bench's --seed (default 0)")
     p.add_argument("--out", default=None, help="write the figures and the command as JSON here")
     args = p.parse_args(argv)
-    if args.twin_version is not None and args.data != "shapes3d":
-        raise SystemExit(f"--twin-version is a 3D Shapes renderer version; {args.data} has one twin: drop it")
-    model = load(args.model, device="cpu", expect_dataset=args.data).eval()
-    version, version_from = bench_twin_version(args.twin_version, model) if args.data == "shapes3d" else ("1", "")
+    model, version, heading = load_model(args)
     dm = twin_datamodule(args.data, args.pairs, args.batch_size, args.seed, version)
     r = chain_steps(model, dm, args.pairs, args.batch_size, args.seed)
-    print(f"{args.model} on the {args.data} twin" + (f" (renderer version {version}, from {version_from})"
-                                                      if args.data == "shapes3d" else "")
-          + f", {args.pairs} chains of two edits, seed {args.seed}")
-    print(f"first edit: exact {_pct(r['first']['exact'])}, two-sided {_pct(r['first']['two_sided'])}")
+    print(f"{heading}, {args.pairs} chains of two edits, seed {args.seed}")
+    print(f"first edit: exact {pct(r['first']['exact'])}, two-sided {pct(r['first']['two_sided'])}")
     for name, s in r["second"].items():
-        print(f"second edit from the {name.replace('_', '-')} codes: exact {_pct(s['exact'])}, "
-              f"after an exact first {_pct(s['exact_after_exact_first'])}")
+        print(f"second edit from the {name.replace('_', '-')} codes: exact {pct(s['exact'])}, "
+              f"after an exact first {pct(s['exact_after_exact_first'])}")
     c = r["chain"]
-    print(f"chain judged as one: exact {_pct(c['exact'])}; both steps two-sided {_pct(c['two_sided_steps'])}, "
-          f"then exact {_pct(c['exact_after_two_sided_steps'])}, otherwise {_pct(c['exact_otherwise'])}; "
-          f"after a first edit exact but not two-sided {_pct(c['exact_after_hidden_side_effect'])}")
+    print(f"chain judged as one: exact {pct(c['exact'])}; both steps two-sided {pct(c['two_sided_steps'])}, "
+          f"then exact {pct(c['exact_after_two_sided_steps'])}, otherwise {pct(c['exact_otherwise'])}; "
+          f"after a first edit exact but not two-sided {pct(c['exact_after_hidden_side_effect'])}")
     print(f"nodes of the chained codes off the middle state's own (first edit exact): {r['codes_off']}")
     for name, s in r["side_effects"].items():
-        print(f"  first {name:<14} exact {_pct(s['exact']):>6} two-sided {_pct(s['two_sided']):>6}  "
+        print(f"  first {name:<14} exact {pct(s['exact']):>6} two-sided {pct(s['two_sided']):>6}  "
               f"exact, not two-sided, nearer a neighbour moving: {s['nearer_a_neighbour_moving'] or '-'}")
     if args.out:
-        write_json(args.out, {
-            "command": "python scripts/chain_steps.py " + " ".join(sys.argv[1:] if argv is None else argv),
-            "model": args.model, "data": f"{args.data} procedural twin", "twin_version": version,
-            "device": "cpu", "seed": args.seed, **r,
-        })
+        write_record(args.out, "chain_steps.py", argv, args, version, **r)
     return 0
 
 

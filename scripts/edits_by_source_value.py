@@ -25,12 +25,13 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # twin_study, beside this script
 
-from causal_vqvae import load  # noqa: E402
+from twin_study import add_model_arguments, load_model, pct, write_record  # noqa: E402
+
 from causal_vqvae.cli.common import positive_int  # noqa: E402
-from causal_vqvae.eval.data import bench_twin_version, twin_datamodule  # noqa: E402
+from causal_vqvae.eval.data import twin_datamodule  # noqa: E402
 from causal_vqvae.eval.judge import judge_edits  # noqa: E402
-from causal_vqvae.files import write_json  # noqa: E402
 
 
 @torch.no_grad()
@@ -69,46 +70,30 @@ def by_source_value(model, dm, factor: str, per_value: int, seed: int) -> list[d
     return rows
 
 
-def _pct(rate: float | None) -> str:
-    return "-" if rate is None else f"{rate:.1%}"
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--model", required=True, help="a model folder, a training run's folder or a released name")
-    p.add_argument("--data", required=True, choices=["dsprites", "shapes3d"])
+    add_model_arguments(p)
     p.add_argument("--factor", required=True, help="the factor whose actions are studied, e.g. scale")
-    p.add_argument("--twin-version", default=None,
-                   help="3D Shapes renderer version (default: the model's own, from its metadata)")
     p.add_argument("--per-value", type=positive_int, default=100,
                    help="source states per (value, action) (default 100)")
     p.add_argument("--seed", type=int, default=1234, help="seed of the source states (default 1234)")
     p.add_argument("--out", default=None, help="write the rows and the command as JSON here")
     args = p.parse_args(argv)
-    if args.twin_version is not None and args.data != "shapes3d":
-        raise SystemExit(f"--twin-version is a 3D Shapes renderer version; {args.data} has one twin: drop it")
-    model = load(args.model, device="cpu", expect_dataset=args.data)
-    version, version_from = bench_twin_version(args.twin_version, model) if args.data == "shapes3d" else ("1", "")
+    model, version, heading = load_model(args)
     dm = twin_datamodule(args.data, 8, 8, args.seed, version)
     moving = [factor.name for factor in dm.space.factors if not factor.constant]
     if args.factor not in moving:
         raise SystemExit(f"--factor {args.factor!r} is not a factor of {args.data} that an action moves: "
                          f"choose one of {', '.join(moving)}")
     rows = by_source_value(model, dm, args.factor, args.per_value, args.seed)
-    print(f"{args.model} on the {args.data} twin" + (f" (renderer version {version}, from {version_from})"
-                                                      if args.data == "shapes3d" else "")
-          + f", {args.per_value} sources per row, seed {args.seed}")
+    print(f"{heading}, {args.per_value} sources per row, seed {args.seed}")
     print(f"{'value':>5} {'action':<14} {'exact':>6} {'unchanged':>9} {'changed':>7} {'intervened':>10} "
           f"{'covered':>7} {'code acc':>8}")
     for r in rows:
         print(f"{r['value']:>5} {r['action']:<14} {r['exact']:>6.1%} {r['unchanged']:>9.1%} {r['changed']:>7.1f} "
-              f"{r['intervened']:>10.1f} {_pct(r['covered']):>7} {_pct(r['code_accuracy']):>8}")
+              f"{r['intervened']:>10.1f} {pct(r['covered']):>7} {pct(r['code_accuracy']):>8}")
     if args.out:
-        write_json(args.out, {
-            "command": "python scripts/edits_by_source_value.py " + " ".join(sys.argv[1:] if argv is None else argv),
-            "model": args.model, "data": f"{args.data} procedural twin", "twin_version": version,
-            "device": "cpu", "seed": args.seed, "rows": rows,
-        })
+        write_record(args.out, "edits_by_source_value.py", argv, args, version, rows=rows)
     return 0
 
 
