@@ -66,8 +66,8 @@ __all__ = [
 
 RETRIEVAL_METHODS = ("transition", "head")
 # The default, as in CausalVQVAE.retrieve: on 5,000 held-out twin pairs the released models retrieve
-# 99.96% (3D Shapes) and 99.94% (dSprites) of actions with the head, 99.94% and 99.66% by transition
-# (benchmarks/results/release_v4/, benchmarks/results/window/).
+# 99.98% (3D Shapes) and 99.94% (dSprites) of actions with the head, 99.96% and 99.66% by transition
+# (experiments/twin_v4/longer_edit_loss_10000/, benchmarks/results/window/).
 DEFAULT_RETRIEVAL_METHOD = "head"
 ModelLike = CausalVQVAE | str | os.PathLike
 

@@ -21,7 +21,7 @@ edit is judged by the nearest render (:func:`causal_vqvae.eval.judge.judge_edits
   ``exact_after_hidden_side_effect``, among the chains whose first edit was exact but not two-sided;
 - ``side_effects``: per factor of the FIRST action, its edits' ``exact`` and ``two_sided`` rates,
   and those exact but not two-sided counted by the factor of the state one factor away from the
-  target that the edit is nearer than the target (:func:`side_factor`: the side effect).
+  target that the edit is nearer than the target (the judge's ``side_factor``: the side effect).
 
 Also ``codes_off``: nodes whose chained codes differ from the clean codes of the middle state, among
 chains whose first edit was exact. Deterministic: evaluation draws no samples.
@@ -30,7 +30,6 @@ chains whose first edit was exact. Deterministic: evaluation draws no samples.
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from pathlib import Path
 
@@ -45,25 +44,12 @@ from twin_study import add_model_arguments, load_model, pct, write_record  # noq
 from causal_vqvae.cli.common import positive_int  # noqa: E402
 from causal_vqvae.eval.data import twin_datamodule  # noqa: E402
 from causal_vqvae.eval.exactness import action_sequences  # noqa: E402
-from causal_vqvae.eval.factor_classifier import factor_matches  # noqa: E402
-from causal_vqvae.eval.judge import judge_edits, nearest_renders, one_factor_away  # noqa: E402
+from causal_vqvae.eval.judge import judge_edits  # noqa: E402
 
 
 def _mean(verdicts: torch.Tensor, members: torch.Tensor | None = None) -> float | None:
     values = verdicts if members is None else verdicts[members]
     return round(float(values.float().mean()), 4) if values.numel() else None
-
-
-def side_factor(images: torch.Tensor, target: torch.Tensor, space, render) -> torch.Tensor:
-    """(B,) the factor moved by the render one factor away from ``target`` that is nearest each image,
-    leaving out the states that match the target (a dSprites square turned onto a symmetric copy of
-    its pose), as the judge's two-sided verdict does."""
-    target = target.cpu()
-    around, moved = one_factor_away(target, space)
-    errors = nearest_renders(images, around, render).cpu()
-    same = factor_matches(around.flatten(0, 1), target.repeat_interleave(around.shape[1], 0),
-                          space).all(-1).view(around.shape[:2])
-    return moved[errors.masked_fill(same, math.inf).argmin(1)]
 
 
 @torch.no_grad()
@@ -96,7 +82,7 @@ def chain_steps(model, dm, pairs: int, batch: int, seed: int) -> dict:
         two_edits = seconds["chained"]["images"]
         parts["chain"].append(judge_edits(two_edits, s0, s2, space, render, single_step=False)["exact"])
         parts["codes_off"].append((codes != clean).sum(1).float())
-        parts["side"].append(side_factor(edited, s1, space, render))
+        parts["side"].append(first["side_factor"])
     v = {key: torch.cat(value) for key, value in parts.items()}
     first_ok = v["first_exact"]
     steps_ok = v["first_two_sided"] & v["second_two_sided"]

@@ -142,7 +142,7 @@ def evaluate_edits(model, dm, pairs: int, batch: int, seed: int, device: torch.d
         for out, images in ((verdicts, model.edit(b["image"], b["action"])),
                             (reference, model.decode_codes(model.encode_codes(b["image_next"])))):
             for key, value in judge_edits(images, source, target, space, render).items():
-                if key != "nearest":
+                if key not in ("nearest", "side_factor"):
                     out.setdefault(key, []).append(value.cpu())
         acted.append(actions.factor_of(raw["action"]))
     single = {key: torch.cat(v) for key, v in verdicts.items()}

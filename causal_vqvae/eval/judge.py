@@ -82,12 +82,14 @@ def judge_edits(
     single_step: bool = True,
 ) -> dict[str, torch.Tensor]:
     """Verdicts ``(B,)`` bool for edited ``images`` of ``source`` states meant to reach ``target``
-    states (both (B, F)): ``exact``, ``exact_strict``, ``unchanged``, ``two_sided``, and
-    ``nearest`` (B, F), the nearest candidate. ``single_step``: ``target`` is one action from
+    states (both (B, F)): ``exact``, ``exact_strict``, ``unchanged``, ``two_sided``, ``nearest``
+    (B, F), the nearest candidate, and ``side_factor`` (B,) long, the factor moved by the render one
+    factor away from the target (a symmetric copy of the target left out) that is nearest each
+    image: where an edit is exact but not two-sided, its side effect. ``single_step``: ``target`` is one action from
     ``source`` (candidates around the source, see the module docstring); else a chain's end
     (candidates around the target). The verdicts are on the CPU, wherever the images are."""
     source, target = space.canonical(source.cpu()), space.canonical(target.cpu())
-    around_target, _ = one_factor_away(target, space)
+    around_target, moved = one_factor_away(target, space)
     target_block = torch.cat([target[:, None], around_target], 1)  # (B, 1 + M, F)
     target_errors = nearest_renders(images, target_block, render).cpu()
     if single_step:
@@ -104,7 +106,7 @@ def judge_edits(
     to_target, around = target_errors[:, 0], target_errors[:, 1:]
     same = factor_matches(around_target.flatten(0, 1), target.repeat_interleave(around_target.shape[1], 0),
                           space).all(-1).view(around.shape)
-    closest_other = around.masked_fill(same, math.inf).min(1).values
+    closest_other, side = around.masked_fill(same, math.inf).min(1)
     return {
         "exact": exact,
         "exact_strict": (nearest == target).all(-1),
@@ -112,6 +114,7 @@ def judge_edits(
         & ~factor_matches(target, source, space).all(-1) & ~exact,
         "two_sided": exact & (to_target < closest_other),
         "nearest": nearest,
+        "side_factor": moved[side],
     }
 
 

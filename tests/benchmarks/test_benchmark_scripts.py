@@ -554,7 +554,7 @@ def test_start_time_times_each_command_in_fresh_processes(tmp_path, monkeypatch,
 
 
 
-def test_chain_steps_side_factor_names_the_neighbour_an_image_is_rendered_from():
+def test_judge_side_factor_names_the_neighbour_an_image_is_rendered_from():
     import torch
 
     study = _load("chain_steps")
@@ -567,10 +567,10 @@ def test_chain_steps_side_factor_names_the_neighbour_an_image_is_rendered_from()
         f = space.factor_index(name)
         moved = targets.clone()
         moved[:, f] = (moved[:, f] + 1) % space.factors[f].cycle
-        assert study.side_factor(render(moved), targets, space, render).tolist() == [f] * 6
+        assert study.judge_edits(render(moved), targets, targets, space, render)["side_factor"].tolist() == [f] * 6
 
 
-def test_chain_steps_side_factor_leaves_out_a_symmetric_copy_of_the_target():
+def test_judge_side_factor_leaves_out_a_symmetric_copy_of_the_target():
     import torch
 
     study = _load("chain_steps")
@@ -589,7 +589,7 @@ def test_chain_steps_side_factor_leaves_out_a_symmetric_copy_of_the_target():
     square[:, shape] = 0
     # the target's own render: the copies turned by about 90 degrees (nearer it than a posX step)
     # match it and are left out, so the nearest state one factor away is one posX step
-    assert study.side_factor(render(square), square, space, render).tolist() == [pos_x] * 4
+    assert study.judge_edits(render(square), square, square, space, render)["side_factor"].tolist() == [pos_x] * 4
 
 
 def test_chain_steps_judges_the_bench_chains_step_by_step(tmp_path, capsys, monkeypatch):
@@ -653,7 +653,7 @@ def test_chain_steps_judges_the_bench_chains_step_by_step(tmp_path, capsys, monk
                            ("chained", chained[4]["exact"]), ("chained_2s", chained[4]["two_sided"]),
                            ("re_encoded", re_encoded[4]["exact"]), ("clean", clean[4]["exact"]),
                            ("chain", chain[4]["exact"]), ("codes_off", (codes != clean_codes).sum(1).float()),
-                           ("side", study.side_factor(edited, middle[rows], space, render))):
+                           ("side", first[4]["side_factor"])):
             got.setdefault(key, []).append(value)
     v = {key: torch.cat(value) for key, value in got.items()}
 
