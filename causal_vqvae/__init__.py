@@ -23,6 +23,7 @@ _EXPORTS = {
     "AutoencoderLoss": ".model",
     "AutoencoderOutput": ".model",
     "CausalVQVAE": ".model",
+    "DecoderLoss": ".model",
     "ModelConfig": ".config",
     "RetrievalLoss": ".model",
     "RetrievalOutput": ".nn.retrieval",
@@ -38,6 +39,7 @@ __all__ = [
     "AutoencoderLoss",
     "AutoencoderOutput",
     "CausalVQVAE",
+    "DecoderLoss",
     "ModelConfig",
     "RetrievalLoss",
     "RetrievalOutput",
@@ -49,7 +51,7 @@ __version__ = "0.1.0"
 if TYPE_CHECKING:
     from .api import analogy, edit, load, retrieve_action, traverse
     from .config import ModelConfig
-    from .model import AutoencoderLoss, AutoencoderOutput, CausalVQVAE, RetrievalLoss
+    from .model import AutoencoderLoss, AutoencoderOutput, CausalVQVAE, DecoderLoss, RetrievalLoss
     from .nn.retrieval import RetrievalOutput
     from .nn.transition import TransitionLoss, TransitionOutput
 

@@ -38,7 +38,7 @@ from .nn.transition import (
 )
 from .pretrained import PretrainedMixin
 
-__all__ = ["AutoencoderOutput", "AutoencoderLoss", "RetrievalLoss", "CausalVQVAE"]
+__all__ = ["AutoencoderOutput", "AutoencoderLoss", "DecoderLoss", "RetrievalLoss", "CausalVQVAE"]
 
 ActionLike = torch.Tensor | int
 
@@ -60,6 +60,15 @@ class AutoencoderLoss:
     perplexity: torch.Tensor  # () codebook perplexity of this batch
     codes_used: torch.Tensor  # () distinct codes in this batch (mean over codebooks)
     output: AutoencoderOutput
+
+
+@dataclass(frozen=True)
+class DecoderLoss:
+    loss: torch.Tensor  # () reconstruction + edit_weight * edit
+    reconstruction_loss: torch.Tensor  # () both images of each pair decoded from their own codes
+    edit_loss: torch.Tensor  # () the decoded edit against the pair's second image (0 with edit_weight 0)
+    reconstruction_mse: torch.Tensor  # () pixel MSE of the reconstructions (the loss is a BCE in "bce" mode)
+    edit_mse: torch.Tensor  # () pixel MSE of the decoded edits (0 with edit_weight 0)
 
 
 @dataclass(frozen=True)
@@ -211,10 +220,7 @@ class CausalVQVAE(PretrainedMixin, nn.Module):
         if update_codebook and self.quantizer.updates():  # drawn first: see draw_restart_scores
             restart_scores = self.quantizer.draw_restart_scores(x.shape[0] * self.config.num_nodes, x.device, generator)
         out = self(x)
-        if self.config.reconstruction_loss == "bce":
-            rec = F.binary_cross_entropy_with_logits(out.reconstruction_logits.float(), x.float())
-        else:
-            rec = F.mse_loss(out.reconstruction, x.float())
+        rec = self._pixel_loss(out.reconstruction_logits, out.reconstruction, x)
         q = out.quantizer
         if update_codebook:
             self.quantizer.update(out.z, q.codes, restart_scores=restart_scores)
@@ -227,6 +233,39 @@ class CausalVQVAE(PretrainedMixin, nn.Module):
             codes_used=q.codes_used,
             output=out,
         )
+
+    def _pixel_loss(self, logits: torch.Tensor, images: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """() the reconstruction loss of ``config.reconstruction_loss`` of decoder ``logits`` (and
+        their sigmoid ``images``) against ``x``: a BCE on the logits, or the pixel MSE."""
+        if self.config.reconstruction_loss == "bce":
+            return F.binary_cross_entropy_with_logits(logits.float(), x.float())
+        return F.mse_loss(images, x.float())
+
+    def decoder_loss(self, x: torch.Tensor, x_next: torch.Tensor, action: torch.Tensor,
+                     edit_weight: float = 1.0) -> DecoderLoss:
+        """The loss of the decoder alone, on pairs (x, a, x'): both images decoded from their own codes
+        and, with ``edit_weight`` > 0, the edit of x by a decoded from the codes the transition
+        predicts (read as at evaluation, no sampling) against x'. The codes are computed without a
+        gradient, so only the decoder learns: it keeps rendering the codes it was trained on, and
+        learns to render what the transition writes, whose codes differ from the target's own where
+        several codes decode alike. The encoder, codebook, transition and head stay as they are."""
+        batch = x.shape[0]
+        with torch.no_grad():
+            codes = self.encode_codes(torch.cat([x, x_next]))
+            if edit_weight > 0:
+                codes = torch.cat([codes, self.transition(codes[:batch], action, sample=False).predicted_codes])
+        logits = self.decode_logits(self.quantizer.lookup(codes))
+        images = torch.sigmoid(logits).float()
+        targets = torch.cat([x, x_next]).float()
+        rec = self._pixel_loss(logits[:2 * batch], images[:2 * batch], targets)
+        rec_mse = (images[:2 * batch].detach() - targets).pow(2).mean()
+        if edit_weight > 0:
+            edit = self._pixel_loss(logits[2 * batch:], images[2 * batch:], x_next)
+            edit_mse = (images[2 * batch:].detach() - x_next.float()).pow(2).mean()
+        else:
+            edit = edit_mse = rec.new_zeros(())
+        return DecoderLoss(loss=rec + edit_weight * edit, reconstruction_loss=rec, edit_loss=edit,
+                           reconstruction_mse=rec_mse, edit_mse=edit_mse)
 
     # ------------------------------------------------------------------ transitions
     @staticmethod

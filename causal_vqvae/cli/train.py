@@ -1,19 +1,22 @@
 """Train a CausalVQVAE: ``python train.py --data shapes3d --gpus 4``.
 
-Runs the stages in order (vqvae -> causal [-> joint] [-> head]); each hands its weights to the next and is
-saved as ``OUT/<stage>/model.safetensors`` + ``config.json`` (loadable with
+Runs the stages in order (vqvae -> causal [-> joint] [-> head] [-> decoder]); each hands its weights to the
+next and is saved as ``OUT/<stage>/model.safetensors`` + ``config.json`` (loadable with
 ``CausalVQVAE.from_pretrained``), beside Lightning checkpoints for ``--resume``, the resolved
 configuration (``OUT/config.json``) and logs. ``--stage causal --init OUT/vqvae`` runs one stage
 from a saved model. ``--stage head --init DIR`` retrains only the retrieval head of a trained model;
 with a ``--config`` file whose ``model`` section sets ``retrieval_head``/``retrieval_dim``/... it
-first swaps in a new head of that shape. ``--stage causal --init DIR --new-transition`` trains a new
-transition and graph on a trained autoencoder (the ``model`` section may then change the graph's
-budgets and the transition's settings, ``CausalVQVAE.TRANSITION_FIELDS``). With ``--init``, the
-``model`` section may always change the settings no weight depends on (``CausalVQVAE.SETTINGS_FIELDS``:
-budgets and their schedule, losses, the retrieval score), e.g. to fine-tune a transition with its
-budgets held from the first step. ``--code-pool N`` trains
-the causal and head stages, whose autoencoder is frozen, on the codes of N training pairs encoded
-once, rather than encoding fresh pairs at every step (``causal_vqvae.training.code_pool``).
+first swaps in a new head of that shape. ``--stage decoder --init DIR --max-steps N`` fine-tunes
+only the decoder of a trained model, on the reconstructions and on the transition's decoded edits
+against their true targets: sharper pictures, the same codes, edits' codes and retrieval.
+``--stage causal --init DIR --new-transition`` trains a new transition and graph on a trained
+autoencoder (the ``model`` section may then change the graph's budgets and the transition's
+settings, ``CausalVQVAE.TRANSITION_FIELDS``). With ``--init``, the ``model`` section may always
+change the settings no weight depends on (``CausalVQVAE.SETTINGS_FIELDS``: budgets and their
+schedule, losses, the retrieval score), e.g. to fine-tune a transition with its budgets held from
+the first step. ``--code-pool N`` trains the causal and head stages, whose autoencoder is frozen,
+on the codes of N training pairs encoded once, rather than encoding fresh pairs at every step
+(``causal_vqvae.training.code_pool``).
 
 Devices: ``--gpus N`` (alias ``--devices``) trains on N GPUs, with DDP when N > 1, on each of
 ``--num-nodes`` machines; without a GPU it trains on the CPU and says so. ``--accelerator cpu
@@ -135,7 +138,8 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     p.add_argument("--keep", choices=["last", "best"], default=None,
                    help="the weights each stage saves and hands on: 'last' (its last step) or 'best' (its best "
                         "validation in the stage's second half, by PSNR for vqvae, retrieval by transition for "
-                        "causal and joint; train.keep; default last)")
+                        "causal and joint, the head's retrieval for head, the decoded edits' PSNR for decoder; "
+                        "train.keep; default last)")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the model functions of the training step (GPU; the first steps compile)")
     p.add_argument("--compile-mode", choices=COMPILE_MODES, default=None,

@@ -13,7 +13,7 @@ __all__ = ["COMPILE_MODES", "STAGES", "FROZEN_AUTOENCODER_STAGES", "KEEP_CHOICES
 
 # torch.compile's modes for the training step (train.py --compile-mode).
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-STAGES = ("vqvae", "causal", "joint", "head")
+STAGES = ("vqvae", "causal", "joint", "head", "decoder")
 FROZEN_AUTOENCODER_STAGES = ("causal", "head")  # stages that train on codes of a frozen autoencoder
 KEEP_CHOICES = ("last", "best")
 # The validation metric (higher is better) by which TrainConfig.keep = "best" picks a stage's weights.
@@ -22,6 +22,7 @@ STAGE_MONITOR = {
     "causal": "val/retrieval_transition_acc",
     "joint": "val/retrieval_transition_acc",
     "head": "val/retrieval_head_acc",
+    "decoder": "val/edit_psnr",
 }
 # keep = "best" picks among the validations from this fraction of a stage's steps on.
 BEST_FROM = 0.5
@@ -31,10 +32,14 @@ BEST_FROM = 0.5
 class TrainConfig:
     """Optimisation and loss weights of every stage (``steps`` of 0 skip a stage).
 
-    vqvae_steps, causal_steps, joint_steps, head_steps: optimiser steps per stage. ``head`` (0 by
-        default) retrains the retrieval head alone, everything else frozen: e.g. a new head on a
-        trained model (``train.py --stage head --init DIR``).
-    vqvae_lr, causal_lr, joint_lr, head_lr: peak AdamW learning rates.
+    vqvae_steps, causal_steps, joint_steps, head_steps, decoder_steps: optimiser steps per stage.
+        ``head`` (0 by default) retrains the retrieval head alone, everything else frozen: e.g. a new
+        head on a trained model (``train.py --stage head --init DIR``). ``decoder`` (0 by default)
+        fine-tunes the decoder alone on pairs, everything else frozen, so codes, graph, edits' codes
+        and retrieval stay exactly as they were (:meth:`CausalVQVAE.decoder_loss`).
+    vqvae_lr, causal_lr, joint_lr, head_lr, decoder_lr: peak AdamW learning rates.
+    decoder_edit_weight: in the decoder stage, the weight of the decoded edits against the pairs'
+        second images beside the reconstruction of both images (0: reconstruction alone).
     causal_head_lr: the retrieval head's peak rate in the causal stage; 0 (default): the stage's
         rate, ``causal_lr``. The ``cpu-small`` preset trains its transition at 3e-3, a rate at which
         the convolutional head's hidden units can all die in the first steps (every pre-activation
@@ -58,23 +63,28 @@ class TrainConfig:
     code_pool: the causal and head stages train on the codes of this many training pairs, encoded
         once by the frozen autoencoder when the stage starts (:mod:`causal_vqvae.training.code_pool`); 0
         renders (twins) or reads, and encodes, fresh pairs at every step. The vqvae and joint
-        stages, which train the autoencoder, always read images.
+        stages, which train the autoencoder, and the decoder stage, whose loss is on pixels, always
+        read images.
     keep: the weights a stage saves and hands to the next. "last": those of its last step. "best":
         those of its validation with the highest :data:`STAGE_MONITOR` metric (validation PSNR for
         the vqvae stage, retrieval by transition for causal and joint, the head's retrieval for
-        head), among the validations of the stage's second half (:data:`BEST_FROM`: the sparsity
-        budgets reach their end values at half-way, and a denser graph of the first half could
-        score higher). Ties go to the later validation. :class:`BestWeights` keeps them on disk.
+        head, the decoded edits' PSNR for decoder), among the validations of the stage's second
+        half (:data:`BEST_FROM`: the sparsity budgets reach their end values at half-way, and a
+        denser graph of the first half could score higher). Ties go to the later validation.
+        :class:`BestWeights` keeps them on disk.
     """
 
     vqvae_steps: int = 3000
     causal_steps: int = 3000
     joint_steps: int = 0
     head_steps: int = 0
+    decoder_steps: int = 0
     vqvae_lr: float = 1e-3
     causal_lr: float = 5e-4
     joint_lr: float = 1e-4
     head_lr: float = 1e-3
+    decoder_lr: float = 1e-3
+    decoder_edit_weight: float = 1.0
     causal_head_lr: float = 0.0
     graph_lr_scale: float = 20.0
     weight_decay: float = 0.0

@@ -11,11 +11,17 @@ Stages, run in this order by ``train.py`` (each hands its weights to the next):
     the budgets) and the retrieval head (cross-entropy on the action).
 ``joint`` (optional)
     everything trained on pairs: the autoencoder losses of x and x' plus the causal losses.
+``head`` (optional)
+    the retrieval head alone, everything else frozen.
+``decoder`` (optional, last)
+    the decoder alone, everything else frozen (eval mode): on pairs (x, a, x'), the reconstruction
+    of both images and the decoded edit of x by a against x' (``CausalVQVAE.decoder_loss``). Codes,
+    graph, the codes of every edit and retrieval stay exactly as they were; the pictures get better.
 
 Losses and their weights live in :class:`TrainConfig`; the model's own hyperparameters in
 :class:`ModelConfig`. Validation runs on held-out pairs and logs reconstruction MSE / PSNR, the
-transition's code accuracy, retrieval accuracy of both methods (action and factor), codebook usage
-and graph size.
+transition's code accuracy and the PSNR of its decoded edits against the true second images,
+retrieval accuracy of both methods (action and factor), codebook usage and graph size.
 
 Under DDP each stage requires gradients of exactly the parameters its loss reaches (DDP refuses
 one that gets none). Every buffer but the per-rank codebook usage counts is kept equal on all
@@ -71,7 +77,7 @@ def _warmup_cosine(step: int, total: int, warmup: int, floor: float) -> float:
 
 
 # The model functions a training step runs; ``compile_options`` compiles these (validation stays eager).
-STEP_FUNCTIONS = ("autoencoder_loss", "encode_codes", "transition_loss", "retrieval_loss")
+STEP_FUNCTIONS = ("autoencoder_loss", "encode_codes", "transition_loss", "retrieval_loss", "decoder_loss")
 
 
 class CausalVQVAEModule(pl.LightningModule):
@@ -114,6 +120,9 @@ class CausalVQVAEModule(pl.LightningModule):
         model.requires_grad_(self.stage in ("causal", "joint"))
         if self.stage == "head":
             model.retrieval_head.requires_grad_(True)
+        elif self.stage == "decoder":
+            for part in self._decoder_parts():
+                part.requires_grad_(True)
         else:
             for part in self._autoencoder_parts():
                 part.requires_grad_(self.stage != "causal")
@@ -133,6 +142,9 @@ class CausalVQVAEModule(pl.LightningModule):
     def _autoencoder_parts(self) -> list[torch.nn.Module]:
         return [getattr(self.model, n) for n in AUTOENCODER_PARTS if getattr(self.model, n, None) is not None]
 
+    def _decoder_parts(self) -> list[torch.nn.Module]:
+        return [part for part in (self.model.decoder, self.model.token_decoder) if part is not None]
+
     def _progress(self) -> float:
         total = self.train_config.steps(self.stage)
         return min(1.0, self.global_step / max(1, total))
@@ -142,9 +154,10 @@ class CausalVQVAEModule(pl.LightningModule):
         if self.stage == "causal":
             for part in self._autoencoder_parts():
                 part.eval()
-        elif self.stage == "head":
+        elif self.stage in ("head", "decoder"):
             self.model.eval()
-            self.model.retrieval_head.train()
+            for part in [self.model.retrieval_head] if self.stage == "head" else self._decoder_parts():
+                part.train()
         self.model.quantizer.reset_usage()
 
     def _logs_this_step(self) -> bool:
@@ -179,6 +192,16 @@ class CausalVQVAEModule(pl.LightningModule):
             # values back to the host after every step, a sync on a GPU (validation metrics go there).
             self.log("train/psnr", psnr(mse))
             return ae.loss
+
+        if self.stage == "decoder":
+            dl = self._step_functions["decoder_loss"](batch["image"], batch["image_next"], batch["action"],
+                                                      edit_weight=cfg.decoder_edit_weight)
+            if logs:
+                self.log_dict({"train/loss": dl.loss, "train/reconstruction": dl.reconstruction_loss,
+                               "train/edit_loss": dl.edit_loss, "train/psnr": psnr(dl.reconstruction_mse)})
+                if cfg.decoder_edit_weight > 0:
+                    self.log("train/edit_psnr", psnr(dl.edit_mse))
+            return dl.loss
 
         action = batch["action"]
         if "codes" in batch:  # a code pool (causal_vqvae.training.code_pool), encoded by the frozen autoencoder
@@ -258,11 +281,13 @@ class CausalVQVAEModule(pl.LightningModule):
                 # Action ids are factor-major (two per factor), so id // 2 is the factor.
                 f"{prefix}/retrieval_head_factor_acc": (head // 2 == action // 2).float().mean(),
             })
-        if self.stage in ("causal", "joint"):  # the head stage leaves the rest as its own stage left it
+        if self.stage in ("causal", "joint", "decoder"):  # the head stage leaves the rest as it was
             t = self.model.transition(codes, action, sample=False)
+            edit_mse = (self.model.decode_codes(t.predicted_codes) - x_next.float()).pow(2).flatten(1).mean(1)
             correct = (t.predicted_codes == target_codes).float()
             by_transition = self.model.retrieve_codes(codes, target_codes, "transition").action
             metrics.update({
+                f"{prefix}/edit_psnr": psnr(edit_mse).mean(),
                 f"{prefix}/code_accuracy": correct.mean(),
                 f"{prefix}/code_exact": correct.min(-1).values.mean(),
                 f"{prefix}/retrieval_transition_acc": (by_transition == action).float().mean(),

@@ -70,6 +70,16 @@ def compile_options(args: argparse.Namespace) -> dict[str, Any] | None:
     return {} if args.compile_mode in (None, "default") else {"mode": args.compile_mode}
 
 
+def trained_stage(model_dir: str | Path) -> str | None:
+    """The training stage that saved the model in ``model_dir`` (its metadata.json's ``stage``), or
+    None where it does not say (a folder without one, or not a model: loading it says what is wrong)."""
+    try:
+        stage = json.loads((Path(model_dir) / "metadata.json").read_text()).get("stage")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return stage if isinstance(stage, str) else None
+
+
 def familiarity_record(model: CausalVQVAE, data: str, config: DataConfig, description: str) -> dict[str, Any]:
     """The reconstruction errors of held-out images of the run's data (:func:`calibrate`): what
     ``edit`` compares an input with to say it looks unlike the training data."""
@@ -150,6 +160,14 @@ def _run(args: argparse.Namespace, argv: list[str] | None, cleanup: contextlib.E
     if stages == ["head"] and args.init is None:
         raise SystemExit("the head stage retrains the retrieval head of a trained model: pass --init DIR "
                          "(e.g. OUT/causal or a released model)")
+    if "decoder" in stages and not {"vqvae", "causal", "joint"} & set(stages):
+        if args.init is None:
+            raise SystemExit("the decoder stage fine-tunes the decoder of a trained model: pass --init DIR "
+                             "(e.g. OUT/causal or a released model)")
+        if train_config.decoder_edit_weight > 0 and trained_stage(args.init) == "vqvae":
+            raise SystemExit(f"--init {args.init} is an autoencoder whose transition is untrained, and the decoder "
+                             "stage learns to render the transition's edits: --init a model after its causal "
+                             "stage (e.g. OUT/causal), or set train.decoder_edit_weight to 0 in a --config file")
 
     if getattr(args, "twin_version", None) is not None:  # the flag's mistake named as the flag's
         try:

@@ -351,6 +351,36 @@ def test_a_few_adam_steps_reduce_the_autoencoder_loss(layout):
     assert after < 0.7 * before
 
 
+@pytest.mark.parametrize("layout,loss", [("grid", "mse"), ("tokens", "bce")])
+def test_decoder_loss_is_reconstruction_plus_the_weighted_decoded_edit(layout, loss):
+    model = tiny_model(latent_layout=layout, reconstruction_loss=loss).eval()
+    x, x_next, action = squares(3, seed=1), squares(3, seed=2), torch.tensor([0, 3, 1])
+    with torch.no_grad():
+        codes = model.encode_codes(torch.cat([x, x_next]))
+        edits = model.edit_codes(codes[:3], action)
+        logits = model.decode_logits(model.quantizer.lookup(torch.cat([codes, edits])))
+    images = torch.sigmoid(logits)
+    targets = torch.cat([x, x_next, x_next])
+    per_image = (torch.nn.functional.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+                 if loss == "bce" else (images - targets).square()).flatten(1).mean(1)
+    mse = (images - targets).square().flatten(1).mean(1)
+
+    weighted = model.decoder_loss(x, x_next, action, edit_weight=2.5)
+    assert torch.allclose(weighted.reconstruction_loss, per_image[:6].mean(), atol=1e-6)
+    assert torch.allclose(weighted.edit_loss, per_image[6:].mean(), atol=1e-6)
+    assert torch.allclose(weighted.loss, per_image[:6].mean() + 2.5 * per_image[6:].mean(), atol=1e-6)
+    assert torch.allclose(weighted.reconstruction_mse, mse[:6].mean(), atol=1e-6)
+    assert torch.allclose(weighted.edit_mse, mse[6:].mean(), atol=1e-6)
+    alone = model.decoder_loss(x, x_next, action, edit_weight=0.0)
+    assert float(alone.edit_loss) == 0.0 and float(alone.edit_mse) == 0.0
+    assert torch.allclose(alone.loss, weighted.reconstruction_loss, atol=1e-6)
+    # only the decoder gets a gradient: the codes came from the frozen rest
+    weighted.loss.backward()
+    for name, parameter in model.named_parameters():
+        reached = parameter.grad is not None and bool(parameter.grad.abs().sum() > 0)
+        assert reached == name.startswith(("decoder.", "token_decoder.")), name
+
+
 # ------------------------------------------------------------------------------- sparsity
 def test_dual_ascent_rises_over_budget_and_resets_under_budget():
     dual = DualAscent(2, lr=0.5, budget=1.0, budget_start=9.0)

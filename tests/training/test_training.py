@@ -97,12 +97,47 @@ def test_head_stage_trains_the_retrieval_head_alone():
     assert "val/retrieval_transition_acc" not in metrics  # the transition is not this stage's
 
 
+def _val_batch(size=16):
+    dm = build_datamodule("dsprites", mode="pairs", batch_size=size, val_length=size, num_workers=0)
+    dm.setup("fit")
+    return dm.prepare_batch(next(iter(dm.val_dataloader())))
+
+
+def test_decoder_stage_trains_the_decoder_alone_and_keeps_every_code():
+    """The decoder stage moves the decoder's weights and nothing else: an image's codes and the codes
+    of its edits are the same before and after, while its loss on held-out pairs falls."""
+    model = tiny_dsprites_model()
+    _fit(model, "causal")  # a transition whose edits the decoder learns to render
+    batch = _val_batch()
+    x, x_next, action = batch["image"], batch["image_next"], batch["action"]
+
+    def state():
+        model.eval()
+        with torch.no_grad():
+            codes = model.encode_codes(x)
+            return codes, model.edit_codes(codes, action), model.decoder_loss(x, x_next, action).loss
+
+    codes, edits, loss = state()
+    before = _params(model)
+    trainer = _fit(model, "decoder", steps=6, decoder_lr=3e-3)
+    changed = _changed(before, _params(model))
+    assert changed and all(k.startswith("decoder.") for k in changed)
+    assert len([k for k in before if k.startswith("decoder.")]) == len(changed)
+    codes_after, edits_after, loss_after = state()
+    assert torch.equal(codes_after, codes) and torch.equal(edits_after, edits)
+    assert float(loss_after) < 0.9 * float(loss)
+    metrics = trainer.callback_metrics
+    assert 0.0 < float(metrics["val/edit_psnr"]) < 100.0 and 0.0 < float(metrics["val/psnr"]) < 100.0
+    assert not model.encoder.training  # what the stage froze stays in eval mode
+
+
 @pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")
 @pytest.mark.parametrize("layout", ["grid", "tokens"])
 def test_each_stage_trains_exactly_the_parameters_its_loss_reaches(layout):
     """DDP refuses a parameter that requires a gradient and gets none. Whatever the stage before it
     left, each stage requires gradients of exactly the parameters its loss reaches: the vqvae stage
-    the autoencoder's, the head stage the head's, the causal stage all but the autoencoder's."""
+    the autoencoder's, the head stage the head's, the decoder stage the decoder's, the causal stage
+    all but the autoencoder's."""
     from causal_vqvae.training.module import AUTOENCODER_PARTS
 
     dm = build_datamodule("dsprites", mode="pairs", batch_size=4, train_length=4, val_length=4, num_workers=0)
@@ -115,8 +150,10 @@ def test_each_stage_trains_exactly_the_parameters_its_loss_reaches(layout):
         "causal": {n for n in names if n.split(".")[0] not in AUTOENCODER_PARTS},
         "joint": set(names),
         "head": {n for n in names if n.startswith("retrieval_head.")},
+        "decoder": {n for n in names if n.split(".")[0] in ("decoder", "token_decoder")},
     }
-    for stage in ("head", "vqvae", "joint", "causal", "vqvae"):  # each after another that trains other parts
+    # each after another that trains other parts
+    for stage in ("head", "vqvae", "decoder", "joint", "causal", "decoder", "vqvae"):
         module = CausalVQVAEModule(model, stage, TrainConfig(warmup_steps=1))
         model.zero_grad(set_to_none=True)
         module.training_step(batch, 0).backward()  # no Trainer: self.log does nothing
@@ -520,7 +557,8 @@ def test_train_py_runs_every_stage_in_two_ddp_processes_on_the_cpu(tmp_path):
 
     overrides = tmp_path / "overrides.json"
     overrides.write_text(json.dumps({"model": TINY_JSON, "data": {"val_length": 16},
-                                     "train": {"warmup_steps": 1, "joint_steps": 4, "head_steps": 4}}))
+                                     "train": {"warmup_steps": 1, "joint_steps": 4, "head_steps": 4,
+                                               "decoder_steps": 4}}))
     out = tmp_path / "run"
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "NODE_RANK", "WORLD_SIZE")}
     done = subprocess.run(
@@ -533,7 +571,7 @@ def test_train_py_runs_every_stage_in_two_ddp_processes_on_the_cpu(tmp_path):
     assert json.loads((out / "config.json").read_text())["devices"] == {
         "accelerator": "cpu", "devices": 2, "precision": "32-true", "strategy": "ddp"}
     summary = json.loads((out / "summary.json").read_text())
-    stages = ["vqvae", "causal", "joint", "head"]
+    stages = ["vqvae", "causal", "joint", "head", "decoder"]
     assert list(summary) == stages
     for stage in stages:
         # one log line per stage: the second process logs warnings only
@@ -552,6 +590,9 @@ def test_train_py_runs_every_stage_in_two_ddp_processes_on_the_cpu(tmp_path):
     joint = CausalVQVAE.from_pretrained(out / "joint").state_dict()
     for name, tensor in head.state_dict().items():
         assert torch.equal(tensor, joint[name]) != name.startswith("retrieval_head."), name
+    # ... and the decoder stage nothing but the decoder
+    for name, tensor in CausalVQVAE.from_pretrained(out / "decoder").state_dict().items():
+        assert torch.equal(tensor, head.state_dict()[name]) != name.startswith("decoder."), name
 
 
 def test_ddp_keeps_every_buffer_equal_on_all_ranks_without_copying_rank_0s_usage_counts(tmp_path):
@@ -638,6 +679,36 @@ def test_train_py_head_stage_puts_a_new_head_on_a_saved_model(tmp_path, small_ov
         train_script.main(["--data", "dsprites", "--stage", "head", "--init", str(tmp_path / "base"),
                            "--config", small_overrides, "--max-steps", "3", "--gpus", "0",
                            "--out", str(tmp_path / "y")])
+
+
+def test_train_py_decoder_stage_fine_tunes_the_decoder_of_a_saved_model(tmp_path):
+    base = tiny_dsprites_model().eval()
+    base.save_pretrained(tmp_path / "base", extra_metadata={"stage": "causal"})
+    overrides = tmp_path / "val.json"
+    overrides.write_text(json.dumps({"data": {"val_length": 16}}))
+    out = tmp_path / "run"
+    rc = train_script.main(["--data", "dsprites", "--stage", "decoder", "--init", str(tmp_path / "base"),
+                            "--config", str(overrides), "--max-steps", "2", "--val-every", "2",
+                            "--batch-size", "8", "--gpus", "0", "--out", str(out), "--no-progress"])
+    assert rc == 0
+    trained = CausalVQVAE.from_pretrained(out / "decoder").state_dict()
+    for key, value in base.state_dict().items():
+        assert torch.equal(trained[key], value) != key.startswith("decoder."), key
+    assert {"val/psnr", "val/edit_psnr"} <= set(json.loads((out / "summary.json").read_text())["decoder"]["val"])
+    # it needs a model whose transition was trained, unless it learns reconstructions alone
+    with pytest.raises(SystemExit, match="the decoder stage fine-tunes the decoder of a trained model"):
+        train_script.main(["--data", "dsprites", "--stage", "decoder", "--max-steps", "2", "--gpus", "0",
+                           "--out", str(tmp_path / "x")])
+    base.save_pretrained(tmp_path / "autoencoder", extra_metadata={"stage": "vqvae"})
+    with pytest.raises(SystemExit, match="an autoencoder whose transition is untrained"):
+        train_script.main(["--data", "dsprites", "--stage", "decoder", "--init", str(tmp_path / "autoencoder"),
+                           "--max-steps", "2", "--gpus", "0", "--out", str(tmp_path / "y")])
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+    reconstruction_only = tmp_path / "reconstruction.json"
+    reconstruction_only.write_text(json.dumps({"data": {"val_length": 16}, "train": {"decoder_edit_weight": 0.0}}))
+    assert train_script.main(["--data", "dsprites", "--stage", "decoder", "--init", str(tmp_path / "autoencoder"),
+                              "--config", str(reconstruction_only), "--max-steps", "1", "--batch-size", "8",
+                              "--gpus", "0", "--out", str(tmp_path / "z"), "--no-progress"]) == 0
 
 
 def test_train_py_new_transition_trains_a_fresh_graph_on_a_saved_autoencoder(tmp_path, small_overrides):
