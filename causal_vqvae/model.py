@@ -254,7 +254,8 @@ class CausalVQVAE(PretrainedMixin, nn.Module):
             codes = self.encode_codes(torch.cat([x, x_next]))
             if edit_weight > 0:
                 codes = torch.cat([codes, self.transition(codes[:batch], action, sample=False).predicted_codes])
-        logits = self.decode_logits(self.quantizer.lookup(codes))
+            quantized = self.quantizer.lookup(codes)  # no gradient to the codebook ("loss" mode's is a parameter)
+        logits = self.decode_logits(quantized)
         images = torch.sigmoid(logits).float()
         targets = torch.cat([x, x_next]).float()
         rec = self._pixel_loss(logits[:2 * batch], images[:2 * batch], targets)

@@ -1,7 +1,7 @@
 """Copy a trained stage into ``checkpoints/<name>/`` with a model card written from its own records.
 
     python scripts/release_checkpoint.py --run RUN_DIR --name dsprites_twin \
-        [--stage causal] [--bench BENCH.json ...] [--dest checkpoints]
+        [--stage STAGE] [--bench BENCH.json ...] [--dest checkpoints]
 
 Reads ``RUN_DIR/config.json`` (the resolved configuration and the exact command), the stage's
 ``metadata.json`` (device, wall time, seed, held-out validation metrics) and, when given, a bench
@@ -197,6 +197,8 @@ def model_card(name: str, run: dict[str, Any], stages: dict[str, dict[str, Any]]
         "|---|---|",
         f"| reconstruction PSNR | {val.get('val/psnr', float('nan')):.1f} dB |",
     ]
+    if "val/edit_psnr" in val:  # runs since the decoded edits' PSNR was validated
+        lines.append(f"| edit PSNR against the true target | {val['val/edit_psnr']:.1f} dB |")
     score = run["model"].get("retrieval_score", "nll")  # runs before the field scored by the NLL
     for key, label in [("val/retrieval_transition_acc", f"action retrieval by transition ({score})"),
                        ("val/retrieval_head_acc", "action retrieval by the head"),
@@ -228,7 +230,7 @@ def main(argv: list[str] | None = None) -> Path:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--run", required=True, help="run directory written by train.py")
     p.add_argument("--name", required=True, help="folder name under --dest")
-    p.add_argument("--stage", default="causal", help="the stage to release (default: causal)")
+    p.add_argument("--stage", default=None, help="the stage to release (default: the run's last)")
     p.add_argument("--bench", action="append", default=[],
                    help="bench JSON of this model (optional; repeat for several, one table each)")
     p.add_argument("--dest", default=str(ROOT / "checkpoints"))
@@ -239,6 +241,12 @@ def main(argv: list[str] | None = None) -> Path:
     args = p.parse_args(argv)
 
     run_dir = Path(args.run)
+    if args.stage is None:
+        try:
+            args.stage = json.loads((run_dir / "config.json").read_text())["stages"][-1]
+        except (OSError, ValueError, KeyError, IndexError, TypeError):
+            raise SystemExit(f"{run_dir / 'config.json'} names no stages: --run must be a finished train.py run "
+                             "directory (or pass --stage)") from None
     source = run_dir / args.stage
     for needed in (run_dir / "config.json", source / WEIGHTS_NAME, source / CONFIG_NAME, source / METADATA_NAME):
         if not needed.is_file():

@@ -107,8 +107,8 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
                    help="alternatively, validation intervals ('epochs' of --val-every steps) per stage")
     p.add_argument("--val-every", type=positive_int, default=None, help="steps between validations (an epoch)")
     p.add_argument("--stage", choices=STAGES, action="append", default=None,
-                   help="run only this stage (repeatable); default: vqvae then causal (then joint and head, "
-                        "if they have steps)")
+                   help="run only this stage (repeatable); default: vqvae then causal (then joint, head and "
+                        "decoder, if they have steps)")
     p.add_argument("--init", default=None, help="start from a saved model directory (save_pretrained format)")
     p.add_argument("--new-transition", action="store_true",
                    help="with --init and the causal stage: train a new transition and graph (untrained, from the "

@@ -9,7 +9,7 @@ from typing import Any
 from ..validation import build_settings
 
 __all__ = ["COMPILE_MODES", "STAGES", "FROZEN_AUTOENCODER_STAGES", "KEEP_CHOICES", "STAGE_MONITOR", "BEST_FROM",
-           "TrainConfig", "check_stage"]
+           "TrainConfig", "check_stage", "stage_monitor"]
 
 # torch.compile's modes for the training step (train.py --compile-mode).
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -22,7 +22,7 @@ STAGE_MONITOR = {
     "causal": "val/retrieval_transition_acc",
     "joint": "val/retrieval_transition_acc",
     "head": "val/retrieval_head_acc",
-    "decoder": "val/edit_psnr",
+    "decoder": "val/edit_psnr",  # val/psnr where train.decoder_edit_weight is 0: stage_monitor
 }
 # keep = "best" picks among the validations from this fraction of a stage's steps on.
 BEST_FROM = 0.5
@@ -68,7 +68,8 @@ class TrainConfig:
     keep: the weights a stage saves and hands to the next. "last": those of its last step. "best":
         those of its validation with the highest :data:`STAGE_MONITOR` metric (validation PSNR for
         the vqvae stage, retrieval by transition for causal and joint, the head's retrieval for
-        head, the decoded edits' PSNR for decoder), among the validations of the stage's second
+        head, the decoded edits' PSNR for decoder, or the reconstructions' where
+        ``decoder_edit_weight`` is 0: :func:`stage_monitor`), among the validations of the stage's second
         half (:data:`BEST_FROM`: the sparsity budgets reach their end values at half-way, and a
         denser graph of the first half could score higher). Ties go to the later validation.
         :class:`BestWeights` keeps them on disk.
@@ -129,6 +130,14 @@ class TrainConfig:
         """The settings ``data`` checked (:func:`~causal_vqvae.validation.build_settings`: unknown
         keys, types and ranges, named with ``where``); missing keys take their defaults."""
         return build_settings(cls, data, where)
+
+
+def stage_monitor(stage: str, config: TrainConfig) -> str:
+    """The validation metric by which ``keep = "best"`` picks ``stage``'s weights (:data:`STAGE_MONITOR`):
+    a decoder stage that learns reconstructions alone (``decoder_edit_weight`` 0) by their PSNR."""
+    if check_stage(stage) == "decoder" and config.decoder_edit_weight == 0:
+        return "val/psnr"
+    return STAGE_MONITOR[stage]
 
 
 def check_stage(stage: str) -> str:

@@ -39,7 +39,7 @@ from .callbacks import (
     StageProgressBar,
 )
 from .code_pool import POOL_STAGES, CodePoolDataModule
-from .config import BEST_FROM, STAGE_MONITOR, STAGES, TrainConfig
+from .config import BEST_FROM, STAGES, TrainConfig, stage_monitor
 from .devices import ddp_strategy, device_name, resolve_devices
 from .module import CausalVQVAEModule, CheckpointMismatchError
 from .monitoring import MetricHistory, ValidationPictures
@@ -160,14 +160,21 @@ def _run(args: argparse.Namespace, argv: list[str] | None, cleanup: contextlib.E
     if stages == ["head"] and args.init is None:
         raise SystemExit("the head stage retrains the retrieval head of a trained model: pass --init DIR "
                          "(e.g. OUT/causal or a released model)")
-    if "decoder" in stages and not {"vqvae", "causal", "joint"} & set(stages):
-        if args.init is None:
+    if "decoder" in stages:
+        if stages[-1] != "decoder":
+            raise SystemExit(f"--stage {' --stage '.join(stages)}: the decoder stage fine-tunes the decoder of the "
+                             "finished model, so it runs last: give it last")
+        if args.init is None and stages == ["decoder"]:
             raise SystemExit("the decoder stage fine-tunes the decoder of a trained model: pass --init DIR "
                              "(e.g. OUT/causal or a released model)")
-        if train_config.decoder_edit_weight > 0 and trained_stage(args.init) == "vqvae":
-            raise SystemExit(f"--init {args.init} is an autoencoder whose transition is untrained, and the decoder "
-                             "stage learns to render the transition's edits: --init a model after its causal "
-                             "stage (e.g. OUT/causal), or set train.decoder_edit_weight to 0 in a --config file")
+        transition_trained = bool({"causal", "joint"} & set(stages)) or (
+            args.init is not None and trained_stage(args.init) != "vqvae")
+        if train_config.decoder_edit_weight > 0 and not transition_trained:
+            untrained = (f"--init {args.init} is an autoencoder whose transition is untrained" if args.init else
+                         f"the stages {', '.join(stages)} train no transition")
+            raise SystemExit(f"{untrained}, and the decoder stage learns to render the transition's edits: run the "
+                             "causal stage before it (or --init a model after its causal stage, e.g. OUT/causal), "
+                             "or set train.decoder_edit_weight to 0 in a --config file")
 
     if getattr(args, "twin_version", None) is not None:  # the flag's mistake named as the flag's
         try:
@@ -294,7 +301,8 @@ def _run(args: argparse.Namespace, argv: list[str] | None, cleanup: contextlib.E
             callbacks.append(StageProgressBar(stage))
         best_weights = None
         if train_config.keep == "best":
-            best_weights = BestWeights(checkpoints / "best", STAGE_MONITOR[stage], math.ceil(BEST_FROM * steps))
+            best_weights = BestWeights(checkpoints / "best", stage_monitor(stage, train_config),
+                                       math.ceil(BEST_FROM * steps))
             callbacks.append(best_weights)
         trainer = pl.Trainer(
             max_steps=steps, num_nodes=args.num_nodes, logger=stage_logger(stage_dir), callbacks=callbacks,

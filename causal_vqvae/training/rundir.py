@@ -60,7 +60,8 @@ def writable_directory(out: str | Path) -> Path:
 # twins had one renderer, version "1"; before augment, no training batch was augmented; before
 # causal_head_lr, the retrieval head trained at the causal stage's rate; before transition_position,
 # every node had a position embedding of its own; before transition_window, no equation read a window;
-# before renderer_version, the renderer augmentation drew with the nearest other version).
+# before renderer_version, the renderer augmentation drew with the nearest other version; before the
+# decoder_* settings, there was no decoder stage).
 ADDED_SETTINGS = {"train": {"graph_lr_scale": 1.0, "code_pool": 0, "keep": "last", "causal_head_lr": 0.0,
                             "decoder_steps": 0, "decoder_lr": 1e-3, "decoder_edit_weight": 1.0},
                   "model": {"retrieval_score": "nll", "intervention": "resample", "keep_threshold": None,

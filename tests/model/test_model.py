@@ -351,9 +351,10 @@ def test_a_few_adam_steps_reduce_the_autoencoder_loss(layout):
     assert after < 0.7 * before
 
 
-@pytest.mark.parametrize("layout,loss", [("grid", "mse"), ("tokens", "bce")])
-def test_decoder_loss_is_reconstruction_plus_the_weighted_decoded_edit(layout, loss):
-    model = tiny_model(latent_layout=layout, reconstruction_loss=loss).eval()
+@pytest.mark.parametrize("layout,loss,quantizer", [("grid", "mse", "ema"), ("tokens", "bce", "ema"),
+                                                   ("grid", "mse", "loss")])
+def test_decoder_loss_is_reconstruction_plus_the_weighted_decoded_edit(layout, loss, quantizer):
+    model = tiny_model(latent_layout=layout, reconstruction_loss=loss, quantizer_mode=quantizer).eval()
     x, x_next, action = squares(3, seed=1), squares(3, seed=2), torch.tensor([0, 3, 1])
     with torch.no_grad():
         codes = model.encode_codes(torch.cat([x, x_next]))
@@ -374,7 +375,8 @@ def test_decoder_loss_is_reconstruction_plus_the_weighted_decoded_edit(layout, l
     alone = model.decoder_loss(x, x_next, action, edit_weight=0.0)
     assert float(alone.edit_loss) == 0.0 and float(alone.edit_mse) == 0.0
     assert torch.allclose(alone.loss, weighted.reconstruction_loss, atol=1e-6)
-    # only the decoder gets a gradient: the codes came from the frozen rest
+    # only the decoder gets a gradient: the codes came from the frozen rest (in "loss" mode the
+    # codebook is a parameter, and gets none either)
     weighted.loss.backward()
     for name, parameter in model.named_parameters():
         reached = parameter.grad is not None and bool(parameter.grad.abs().sum() > 0)

@@ -8,7 +8,7 @@ import torch
 from causal_vqvae import CausalVQVAE
 from causal_vqvae.cli.train import build_parser
 from causal_vqvae.training.callbacks import BestWeights
-from causal_vqvae.training.config import TrainConfig
+from causal_vqvae.training.config import TrainConfig, stage_monitor
 from causal_vqvae.training.devices import resolve_devices
 from causal_vqvae.training.module import (STEP_FUNCTIONS, CausalVQVAEModule, _warmup_cosine, logs_training_step,
                                           parameter_groups, psnr)
@@ -19,12 +19,15 @@ import train as train_script  # the entry at the repository's top: its flags are
 from tiny import TINY_JSON, tiny_dsprites_model
 
 
-def _fit(model, stage, steps=3, mode="pairs", compile_options=None, precision="32-true", **train_fields):
-    dm = build_datamodule("dsprites", mode=mode, batch_size=8, train_length=8 * steps, val_length=16, num_workers=0)
-    config = TrainConfig(**{f"{stage}_steps": steps}, warmup_steps=1, val_every=steps, **train_fields)
+def _fit(model, stage, steps=3, mode="pairs", compile_options=None, precision="32-true", val_every=None,
+         callbacks=(), **train_fields):
+    val_every = val_every or steps
+    dm = build_datamodule("dsprites", mode=mode, batch_size=8, train_length=8 * val_every, val_length=16,
+                          num_workers=0)
+    config = TrainConfig(**{f"{stage}_steps": steps}, warmup_steps=1, val_every=val_every, **train_fields)
     trainer = pl.Trainer(max_steps=steps, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-                         precision=precision, **TRAINER_KWARGS)
+                         precision=precision, callbacks=list(callbacks), **TRAINER_KWARGS)
     trainer.fit(CausalVQVAEModule(model, stage, config, compile_options=compile_options), datamodule=dm)
     return trainer
 
@@ -119,7 +122,14 @@ def test_decoder_stage_trains_the_decoder_alone_and_keeps_every_code():
 
     codes, edits, loss = state()
     before = _params(model)
-    trainer = _fit(model, "decoder", steps=6, decoder_lr=3e-3)
+    in_training = []
+
+    class Modes(pl.Callback):  # which parts train at each step, validations (every 2 steps) between
+        def on_train_batch_start(self, trainer, module, batch, batch_idx):
+            in_training.append({name for name, part in model.named_children() if part.training})
+
+    trainer = _fit(model, "decoder", steps=6, decoder_lr=3e-3, val_every=2, callbacks=[Modes()])
+    assert len(in_training) == 6 and all(parts == {"decoder"} for parts in in_training), in_training
     changed = _changed(before, _params(model))
     assert changed and all(k.startswith("decoder.") for k in changed)
     assert len([k for k in before if k.startswith("decoder.")]) == len(changed)
@@ -128,7 +138,6 @@ def test_decoder_stage_trains_the_decoder_alone_and_keeps_every_code():
     assert float(loss_after) < 0.9 * float(loss)
     metrics = trainer.callback_metrics
     assert 0.0 < float(metrics["val/edit_psnr"]) < 100.0 and 0.0 < float(metrics["val/psnr"]) < 100.0
-    assert not model.encoder.training  # what the stage froze stays in eval mode
 
 
 @pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")
@@ -703,12 +712,23 @@ def test_train_py_decoder_stage_fine_tunes_the_decoder_of_a_saved_model(tmp_path
     with pytest.raises(SystemExit, match="an autoencoder whose transition is untrained"):
         train_script.main(["--data", "dsprites", "--stage", "decoder", "--init", str(tmp_path / "autoencoder"),
                            "--max-steps", "2", "--gpus", "0", "--out", str(tmp_path / "y")])
-    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+    # ... it runs last, and after a stage that trains the transition
+    with pytest.raises(SystemExit, match="--stage decoder --stage causal: the decoder stage .* runs last"):
+        train_script.main(["--data", "dsprites", "--stage", "decoder", "--stage", "causal", "--init",
+                           str(tmp_path / "base"), "--max-steps", "2", "--gpus", "0", "--out", str(tmp_path / "v")])
+    with pytest.raises(SystemExit, match="the stages vqvae, decoder train no transition"):
+        train_script.main(["--data", "dsprites", "--stage", "vqvae", "--stage", "decoder", "--max-steps", "2",
+                           "--gpus", "0", "--out", str(tmp_path / "w")])
+    assert not any((tmp_path / name).exists() for name in "vwxy")
     reconstruction_only = tmp_path / "reconstruction.json"
     reconstruction_only.write_text(json.dumps({"data": {"val_length": 16}, "train": {"decoder_edit_weight": 0.0}}))
     assert train_script.main(["--data", "dsprites", "--stage", "decoder", "--init", str(tmp_path / "autoencoder"),
                               "--config", str(reconstruction_only), "--max-steps", "1", "--batch-size", "8",
                               "--gpus", "0", "--out", str(tmp_path / "z"), "--no-progress"]) == 0
+    # --keep best ranks such a stage by its reconstructions, the edits' decoder by the edits
+    assert stage_monitor("decoder", TrainConfig(decoder_edit_weight=0.0)) == "val/psnr"
+    assert stage_monitor("decoder", TrainConfig()) == "val/edit_psnr"
+    assert stage_monitor("causal", TrainConfig(decoder_edit_weight=0.0)) == "val/retrieval_transition_acc"
 
 
 def test_train_py_new_transition_trains_a_fresh_graph_on_a_saved_autoencoder(tmp_path, small_overrides):
@@ -824,7 +844,7 @@ def test_training_psnr_is_measured_on_the_reconstruction_also_with_a_bce_loss():
     assert abs(float(metrics["train/psnr"]) - float(metrics["val/psnr"])) < 1.5
 
 
-@pytest.mark.parametrize("stage, mode", [("vqvae", "images"), ("causal", "pairs")])
+@pytest.mark.parametrize("stage, mode", [("vqvae", "images"), ("causal", "pairs"), ("decoder", "pairs")])
 def test_compiled_training_step_runs_every_step_function_and_trains_like_eager(stage, mode, monkeypatch):
     """--compile: the step's model functions go through torch.compile (here with the eager backend,
     so the run must match an uncompiled one exactly), and the model's state-dict keys are unchanged."""
@@ -850,7 +870,8 @@ def test_compiled_training_step_runs_every_step_function_and_trains_like_eager(s
     assert sorted(compiled) == sorted(training.STEP_FUNCTIONS)
     # every training step ran through the compiled functions of its stage (3 steps)
     used = {"vqvae": {"autoencoder_loss": 3},
-            "causal": {"encode_codes": 6, "transition_loss": 3, "retrieval_loss": 3}}[stage]
+            "causal": {"encode_codes": 6, "transition_loss": 3, "retrieval_loss": 3},
+            "decoder": {"decoder_loss": 3}}[stage]
     assert {name: calls.count(name) for name in set(calls)} == used
     expected, got = _params(eager), _params(traced)
     assert expected.keys() == got.keys() and not _changed(expected, got)
@@ -931,6 +952,7 @@ def test_each_training_step_function_traces_as_one_graph(layout, position):
         "encode_codes": ((x,), {}),
         "transition_loss": ((codes, action, target), {"progress": 0.3, "generator": torch.Generator().manual_seed(1)}),
         "retrieval_loss": ((codes, target, action), {}),
+        "decoder_loss": ((x, torch.rand(8, 1, 64, 64, generator=g), action), {"edit_weight": 1.0}),
     }
     assert set(calls) == set(STEP_FUNCTIONS)
     for name, (args, kwargs) in calls.items():
