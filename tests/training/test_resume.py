@@ -235,7 +235,8 @@ def test_resuming_a_run_from_before_graph_lr_scale_says_which_setting_reproduces
                "stages": ["causal"], "num_nodes": 1}
     (tmp_path / "config.json").write_text(json.dumps(written))
     now = json.loads(json.dumps(written))
-    now["train"].update(graph_lr_scale=20.0, code_pool=0, keep="last", causal_head_lr=0.0)  # as a run writes them now
+    now["train"].update(graph_lr_scale=20.0, code_pool=0, keep="last", causal_head_lr=0.0, decoder_steps=0,
+                        decoder_lr=1e-3, decoder_edit_weight=1.0)  # as a run writes them now
     now["model"].update(retrieval_score="nll", intervention="resample", keep_threshold=None, local_encoder=False,
                         edit_loss_weight=0.0, local_parent_logit=None, kept_equation_weight=1.0,
                         transition_position="absolute", transition_window=0)
