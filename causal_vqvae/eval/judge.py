@@ -85,9 +85,9 @@ def judge_edits(
     states (both (B, F)): ``exact``, ``exact_strict``, ``unchanged``, ``two_sided``, ``nearest``
     (B, F), the nearest candidate, and ``side_factor`` (B,) long, the factor moved by the render one
     factor away from the target (a symmetric copy of the target left out) that is nearest each
-    image: where an edit is exact but not two-sided, its side effect. ``single_step``: ``target`` is one action from
-    ``source`` (candidates around the source, see the module docstring); else a chain's end
-    (candidates around the target). The verdicts are on the CPU, wherever the images are."""
+    image: where an edit is exact but not two-sided, its side effect. ``single_step``: ``target``
+    is one action from ``source`` (candidates around the source, see the module docstring); else a
+    chain's end (candidates around the target). The verdicts are on the CPU, wherever the images are."""
     source, target = space.canonical(source.cpu()), space.canonical(target.cpu())
     around_target, moved = one_factor_away(target, space)
     target_block = torch.cat([target[:, None], around_target], 1)  # (B, 1 + M, F)

@@ -29,7 +29,7 @@ from datamodules.datamodule import DEFAULT_TWIN_VERSION, TRAINER_KWARGS, DataCon
 from ..config import ModelConfig
 from ..familiarity import METADATA_KEY, calibrate
 from ..model import CausalVQVAE
-from ..pretrained import TWIN_VERSION_KEY
+from ..pretrained import TWIN_VERSION_KEY, read_metadata
 from ..validation import build_settings
 from .callbacks import (
     BestWeights,
@@ -68,16 +68,6 @@ def compile_options(args: argparse.Namespace) -> dict[str, Any] | None:
     if not (args.compile or args.compile_mode):
         return None
     return {} if args.compile_mode in (None, "default") else {"mode": args.compile_mode}
-
-
-def trained_stage(model_dir: str | Path) -> str | None:
-    """The training stage that saved the model in ``model_dir`` (its metadata.json's ``stage``), or
-    None where it does not say (a folder without one, or not a model: loading it says what is wrong)."""
-    try:
-        stage = json.loads((Path(model_dir) / "metadata.json").read_text()).get("stage")
-    except (OSError, ValueError, AttributeError):
-        return None
-    return stage if isinstance(stage, str) else None
 
 
 def familiarity_record(model: CausalVQVAE, data: str, config: DataConfig, description: str) -> dict[str, Any]:
@@ -168,7 +158,7 @@ def _run(args: argparse.Namespace, argv: list[str] | None, cleanup: contextlib.E
             raise SystemExit("the decoder stage fine-tunes the decoder of a trained model: pass --init DIR "
                              "(e.g. OUT/causal or a released model)")
         transition_trained = bool({"causal", "joint"} & set(stages)) or (
-            args.init is not None and trained_stage(args.init) != "vqvae")
+            args.init is not None and read_metadata(args.init).get("stage") != "vqvae")
         if train_config.decoder_edit_weight > 0 and not transition_trained:
             untrained = (f"--init {args.init} is an autoencoder whose transition is untrained" if args.init else
                          f"the stages {', '.join(stages)} train no transition")
