@@ -26,6 +26,7 @@ SCRIPTS = {
     "release_checkpoint": "scripts/release_checkpoint.py",
     "edits_by_source_value": "scripts/edits_by_source_value.py",
     "chain_steps": "scripts/chain_steps.py",
+    "code_regions": "experiments/shape_edits/code_regions.py",
     "calibrate_familiarity": "scripts/calibrate_familiarity.py",
     "start_time": "benchmarks/start_time.py",
 }
@@ -721,3 +722,73 @@ def test_calibrate_familiarity_reads_the_real_gif_frames_as_bench_does():
     assert frames.shape == (53, 3, 64, 64) and frames.dtype == torch.float32
     # the frame cut off and area-downsampled: the very images bench --real-images measures
     assert torch.equal(frames, load_real_images(path, candidates=torch.arange(1)).images)
+
+
+def test_code_regions_splits_the_grid_into_sprite_ring_and_far_cells():
+    import torch
+
+    study = _load("code_regions")
+    image, image_next = torch.zeros(1, 1, 32, 32), torch.zeros(1, 1, 32, 32)
+    image[0, 0, 9, 10] = 1.0  # cell (1, 1) of a 4 x 4 grid of 8-pixel cells
+    image_next[0, 0, 30, 31] = 0.5  # cell (3, 3)
+    masks = study.regions(image, image_next, cell=8)
+    grid = {name: mask.view(4, 4) for name, mask in masks.items()}
+    sprite = torch.zeros(4, 4, dtype=torch.bool)
+    sprite[1, 1] = sprite[3, 3] = True
+    ring = torch.zeros(4, 4, dtype=torch.bool)
+    ring[0:3, 0:3] = True
+    ring[2:4, 2:4] = True
+    ring &= ~sprite
+    assert torch.equal(grid["sprite"], sprite) and torch.equal(grid["ring"], ring)
+    assert torch.equal(grid["far"], ~(sprite | ring))
+    assert grid["far"].nonzero().tolist() == [[0, 3], [1, 3], [3, 0], [3, 1]]  # beside neither sprite cell
+    faint = torch.full((1, 1, 32, 32), 0.05)  # no pixel above 0.1: no sprite cell anywhere
+    assert not study.regions(faint, faint, cell=8)["sprite"].any()
+
+
+def test_code_regions_splices_the_targets_codes_region_by_region_tiny_cpu(tmp_path, capsys, monkeypatch):
+    import torch
+    from tiny import tiny_dsprites_model
+
+    model = tiny_dsprites_model().eval()
+    with torch.no_grad():  # a graph that intervenes on every node: every edit changes codes
+        model.graph.target_logits.fill_(30.0)
+    model.save_pretrained(tmp_path / "model")
+    study = _load("code_regions")
+    decoded = []  # every code grid the script decodes, in order
+    decode = type(model).decode_codes
+    monkeypatch.setattr(type(model), "decode_codes", lambda self, codes: decoded.append(codes.clone())
+                        or decode(self, codes))
+    out = tmp_path / "regions.json"
+    assert study.main(["--model", str(tmp_path / "model"), "--pairs", "10", "--batch", "5", "--out", str(out)]) == 0
+    record = json.loads(out.read_text())
+    results = record["results"]
+    assert record["command"].startswith("python experiments/shape_edits/code_regions.py --model")
+    assert sum(r["pairs"] for name, r in results.items() if not name.startswith("shape:")) == 10
+    dm = study.twin_datamodule("dsprites", 10, 5, 0)
+    items = dm._datasets["test"].__getitems__(list(range(10)))
+    batch = dm.prepare_batch(items)
+    with torch.no_grad():
+        codes, target = model.encode_codes(batch["image"]), model.encode_codes(batch["image_next"])
+        edited = model.edit_codes(codes, batch["action"])
+    masks = study.regions(batch["image"], batch["image_next"], batch["image"].shape[-1] // model.config.grid_size)
+    assert len(decoded) == 2 * len(study.SPLICES)  # two batches, one decode per splice
+    for b in range(2):
+        rows = slice(5 * b, 5 * b + 5)
+        for i, (splice, names) in enumerate(study.SPLICES.items()):
+            put = torch.zeros_like(codes[rows], dtype=torch.bool)
+            for name in names:
+                put |= masks[name][rows]
+            expected = torch.where(put, target[rows], edited[rows])
+            assert torch.equal(decoded[b * len(study.SPLICES) + i], expected), splice
+    verdict = study.judge_edits(model.decode_codes(edited), items["factors"], items["factors_next"], dm.space,
+                                dm.source.render)["exact"]
+    factor = dm.actions.factor_of(items["action"])
+    changed = codes != target
+    for f in factor.unique().tolist():
+        row, member = results[dm.space.names[f]], factor == f
+        assert abs(row["exact_with_target_in_none"]["rate"] - float(verdict[member].float().mean())) < 1e-6
+        total = sum(row[f"{name}_changed"] for name in study.REGIONS)
+        assert abs(total - float(changed[member].float().sum(1).mean())) < 1e-3
+        assert sum(row[f"{name}_cells"] for name in study.REGIONS) == model.config.num_nodes
+    assert "exact with the target's codes in" in capsys.readouterr().out
