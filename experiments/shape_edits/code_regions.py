@@ -12,11 +12,12 @@ edit's grid of cells (8 x 8 cells of 8 x 8 pixels) is split in three regions:
 
 The encoder's codes are not local: a code of a background cell can change when the sprite does.
 Per factor the action moves (and per source -> target shape for shape edits), the script records
-how many nodes change in each region, the transition's code accuracy there (the edit's code equal
-to the encoded target's, among the nodes that change), and the nearest-render verdict
-(:mod:`causal_vqvae.eval.judge`) of the edit with the encoded target's codes put in one region or
-two, the transition's everywhere else. The region whose true codes make the edit exact is where the
-edit's errors cost it.
+how many nodes change in each region (a mean per edit), the transition's code accuracy there (the
+share of the group's changing nodes in the region whose edit code, ``model.edit_codes``, is the
+encoded target's: pooled over the group's edits), and the nearest-render verdict
+(:mod:`causal_vqvae.eval.judge`) of the edit as it is ("none") and with the encoded target's codes
+put in one region or two, the edit's codes everywhere else. The region whose true codes make the
+edit exact is where the edit's errors cost it.
 
 Prints a table and writes JSON (atomically).
 """
@@ -44,7 +45,7 @@ SPLICES = {"none": (), "sprite": ("sprite",), "sprite + ring": ("sprite", "ring"
 
 def regions(image: torch.Tensor, image_next: torch.Tensor, cell: int) -> dict[str, torch.Tensor]:
     """(B, N) bool masks of the grid's cells: ``sprite``, ``ring`` and ``far`` (see the module docstring)."""
-    ink = ((image + image_next).amax(1, keepdim=True) > 0.1).float()
+    ink = (torch.maximum(image, image_next).amax(1, keepdim=True) > 0.1).float()
     sprite = F.max_pool2d(ink, cell)  # (B, 1, H / cell, W / cell)
     near = F.max_pool2d(sprite, 3, 1, 1)
     sprite, near = sprite.flatten(1) > 0, near.flatten(1) > 0
@@ -69,7 +70,7 @@ def study(model, dm, pairs: int, batch: int) -> dict:
             here = changed & masks[name]
             stats[f"{name}_cells"] = masks[name].float().sum(1)
             stats[f"{name}_changed"] = here.float().sum(1)
-            stats[f"{name}_code_accuracy"] = (right & here).float().sum(1) / here.float().sum(1).clamp_min(1)
+            stats[f"{name}_right"] = (right & here).float().sum(1)
         for splice, names in SPLICES.items():
             put = torch.zeros_like(changed)
             for name in names:
@@ -93,7 +94,13 @@ def study(model, dm, pairs: int, batch: int) -> dict:
         results[name] = {"pairs": int(torch.cat(bucket["sprite_cells"]).numel())}
         for key, values in bucket.items():
             values = torch.cat(values)
-            results[name][key] = rate(values.bool()) if key.startswith("exact") else round(float(values.mean()), 4)
+            if key.startswith("exact"):
+                results[name][key] = rate(values.bool())
+            elif not key.endswith("_right"):
+                results[name][key] = round(float(values.mean()), 4)
+        for region in REGIONS:  # pooled: right codes over changed nodes, every edit of the group together
+            right, changed = (float(torch.cat(bucket[f"{region}_{k}"]).sum()) for k in ("right", "changed"))
+            results[name][f"{region}_code_accuracy"] = round(right / changed, 4) if changed else None
     return results
 
 
@@ -114,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
           "exact with the target's codes in: " + " / ".join(SPLICES))
     for name, r in results.items():
         changed = " ".join(f"{r[f'{k}_changed']:5.1f}" for k in REGIONS)
-        accuracy = " ".join(f"{100 * r[f'{k}_code_accuracy']:5.1f}%" for k in REGIONS)
+        accuracy = " ".join("     - " if r[f"{k}_code_accuracy"] is None else f"{100 * r[f'{k}_code_accuracy']:5.1f}%"
+                            for k in REGIONS)
         exact = " / ".join(f"{100 * r[f'exact_with_target_in_{s}']['rate']:5.1f}%" for s in SPLICES)
         print(f"{name:24s} {r['pairs']:4d} | {changed} | {accuracy} | {exact}")
     record = script_record("experiments/shape_edits/code_regions.py", argv, args, torch.device("cpu"),

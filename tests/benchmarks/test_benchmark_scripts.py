@@ -742,7 +742,7 @@ def test_code_regions_splits_the_grid_into_sprite_ring_and_far_cells():
     assert torch.equal(grid["sprite"], sprite) and torch.equal(grid["ring"], ring)
     assert torch.equal(grid["far"], ~(sprite | ring))
     assert grid["far"].nonzero().tolist() == [[0, 3], [1, 3], [3, 0], [3, 1]]  # beside neither sprite cell
-    faint = torch.full((1, 1, 32, 32), 0.05)  # no pixel above 0.1: no sprite cell anywhere
+    faint = torch.full((1, 1, 32, 32), 0.06)  # no pixel above 0.1 in either image: no sprite cell anywhere
     assert not study.regions(faint, faint, cell=8)["sprite"].any()
 
 
@@ -791,4 +791,12 @@ def test_code_regions_splices_the_targets_codes_region_by_region_tiny_cpu(tmp_pa
         total = sum(row[f"{name}_changed"] for name in study.REGIONS)
         assert abs(total - float(changed[member].float().sum(1).mean())) < 1e-3
         assert sum(row[f"{name}_cells"] for name in study.REGIONS) == model.config.num_nodes
+        for name in study.REGIONS:  # pooled over the factor's edits
+            here = changed[member] & masks[name][member]
+            expected = (float((edited[member] == target[member])[here].float().sum()) / float(here.sum())
+                        if here.any() else None)
+            assert row[f"{name}_code_accuracy"] == (None if expected is None else round(expected, 4))
+    shape = results.get("shape", {"pairs": 0})
+    kinds = [r["pairs"] for name, r in results.items() if name.startswith("shape:")]
+    assert sum(kinds) == shape["pairs"]
     assert "exact with the target's codes in" in capsys.readouterr().out
