@@ -593,16 +593,25 @@ def test_judge_side_factor_leaves_out_a_symmetric_copy_of_the_target():
     assert study.judge_edits(render(square), square, square, space, render)["side_factor"].tolist() == [pos_x] * 4
 
 
-def test_chain_steps_judges_the_bench_chains_step_by_step(tmp_path, capsys, monkeypatch):
+def _tiny_dsprites_editing_every_node(folder):
+    """A tiny dSprites model whose graph intervenes on every node (every edit changes codes), saved
+    in ``folder``; returned in eval mode."""
     import torch
     from tiny import tiny_dsprites_model
 
+    model = tiny_dsprites_model().eval()
+    with torch.no_grad():
+        model.graph.target_logits.fill_(30.0)
+    model.save_pretrained(folder)
+    return model
+
+
+def test_chain_steps_judges_the_bench_chains_step_by_step(tmp_path, capsys, monkeypatch):
+    import torch
+
     from causal_vqvae.eval.exactness import action_sequences
 
-    model = tiny_dsprites_model().eval()
-    with torch.no_grad():  # a graph that intervenes on every node: every edit changes codes
-        model.graph.target_logits.fill_(30.0)
-    model.save_pretrained(tmp_path / "model")
+    model = _tiny_dsprites_editing_every_node(tmp_path / "model")
     study = _load("chain_steps")
     calls = []  # what the script hands the judge: (images, sources, targets, single_step, verdicts)
     pattern = torch.Generator().manual_seed(11)
@@ -748,12 +757,8 @@ def test_code_regions_splits_the_grid_into_sprite_ring_and_far_cells():
 
 def test_code_regions_splices_the_targets_codes_region_by_region_tiny_cpu(tmp_path, capsys, monkeypatch):
     import torch
-    from tiny import tiny_dsprites_model
 
-    model = tiny_dsprites_model().eval()
-    with torch.no_grad():  # a graph that intervenes on every node: every edit changes codes
-        model.graph.target_logits.fill_(30.0)
-    model.save_pretrained(tmp_path / "model")
+    model = _tiny_dsprites_editing_every_node(tmp_path / "model")
     study = _load("code_regions")
     decoded = []  # every code grid the script decodes, in order
     decode = type(model).decode_codes
